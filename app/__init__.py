@@ -1,0 +1,1 @@
+"""stripeline: a self-hosted Stripe webhook processor."""

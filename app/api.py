@@ -1,0 +1,111 @@
+"""The /api routes: bearer-token auth, sync health and the event store.
+
+Routes about customers and segments live in their own modules and are gathered here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from functools import wraps
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app import events, queue
+from app.logging import log
+from app.responses import JSONResponse, error, iso
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+# Pending work older than this makes the sync "lagging".
+LAGGING_AFTER_SECONDS = 60
+
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+def authorized(endpoint: Endpoint) -> Endpoint:
+    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down."""
+
+    @wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        token = request.app.state.settings.api_token
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error(401, "missing or wrong bearer token")
+        try:
+            return await endpoint(request)
+        except DB_ERRORS as problem:
+            log.warning("api_database_unavailable", path=request.url.path, error=type(problem).__name__)
+            return error(503, "database unavailable")
+
+    return guarded
+
+
+CUSTOMERS_IN_SYNC = "SELECT count(*) FROM customers WHERE NOT deleted_in_stripe"
+
+
+async def sync_health(request: Request) -> Response:
+    async with request.app.state.pool.acquire() as conn:
+        counts = await events.count_by_status(conn)
+        summary = await conn.fetchrow(events.SYNC_SUMMARY)
+        customers = await conn.fetchval(CUSTOMERS_IN_SYNC)
+    oldest = summary["oldest_pending_at"]
+    age = round((summary["now"] - oldest).total_seconds(), 3) if oldest else None
+    if counts["failed"]:
+        status = "failing"
+    elif age is not None and age > LAGGING_AFTER_SECONDS:
+        status = "lagging"
+    else:
+        status = "healthy"
+    return JSONResponse(
+        {
+            "status": status,
+            "events": {"received": sum(counts.values()), **counts},
+            "oldest_pending_age_seconds": age,
+            "last_event_at": iso(summary["last_event_at"]),
+            "customers_in_sync": customers,
+        }
+    )
+
+
+async def get_event(request: Request) -> Response:
+    async with request.app.state.pool.acquire() as conn:
+        row = await conn.fetchrow(events.GET_EVENT, request.path_params["event_id"])
+    if row is None:
+        return error(404, "no such event")
+    return JSONResponse(dict(row))
+
+
+async def retry_event(request: Request) -> Response:
+    state = request.app.state
+    event_id = request.path_params["event_id"]
+    async with state.pool.acquire() as conn:
+        reset = await conn.fetchval(events.RESET_FOR_RETRY, event_id)
+        if reset is None:
+            status = await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id)
+    if reset is None:
+        if status is None:
+            return error(404, "no such event")
+        return error(409, f"event is {status}, only a failed event can be retried")
+    try:
+        await queue.enqueue_events(state.redis, state.settings.queue_name, [event_id], job_id=f"retry:{event_id}:api")
+    except Exception as problem:  # noqa: BLE001 - the sweeper will enqueue it
+        log.warning("event_not_enqueued", event_id=event_id, error=type(problem).__name__)
+    log.info("event_retry_requested", event_id=event_id)
+    return JSONResponse({"id": event_id, "status": "pending"}, status_code=202)
+
+
+def routes() -> list[Route]:
+    from app import api_customers, api_segments, api_user_data
+
+    own = [
+        Route("/api/sync", authorized(sync_health)),
+        Route("/api/events/{event_id}", authorized(get_event)),
+        Route("/api/events/{event_id}/retry", authorized(retry_event), methods=["POST"]),
+    ]
+    gathered = [*api_customers.ROUTES, *api_segments.ROUTES, *api_user_data.ROUTES]
+    return own + [Route(r.path, authorized(r.endpoint), methods=r.methods) for r in gathered]

@@ -1,0 +1,179 @@
+"""The event store: parsing a verified body into a row, and the queries on stored events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+
+MAX_ID_LENGTH = 255
+
+
+class InvalidEvent(Exception):
+    """The body is not a JSON Stripe event."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One Stripe event as we store it; `payload` is the whole event object."""
+
+    id: str
+    type: str
+    account: str | None
+    livemode: bool
+    api_version: str | None
+    created: datetime
+    object_type: str | None
+    object_id: str | None
+    customer_id: str | None
+    payload: dict[str, Any]
+
+    @property
+    def object(self) -> dict[str, Any]:
+        return self.payload["data"]["object"]
+
+    @property
+    def previous_attributes(self) -> dict[str, Any] | None:
+        previous = self.payload["data"].get("previous_attributes")
+        return previous if isinstance(previous, dict) else None
+
+
+def _reference(value: Any) -> str | None:
+    """A Stripe reference is an id string, or the object itself when expanded."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value["id"]
+    return None
+
+
+def customer_of(obj: dict[str, Any]) -> str | None:
+    """The customer a Stripe object belongs to, when the object itself says so."""
+    if obj.get("object") == "customer":
+        return _reference(obj.get("id"))
+    return _reference(obj.get("customer"))
+
+
+def _text(value: Any, name: str, required: bool = True) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"event {name} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return value
+
+
+def event_from_payload(payload: Any) -> EventRecord:
+    """Validate a decoded Stripe event object and describe it as a row."""
+    if not isinstance(payload, dict):
+        raise InvalidEvent("body must be a JSON object")
+    if payload.get("object", "event") != "event":
+        raise InvalidEvent("body is not a Stripe event (object is not 'event')")
+    created = payload.get("created")
+    if isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2**34:
+        raise InvalidEvent("event created must be a Unix timestamp")
+    data = payload.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise InvalidEvent("event data.object must be an object")
+    obj = data["object"]
+    object_id = obj.get("id")
+    return EventRecord(
+        id=_text(payload.get("id"), "id"),
+        type=_text(payload.get("type"), "type"),
+        account=_text(payload.get("account"), "account", required=False),
+        livemode=payload.get("livemode") is True,
+        api_version=payload.get("api_version") if isinstance(payload.get("api_version"), str) else None,
+        created=datetime.fromtimestamp(created, timezone.utc),
+        object_type=obj.get("object") if isinstance(obj.get("object"), str) else None,
+        object_id=object_id if isinstance(object_id, str) and object_id else None,
+        customer_id=customer_of(obj),
+        payload=payload,
+    )
+
+
+def parse_event(body: bytes) -> EventRecord:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("body is not valid JSON") from None
+    return event_from_payload(payload)
+
+
+# Many events in one statement; a duplicate id is skipped and not returned.
+INSERT_EVENTS = """
+INSERT INTO stripe_events (id, type, account, livemode, api_version, created,
+                           object_type, object_id, customer_id, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::text[], $9::text[], $10::jsonb[])
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+
+async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> set[str]:
+    """Store events; return the ids that were new (the rest were already stored)."""
+    rows = await conn.fetch(
+        INSERT_EVENTS,
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.account for e in events],
+        [e.livemode for e in events],
+        [e.api_version for e in events],
+        [e.created for e in events],
+        [e.object_type for e in events],
+        [e.object_id for e in events],
+        [e.customer_id for e in events],
+        [e.payload for e in events],
+    )
+    return {row["id"] for row in rows}
+
+
+EVENT_COLUMNS = (
+    "id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload"
+)
+
+
+def record_from_row(row: asyncpg.Record) -> EventRecord:
+    return EventRecord(
+        id=row["id"],
+        type=row["type"],
+        account=row["account"],
+        livemode=row["livemode"],
+        api_version=row["api_version"],
+        created=row["created"],
+        object_type=row["object_type"],
+        object_id=row["object_id"],
+        customer_id=row["customer_id"],
+        payload=row["payload"],
+    )
+
+
+GET_EVENT = """
+SELECT id, type, status, attempts, last_error, received_at, processed_at, payload
+FROM stripe_events WHERE id = $1
+"""
+
+# Put a finished-badly event back in line; a pending one is left as it is.
+RESET_FOR_RETRY = """
+UPDATE stripe_events SET status = 'pending', next_attempt_at = NULL
+WHERE id = $1 AND status = 'failed'
+RETURNING id
+"""
+
+COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM stripe_events GROUP BY status"
+
+SYNC_SUMMARY = """
+SELECT
+    (SELECT min(received_at) FROM stripe_events WHERE status = 'pending') AS oldest_pending_at,
+    (SELECT max(received_at) FROM stripe_events) AS last_event_at,
+    now() AS now
+"""
+
+
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    counts = {"pending": 0, "processed": 0, "ignored": 0, "failed": 0}
+    for row in await conn.fetch(COUNT_BY_STATUS):
+        counts[row["status"]] = row["n"]
+    return counts

@@ -1,0 +1,195 @@
+"""Processing stored events: lock them, dispatch to handlers, record the outcome.
+
+Knows nothing of arq. The fast path runs a whole batch in one transaction; if anything in it
+fails, the batch is rolled back and each event is run alone, so one bad event never holds up
+the others, and its failure is recorded (attempts, last_error) in a short transaction of its own.
+
+Concurrency: rows of one customer are written by one transaction at a time. A batch takes a
+transaction-scoped advisory lock per customer, in sorted order, before touching anything, so
+two workers never interleave writes for one customer and never deadlock on each other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import asyncpg
+
+from app.events import EVENT_COLUMNS, EventRecord, record_from_row
+from app.logging import log
+from app.settings import Settings
+
+
+@dataclass
+class ProcessingContext:
+    """What handlers may know beyond the event: settings, the clock, and what they touched."""
+
+    settings: Settings
+    now: datetime
+    # Customers whose derived state (MRR, segments) must be recomputed after the handlers ran.
+    touched: set[str] = field(default_factory=set)
+    # The event being applied, recorded as the cause of segment changes.
+    cause: str | None = None
+
+
+Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
+Refresher = Callable[[asyncpg.Connection, list[str], ProcessingContext], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    processed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    # (event id, seconds to wait) for failures that will be tried again.
+    retry: list[tuple[str, float]] = field(default_factory=list)
+
+    def merge(self, other: Outcome) -> None:
+        self.processed += other.processed
+        self.ignored += other.ignored
+        self.failed += other.failed
+        self.retry += other.retry
+
+
+LOCK_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM stripe_events
+WHERE id = ANY($1::text[]) AND status = 'pending'
+ORDER BY created, id
+FOR UPDATE SKIP LOCKED
+"""
+
+LOCK_CUSTOMERS = """
+SELECT pg_advisory_xact_lock(hashtextextended(customer_id, 0))
+FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
+"""
+
+MARK_DONE = """
+UPDATE stripe_events AS e
+SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+WHERE e.id = outcome.id
+"""
+
+RECORD_FAILURE = """
+UPDATE stripe_events
+SET attempts = attempts + 1,
+    last_error = $2,
+    status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = CASE WHEN attempts + 1 >= $3 THEN NULL
+                           ELSE now() + make_interval(secs => $4 * power(2, attempts)) END
+WHERE id = $1 AND status = 'pending'
+RETURNING attempts, status
+"""
+
+
+def handlers_registry() -> dict[str, Handler]:
+    from handlers import HANDLERS
+
+    return HANDLERS
+
+
+def refreshers_registry() -> list[Refresher]:
+    from handlers import REFRESHERS
+
+    return REFRESHERS
+
+
+async def lock_customers(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> None:
+    ids = sorted({c for c in customer_ids if c})
+    if ids:
+        await conn.execute(LOCK_CUSTOMERS, ids)
+
+
+async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx: ProcessingContext) -> list[str]:
+    """Run each event's handler in order, then refresh derived state; return the ignored ids.
+
+    The one code path for live processing, retries and replay. Runs inside the caller's
+    transaction and never commits.
+    """
+    handlers = handlers_registry()
+    ignored = []
+    for record in records:
+        handler = handlers.get(record.type)
+        if handler is None:
+            ignored.append(record.id)
+            continue
+        if record.customer_id:
+            ctx.touched.add(record.customer_id)
+        ctx.cause = record.id
+        await handler(conn, record, ctx)
+    if ctx.touched:
+        touched = sorted(ctx.touched)
+        for refresh in refreshers_registry():
+            await refresh(conn, touched, ctx)
+    return ignored
+
+
+async def _process_together(pool: asyncpg.Pool, event_ids: list[str], settings: Settings) -> Outcome:
+    outcome = Outcome()
+    async with pool.acquire() as conn, conn.transaction():
+        records = [record_from_row(row) for row in await conn.fetch(LOCK_EVENTS, event_ids)]
+        if not records:
+            return outcome
+        await lock_customers(conn, (r.customer_id for r in records))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ignored = set(await apply_events(conn, records, ctx))
+        statuses = ["ignored" if r.id in ignored else "processed" for r in records]
+        await conn.execute(MARK_DONE, [r.id for r in records], statuses)
+    for record, status in zip(records, statuses):
+        (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
+        log.info("event_processed", event_id=record.id, event_type=record.type, status=status)
+    return outcome
+
+
+def _describe(error: BaseException) -> str:
+    # Messages from our handlers and from PostgreSQL name columns and constraints, not values.
+    return f"{type(error).__name__}: {error}"[:1000]
+
+
+async def _record_failure(pool: asyncpg.Pool, event_id: str, error: BaseException, settings: Settings) -> Outcome:
+    outcome = Outcome()
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            RECORD_FAILURE, event_id, _describe(error), settings.max_attempts, float(settings.retry_base_seconds)
+        )
+    if row is None:
+        return outcome
+    if row["status"] == "failed":
+        outcome.failed.append(event_id)
+    else:
+        delay = settings.retry_base_seconds * 2 ** (row["attempts"] - 1)
+        outcome.retry.append((event_id, delay))
+    return outcome
+
+
+async def process_events(pool: asyncpg.Pool, event_ids: list[str], settings: Settings) -> Outcome:
+    """Process stored events (those still pending); safe to call any number of times."""
+    started = time.perf_counter()
+    try:
+        outcome = await _process_together(pool, event_ids, settings)
+    except Exception as error:
+        if len(event_ids) > 1:
+            outcome = Outcome()
+            for event_id in event_ids:
+                outcome.merge(await process_events(pool, [event_id], settings))
+            return outcome
+        log.warning(
+            "event_failed",
+            event_id=event_ids[0],
+            error=type(error).__name__,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return await _record_failure(pool, event_ids[0], error, settings)
+    if len(event_ids) > 1:
+        log.info(
+            "events_processed",
+            count=len(event_ids),
+            processed=len(outcome.processed),
+            ignored=len(outcome.ignored),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+    return outcome
+

@@ -1,0 +1,113 @@
+"""Settings read once from the environment, frozen, and passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+DELETION_MODES = ("anonymize", "delete")
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(Exception):
+    """The environment is missing a required variable or holds a malformed one."""
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    scheme = urlparse(value).scheme
+    if scheme not in schemes:
+        raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("STRIPE_WEBHOOK_SECRET", "")
+    secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for secret in secrets:
+        if not secret.startswith("whsec_"):
+            # Never echo the value: it is a secret even when malformed.
+            raise ConfigError("STRIPE_WEBHOOK_SECRET must hold whsec_... secrets, comma separated")
+    return secrets
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    webhook_secrets: tuple[str, ...] = ()
+    api_token: str | None = None
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    deleted_customers: str = "anonymize"
+    webhook_tolerance: int = 300
+    port: int = 8000
+    log_level: str = "info"
+    log_format: str = "json"
+    queue_name: str = "arq:queue"
+    max_attempts: int = 8
+    retry_base_seconds: int = 5
+    segment_refresh_seconds: int = 60
+    segment_webhook_url: str | None = None
+    segment_webhook_secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=_url(env, "DATABASE_URL", ("postgres", "postgresql")),
+            redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
+            webhook_secrets=_secrets(env),
+            api_token=env.get("STRIPELINE_API_TOKEN", "").strip() or None,
+            stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
+            stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https")),
+            deleted_customers=_choice(env, "STRIPELINE_DELETED_CUSTOMERS", DELETION_MODES, "anonymize"),
+            webhook_tolerance=_int(env, "STRIPELINE_WEBHOOK_TOLERANCE", 300, minimum=1),
+            port=_int(env, "PORT", 8000, minimum=1),
+            log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+            log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, "json"),
+            queue_name=env.get("STRIPELINE_QUEUE", "").strip() or "arq:queue",
+            max_attempts=_int(env, "STRIPELINE_MAX_ATTEMPTS", 8, minimum=1),
+            retry_base_seconds=_int(env, "STRIPELINE_RETRY_BASE_SECONDS", 5, minimum=0),
+            segment_refresh_seconds=_int(env, "STRIPELINE_SEGMENT_REFRESH_SECONDS", 60, minimum=1),
+            segment_webhook_url=_url(env, "STRIPELINE_SEGMENT_WEBHOOK_URL", ("http", "https")),
+            segment_webhook_secret=env.get("STRIPELINE_SEGMENT_WEBHOOK_SECRET", "").strip() or None,
+        )
+
+    def require(self, *names: str) -> None:
+        """Stop with one line naming the first required variable that is unset."""
+        present = {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "STRIPE_WEBHOOK_SECRET": self.webhook_secrets,
+            "STRIPELINE_API_TOKEN": self.api_token,
+            "STRIPE_API_KEY": self.stripe_api_key,
+        }
+        for name in names:
+            if not present[name]:
+                raise ConfigError(f"{name} is required but not set")

@@ -1,0 +1,119 @@
+"""The arq worker: jobs and crons. Everything a job needs arrives through `ctx`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from arq import cron
+
+from app import queue
+from app.db import create_pool
+from app.logging import configure_logging, log
+from app.processing import process_events as process_stored_events
+from app.settings import Settings
+
+# Pending events older than this were probably never enqueued (Redis was down at ingest).
+STALE_AFTER_SECONDS = 5
+SWEEP_BATCH = 500
+# While the queue is this deep the worker is simply behind: pending events are expected.
+BUSY_QUEUE_DEPTH = 100
+
+STALE_PENDING = """
+SELECT id FROM stripe_events
+WHERE status = 'pending'
+  AND received_at < now() - make_interval(secs => $1)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ORDER BY created, id
+LIMIT $2
+"""
+
+
+async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
+    settings: Settings = ctx["settings"]
+    outcome = await process_stored_events(ctx["pool"], event_ids, settings)
+    for event_id, delay in outcome.retry:
+        await queue.enqueue_events(
+            ctx["redis"], settings.queue_name, [event_id], defer_seconds=delay, job_id=f"retry:{event_id}:{time.time_ns()}"
+        )
+    return {
+        "processed": len(outcome.processed),
+        "ignored": len(outcome.ignored),
+        "failed": len(outcome.failed),
+        "retrying": len(outcome.retry),
+    }
+
+
+async def requeue_stale_events(ctx: dict[str, Any]) -> int:
+    """Enqueue pending events that no job is carrying, so nothing stored is ever stranded."""
+    settings: Settings = ctx["settings"]
+    if await ctx["redis"].zcard(settings.queue_name) > BUSY_QUEUE_DEPTH:
+        return 0
+    total = 0
+    async with ctx["pool"].acquire() as conn:
+        ids = [row["id"] for row in await conn.fetch(STALE_PENDING, float(STALE_AFTER_SECONDS), SWEEP_BATCH * 10)]
+    for start in range(0, len(ids), SWEEP_BATCH):
+        chunk = ids[start : start + SWEEP_BATCH]
+        await queue.enqueue_events(ctx["redis"], settings.queue_name, chunk)
+        total += len(chunk)
+    if total:
+        log.info("stale_events_requeued", count=total)
+    return total
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.get("settings") or Settings.from_env()
+    ctx["settings"] = settings
+    if "pool" not in ctx:
+        ctx["pool"] = await create_pool(settings.database_url, max_size=12)
+        ctx["owns_pool"] = True
+    for hook in WORKER_STARTUP:
+        await hook(ctx)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("owns_pool"):
+        await ctx["pool"].close()
+
+
+# Extra start-up steps (e.g. an HTTP client for outbound webhooks) register here.
+WORKER_STARTUP: list = []
+
+# Periodic jobs beyond the sweeper register here (e.g. the segment refresh).
+CRON_JOBS: list = [cron(requeue_stale_events, second=set(range(0, 60, 10)), run_at_startup=True, unique=True)]
+FUNCTIONS: list = [process_events]
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for arq's Worker, built from our settings."""
+    return {
+        "functions": FUNCTIONS,
+        "cron_jobs": CRON_JOBS,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": queue.redis_settings(settings.redis_url),
+        "queue_name": settings.queue_name,
+        "ctx": {"settings": settings},
+        "max_jobs": 8,
+        "keep_result": 0,
+        "job_timeout": 300,
+        "max_tries": 1,  # retries are ours: attempts and backoff live on the event row
+        "handle_signals": True,
+    }
+
+
+async def run_worker(settings: Settings) -> None:
+    from arq.worker import Worker
+
+    settings.require("DATABASE_URL", "REDIS_URL")
+    worker = Worker(**worker_settings(settings))
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+def main(settings: Settings) -> None:
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
