@@ -1,7 +1,8 @@
 """Where the tests find PostgreSQL and Redis: this machine's servers, or embedded ones.
 
 TEST_DATABASE_URL / TEST_REDIS_URL override; otherwise 127.0.0.1:5432 (user root, database
-test) and 127.0.0.1:6379 are used when they answer, and the embedded servers start when not.
+test) and 127.0.0.1:6379 are used when they answer, and the embedded servers start when not
+(or always, with STRIPELINE_TEST_EMBEDDED=1). Embedded data lives under ./.stripeline/.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
 def _answers(host: str, port: int) -> bool:
+    if os.environ.get("STRIPELINE_TEST_EMBEDDED") == "1":
+        return False
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
