@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -93,7 +94,15 @@ def event_from_payload(payload: Any) -> EventRecord:
     )
 
 
+# A \u0000 escape that is not itself escaped (preceded by an even run of backslashes).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def parse_event(body: bytes) -> EventRecord:
+    if b"\\u0000" in body:
+        # PostgreSQL text and jsonb cannot hold U+0000 (legal in JSON, e.g. in metadata);
+        # store U+FFFD in its place rather than lose a genuine, signed event.
+        body = _NUL_ESCAPE.sub(rb"\1\\ufffd", body)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
