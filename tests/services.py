@@ -58,3 +58,31 @@ def _embedded_redis() -> Iterator[str]:
 
     with embedded_redis(".stripeline/test-redis") as url:
         yield url
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: a server that is down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def unreachable_postgres() -> str:
+    return f"postgresql://root@127.0.0.1:{closed_port()}/stripeline"
+
+
+def unreachable_redis() -> str:
+    return f"redis://127.0.0.1:{closed_port()}/0"
+
+
+@contextlib.asynccontextmanager
+async def serving(app, token: str | None = None):
+    """An httpx client for `app` with its lifespan running (and the bearer token, if given)."""
+    import httpx
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stripeline.test") as client:
+            if token:
+                client.headers["authorization"] = f"Bearer {token}"
+            yield client
