@@ -20,7 +20,7 @@ from app import events, queue
 from app.logging import log
 
 MAX_BATCH = 256
-FLUSHERS = 2
+FLUSHERS = 4
 
 
 class StoreUnavailable(Exception):
@@ -43,6 +43,12 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Flusher:
+    # Held between batches: giving a connection back to the pool costs a round trip (its reset).
+    conn: asyncpg.Connection | None = None
+
+
+@dataclass(slots=True)
 class _Tally:
     batches: int = 0
     events: int = 0
@@ -62,7 +68,7 @@ class Ingestor:
         self._tally = _Tally(since=time.monotonic())
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run()) for _ in range(FLUSHERS)]
+        self._tasks = [asyncio.create_task(self._run(_Flusher())) for _ in range(FLUSHERS)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -79,28 +85,41 @@ class Ingestor:
         self._waiting.put_nowait(_Pending(event, future))
         return await future
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._waiting.get()]
-            while len(batch) < MAX_BATCH and not self._waiting.empty():
-                batch.append(self._waiting.get_nowait())
-            try:
-                await self._flush(batch)
-            except Exception as error:  # noqa: BLE001 - every waiter must hear back
-                if not isinstance(error, StoreUnavailable):
-                    log.error("events_not_stored", count=len(batch), error=type(error).__name__, exc_info=True)
-                    error = StoreUnavailable()
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+    async def _run(self, flusher: _Flusher) -> None:
+        try:
+            while True:
+                batch = [await self._waiting.get()]
+                while len(batch) < MAX_BATCH and not self._waiting.empty():
+                    batch.append(self._waiting.get_nowait())
+                try:
+                    await self._flush(flusher, batch)
+                except Exception as error:  # noqa: BLE001 - every waiter must hear back
+                    if not isinstance(error, StoreUnavailable):
+                        log.error("events_not_stored", count=len(batch), error=type(error).__name__, exc_info=True)
+                        error = StoreUnavailable()
+                    await self._let_go(flusher)
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+        finally:
+            await self._let_go(flusher)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _let_go(self, flusher: _Flusher) -> None:
+        """Give the flusher's connection back (a broken one is closed by the pool)."""
+        conn, flusher.conn = flusher.conn, None
+        if conn is not None:
+            try:
+                await self._pool.release(conn)
+            except Exception as error:  # noqa: BLE001 - the pool has closed it; nothing to do
+                log.warning("ingest_connection_not_released", error=type(error).__name__)
+
+    async def _flush(self, flusher: _Flusher, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         # A repeat inside one batch is a duplicate of its first occurrence.
         first: dict[str, events.EventRecord] = {}
         for item in batch:
             first.setdefault(item.event.id, item.event)
-        new_ids, refused = await self._store(list(first.values()))
+        new_ids, refused = await self._store(flusher, list(first.values()))
         stored_at = time.perf_counter()
         new_in_order = [event_id for event_id in first if event_id in new_ids]
         enqueued = await self._enqueue(new_in_order)
@@ -131,15 +150,16 @@ class Ingestor:
         tally.not_enqueued += 0 if enqueued else len(new_in_order)
         self._summarise()
 
-    async def _store(self, records: list[events.EventRecord]) -> tuple[set[str], dict[str, str]]:
+    async def _store(self, flusher: _Flusher, records: list[events.EventRecord]) -> tuple[set[str], dict[str, str]]:
         """Insert in one statement; return (new ids, {refused id: reason}).
 
         If PostgreSQL refuses the data of one event, the others are stored one by one so that
         only that event is refused.
         """
         try:
-            async with self._pool.acquire() as conn:
-                return await events.insert_events(conn, records), {}
+            if flusher.conn is None:
+                flusher.conn = await self._pool.acquire()
+            return await events.insert_events(flusher.conn, records), {}
         except UNSTORABLE as error:
             if len(records) == 1:
                 record = records[0]
@@ -151,7 +171,7 @@ class Ingestor:
         new_ids: set[str] = set()
         refused: dict[str, str] = {}
         for record in records:
-            new, not_stored = await self._store([record])
+            new, not_stored = await self._store(flusher, [record])
             new_ids |= new
             refused |= not_stored
         return new_ids, refused
@@ -161,7 +181,8 @@ class Ingestor:
         if not event_ids:
             return True
         try:
-            await asyncio.wait_for(queue.enqueue_events(self._redis, self._queue_name, event_ids), timeout=2)
+            async with asyncio.timeout(2):  # not wait_for: no task of its own per batch
+                await queue.enqueue_events(self._redis, self._queue_name, event_ids)
             return True
         except Exception as error:  # noqa: BLE001 - Redis trouble never fails a stored event
             log.warning("events_not_enqueued", count=len(event_ids), error=type(error).__name__)

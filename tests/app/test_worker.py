@@ -172,3 +172,25 @@ async def test_sweeper_leaves_fresh_and_backing_off_events_alone(conn, pool, set
     requeued = await worker_module.requeue_stale_events({"settings": settings, "pool": pool, "redis": redis})
     assert requeued == 0
     assert await redis.queued_jobs(queue_name=settings.queue_name) == []
+
+
+async def test_same_batch_enqueued_twice_is_one_job_until_it_has_run(conn, pool, settings, redis):
+    from app.events import insert_events, parse_event
+    from app.queue import enqueue_events
+
+    payloads = [ping_event(), ping_event()]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    ids = [p["id"] for p in payloads]
+    assert await enqueue_events(redis, settings.queue_name, ids) is True
+    assert await enqueue_events(redis, settings.queue_name, ids) is False
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
+    await run_worker_until_idle(settings, pool)
+    assert await enqueue_events(redis, settings.queue_name, ids) is True
+
+
+async def test_deferred_job_waits_its_turn(redis, settings):
+    from app.queue import enqueue_events
+
+    await enqueue_events(redis, settings.queue_name, ["evt_later"], defer_seconds=60)
+    (job,) = await redis.queued_jobs(queue_name=settings.queue_name)
+    assert job.score - job.enqueue_time.timestamp() * 1000 >= 59_000
