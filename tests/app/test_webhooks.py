@@ -264,3 +264,18 @@ async def test_signed_payload_of_any_shape_never_gets_5xx(client, conn, shape, w
     assert answer.status_code in (200, 400)
     if answer.status_code == 200:
         assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", payload["id"]) == 1
+
+
+async def test_ingest_recovers_when_postgres_drops_its_connections(client, conn, db_url):
+    first = ping_event()
+    body, headers = signed(first, WEBHOOK_SECRET)
+    assert (await client.post(URL, content=body, headers=headers)).status_code == 200
+    # As a PostgreSQL restart or failover does to every connection the web process holds.
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    payload = ping_event()
+    body, headers = signed(payload, WEBHOOK_SECRET)
+    statuses = [(await client.post(URL, content=body, headers=headers)).status_code for _ in range(3)]
+    assert 200 in statuses and set(statuses) <= {200, 503}
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", payload["id"]) == 1
