@@ -35,11 +35,13 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _web(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.web import create_app
+    from app.web import create_app, quiet_garbage_collector
 
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
+    app = create_app(settings)
+    quiet_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port or settings.port,
         log_level=settings.log_level,

@@ -49,7 +49,7 @@ WARMUP_REQUESTS = 1000
 
 
 def subscription_event(n: int, run: str) -> dict:
-    """A customer.subscription.updated event of realistic size (about 2.5 KB)."""
+    """A customer.subscription.updated event with one item (about 1.5 KB of JSON)."""
     now = int(time.time())
     customer = f"cus_bench{run}{n % 5000:05d}"
     price = {
@@ -145,6 +145,7 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     server_cpu_seconds: float | None = None
+    client_cpu_seconds: float = 0.0
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -204,9 +205,9 @@ def report(name: str, result: Result) -> None:
     p99 = lat[min(done - 1, int(done * 0.99))] * 1000
     rate = len(result.acknowledged) / result.seconds
     errors = sum(result.errors.values())
-    cpu = ""
+    cpu = f"   CPU µs/request: client {result.client_cpu_seconds / done * 1e6:3.0f}"
     if result.server_cpu_seconds is not None:
-        cpu = f"   server CPU {result.server_cpu_seconds / done * 1e6:4.0f} µs/request"
+        cpu += f", server {result.server_cpu_seconds / done * 1e6:3.0f}"
     print(
         f"{name:<12} {rate:>8,.0f} acknowledged/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
         f"mean {statistics.fmean(lat) * 1000:6.1f} ms   {done:,} answers in {result.seconds:.1f} s{cpu}   "
@@ -362,8 +363,9 @@ async def measure(name, host, port, requests, args, server_pid: int | None = Non
     count = len(requests)
     warm = min(WARMUP_REQUESTS, count // 10)
     warmup = await hammer(host, port, requests, range(warm), args.connections, args.duration, measure=False)
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before, client_before = cpu_seconds(server_pid), time.process_time()
     result = await hammer(host, port, requests, range(warm, count), args.connections, args.duration)
+    result.client_cpu_seconds = time.process_time() - client_before
     if cpu_before is not None:
         result.server_cpu_seconds = cpu_seconds(server_pid) - cpu_before
     result.acknowledged += warmup.acknowledged
