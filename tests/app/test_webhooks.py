@@ -279,3 +279,7 @@ async def test_ingest_recovers_when_postgres_drops_its_connections(client, conn,
     statuses = [(await client.post(URL, content=body, headers=headers)).status_code for _ in range(3)]
     assert 200 in statuses and set(statuses) <= {200, 503}
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", payload["id"]) == 1
+
+
+async def test_only_post_is_accepted(client):
+    assert (await client.get(URL)).status_code == 405
