@@ -425,13 +425,14 @@ def main() -> int:
     parser.add_argument("--secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET", SECRET).split(",")[0])
     parser.add_argument("--database-url", help="with --url: verify against this database")
     parser.add_argument("--redis-url", help="with --url: verify against this Redis")
-    parser.add_argument("--queue", default="stripeline:bench")
+    parser.add_argument("--queue", help="arq queue name (default: stripeline:bench, or arq:queue with --url)")
     parser.add_argument("--admin-url", default="postgresql://root@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--log-level", default="info", help="LOG_LEVEL of the server under test")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare Starlette ceiling")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.queue = args.queue or ("arq:queue" if args.url else "stripeline:bench")
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0
