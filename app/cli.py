@@ -35,11 +35,13 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _web(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.web import create_app
+    from app.web import create_app, quiet_garbage_collector
 
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
+    app = create_app(settings)
+    quiet_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port or settings.port,
         log_level=settings.log_level,
@@ -139,10 +141,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stripeline: interrupted", file=sys.stderr)
         return 130
-    except OSError as problem:
-        print(f"stripeline: cannot connect: {problem.strerror or type(problem).__name__}", file=sys.stderr)
+    except Exception as error:
+        problem = outside_problem(error)
+        if problem is None:
+            raise
+        print(f"stripeline: {problem}", file=sys.stderr)
         return 1
     return code
+
+
+def outside_problem(error: BaseException) -> str | None:
+    """One line for a problem the user can fix outside our code (a server down, a wrong URL,
+    a missing file), or None for anything else, which keeps its traceback."""
+    import asyncpg
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    refusals = (
+        asyncpg.InvalidAuthorizationSpecificationError,  # unknown role, wrong password
+        asyncpg.InvalidCatalogNameError,  # no such database
+        asyncpg.CannotConnectNowError,  # starting up or shutting down
+        asyncpg.TooManyConnectionsError,
+    )
+    if isinstance(error, RedisConnectionError):
+        return f"cannot connect to Redis: {error}"
+    if isinstance(error, refusals):
+        return f"cannot connect to PostgreSQL: {error}"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    if isinstance(error, OSError):
+        return f"cannot connect: {error.strerror or error}"
+    return None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +31,8 @@ class EventRecord:
     object_id: str | None
     customer_id: str | None
     payload: dict[str, Any]
+    # The JSON text `payload` was parsed from, when we have it: stored as is, not re-encoded.
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def object(self) -> dict[str, Any]:
@@ -65,7 +68,7 @@ def _text(value: Any, name: str, required: bool = True) -> str | None:
     return value
 
 
-def event_from_payload(payload: Any) -> EventRecord:
+def event_from_payload(payload: Any, raw: bytes | None = None) -> EventRecord:
     """Validate a decoded Stripe event object and describe it as a row."""
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
@@ -90,26 +93,44 @@ def event_from_payload(payload: Any) -> EventRecord:
         object_id=object_id if isinstance(object_id, str) and object_id else None,
         customer_id=customer_of(obj),
         payload=payload,
+        raw=raw,
     )
 
 
+# A \u0000 escape that is not itself escaped (preceded by an even run of backslashes).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def parse_event(body: bytes) -> EventRecord:
+    if b"\\u0000" in body:
+        # PostgreSQL text and jsonb cannot hold U+0000 (legal in JSON, e.g. in metadata);
+        # store U+FFFD in its place rather than lose a genuine, signed event.
+        body = _NUL_ESCAPE.sub(rb"\1\\ufffd", body)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidEvent("body is not valid JSON") from None
-    return event_from_payload(payload)
+    return event_from_payload(payload, raw=body)
 
 
-# Many events in one statement; a duplicate id is skipped and not returned.
+# Many events in one statement; a duplicate id is skipped and not returned. The payloads
+# arrive as JSON text and PostgreSQL parses them once, into jsonb.
 INSERT_EVENTS = """
 INSERT INTO stripe_events (id, type, account, livemode, api_version, created,
                            object_type, object_id, customer_id, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::timestamptz[],
-                     $7::text[], $8::text[], $9::text[], $10::jsonb[])
+SELECT id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::timestamptz[],
+            $7::text[], $8::text[], $9::text[], $10::text[])
+     AS e(id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
+
+
+def _json_text(event: EventRecord) -> str:
+    if event.raw is not None:
+        return event.raw.decode()
+    return orjson.dumps(event.payload).decode()
 
 
 async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> set[str]:
@@ -125,7 +146,7 @@ async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> 
         [e.object_type for e in events],
         [e.object_id for e in events],
         [e.customer_id for e in events],
-        [e.payload for e in events],
+        [_json_text(e) for e in events],
     )
     return {row["id"] for row in rows}
 

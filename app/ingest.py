@@ -20,17 +20,41 @@ from app import events, queue
 from app.logging import log
 
 MAX_BATCH = 256
-FLUSHERS = 2
+FLUSHERS = 4
 
 
 class StoreUnavailable(Exception):
     """PostgreSQL could not store the event; Stripe should retry later."""
 
 
+# PostgreSQL refused what is in an event (or it would not encode): no retry will help.
+UNSTORABLE = (asyncpg.DataError, ValueError, TypeError)
+# Anything else from PostgreSQL (down, restarting, not migrated yet): the batch may succeed later.
+UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+# How often a summary line reports what the flushers did (per-event lines are debug).
+SUMMARY_EVERY_SECONDS = 10.0
+
+
 @dataclass(slots=True)
 class _Pending:
     event: events.EventRecord
     future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Flusher:
+    # Held between batches: giving a connection back to the pool costs a round trip (its reset).
+    conn: asyncpg.Connection | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    batches: int = 0
+    events: int = 0
+    new: int = 0
+    not_enqueued: int = 0
+    since: float = 0.0
 
 
 class Ingestor:
@@ -41,56 +65,76 @@ class Ingestor:
         self._metrics = metrics
         self._waiting: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._tally = _Tally(since=time.monotonic())
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run()) for _ in range(FLUSHERS)]
+        self._tasks = [asyncio.create_task(self._run(_Flusher())) for _ in range(FLUSHERS)]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._summarise(force=True)
 
     async def submit(self, event: events.EventRecord) -> bool:
-        """Store and enqueue one event; return True when it was already stored (a duplicate)."""
+        """Store and enqueue one event; return True when it was already stored (a duplicate).
+
+        Raises StoreUnavailable when PostgreSQL is down, InvalidEvent when it refuses the event.
+        """
         future = asyncio.get_running_loop().create_future()
-        await self._waiting.put(_Pending(event, future))
+        self._waiting.put_nowait(_Pending(event, future))
         return await future
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._waiting.get()]
-            while len(batch) < MAX_BATCH and not self._waiting.empty():
-                batch.append(self._waiting.get_nowait())
-            try:
-                await self._flush(batch)
-            except Exception as error:  # noqa: BLE001 - every waiter must hear back
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+    async def _run(self, flusher: _Flusher) -> None:
+        try:
+            while True:
+                batch = [await self._waiting.get()]
+                while len(batch) < MAX_BATCH and not self._waiting.empty():
+                    batch.append(self._waiting.get_nowait())
+                try:
+                    await self._flush(flusher, batch)
+                except Exception as error:  # noqa: BLE001 - every waiter must hear back
+                    if not isinstance(error, StoreUnavailable):
+                        log.error("events_not_stored", count=len(batch), error=type(error).__name__, exc_info=True)
+                        error = StoreUnavailable()
+                    await self._let_go(flusher)
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(error)
+        finally:
+            await self._let_go(flusher)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _let_go(self, flusher: _Flusher) -> None:
+        """Give the flusher's connection back (a broken one is closed by the pool)."""
+        conn, flusher.conn = flusher.conn, None
+        if conn is not None:
+            try:
+                await self._pool.release(conn)
+            except Exception as error:  # noqa: BLE001 - the pool has closed it; nothing to do
+                log.warning("ingest_connection_not_released", error=type(error).__name__)
+
+    async def _flush(self, flusher: _Flusher, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         # A repeat inside one batch is a duplicate of its first occurrence.
         first: dict[str, events.EventRecord] = {}
         for item in batch:
             first.setdefault(item.event.id, item.event)
-        try:
-            async with self._pool.acquire() as conn:
-                new_ids = await events.insert_events(conn, list(first.values()))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
-            log.warning("events_not_stored", count=len(batch), error=type(error).__name__)
-            raise StoreUnavailable() from error
+        new_ids, refused = await self._store(flusher, list(first.values()))
         stored_at = time.perf_counter()
-        new_in_order = [e.id for e in first.values() if e.id in new_ids]
+        new_in_order = [event_id for event_id in first if event_id in new_ids]
         enqueued = await self._enqueue(new_in_order)
         answered = set()
         for item in batch:
-            duplicate = item.event.id not in new_ids or item.event.id in answered
-            answered.add(item.event.id)
-            if not item.future.done():
-                item.future.set_result(duplicate)
+            event_id = item.event.id
+            if item.future.done():
+                continue
+            if event_id in refused:
+                item.future.set_exception(events.InvalidEvent(refused[event_id]))
+                continue
+            item.future.set_result(event_id not in new_ids or event_id in answered)
+            answered.add(event_id)
         if self._metrics is not None:
-            self._metrics.observe_ingest(len(batch), len(new_in_order))
+            self._metrics.observe_ingest(len(batch) - len(refused), len(new_in_order))
         log.debug(
             "events_stored",
             count=len(batch),
@@ -99,14 +143,64 @@ class Ingestor:
             store_ms=round((stored_at - started) * 1000, 2),
             total_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        tally = self._tally
+        tally.batches += 1
+        tally.events += len(batch)
+        tally.new += len(new_in_order)
+        tally.not_enqueued += 0 if enqueued else len(new_in_order)
+        self._summarise()
+
+    async def _store(self, flusher: _Flusher, records: list[events.EventRecord]) -> tuple[set[str], dict[str, str]]:
+        """Insert in one statement; return (new ids, {refused id: reason}).
+
+        If PostgreSQL refuses the data of one event, the others are stored one by one so that
+        only that event is refused.
+        """
+        try:
+            if flusher.conn is None:
+                flusher.conn = await self._pool.acquire()
+            return await events.insert_events(flusher.conn, records), {}
+        except UNSTORABLE as error:
+            if len(records) == 1:
+                record = records[0]
+                log.error("event_not_storable", event_id=record.id, event_type=record.type, error=type(error).__name__)
+                return set(), {record.id: f"event cannot be stored: {type(error).__name__}"}
+        except UNAVAILABLE as error:
+            log.warning("events_not_stored", count=len(records), error=type(error).__name__)
+            raise StoreUnavailable() from error
+        new_ids: set[str] = set()
+        refused: dict[str, str] = {}
+        for record in records:
+            new, not_stored = await self._store(flusher, [record])
+            new_ids |= new
+            refused |= not_stored
+        return new_ids, refused
 
     async def _enqueue(self, event_ids: list[str]) -> bool:
         """Enqueue stored events; if Redis is down they stay pending and the sweeper enqueues them."""
         if not event_ids:
             return True
         try:
-            await asyncio.wait_for(queue.enqueue_events(self._redis, self._queue_name, event_ids), timeout=2)
+            async with asyncio.timeout(2):  # not wait_for: no task of its own per batch
+                await queue.enqueue_events(self._redis, self._queue_name, event_ids)
             return True
         except Exception as error:  # noqa: BLE001 - Redis trouble never fails a stored event
             log.warning("events_not_enqueued", count=len(event_ids), error=type(error).__name__)
             return False
+
+    def _summarise(self, force: bool = False) -> None:
+        """One info line per interval instead of one per webhook, which would cost throughput."""
+        tally = self._tally
+        now = time.monotonic()
+        if not tally.events or (not force and now - tally.since < SUMMARY_EVERY_SECONDS):
+            return
+        log.info(
+            "webhooks_ingested",
+            events=tally.events,
+            new=tally.new,
+            duplicates=tally.events - tally.new,
+            not_enqueued=tally.not_enqueued,
+            batches=tally.batches,
+            seconds=round(now - tally.since, 1),
+        )
+        self._tally = _Tally(since=now)

@@ -20,9 +20,14 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     value = env.get(name, "").strip()
     if not value:
         return None
-    scheme = urlparse(value).scheme
-    if scheme not in schemes:
+    parts = urlparse(value)
+    if parts.scheme not in schemes:
         raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    try:
+        parts.port  # noqa: B018 - urlparse checks the port only when asked
+    except ValueError:
+        # Never echo the URL: it usually holds a password.
+        raise ConfigError(f"{name} has a malformed port") from None
     return value
 
 

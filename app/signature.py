@@ -51,7 +51,8 @@ def verify(body: bytes, header: str | None, secrets: tuple[str, ...], tolerance:
         raise SignatureError("missing Stripe-Signature header")
     timestamp, signatures = _parse(header)
     now = time.time() if now is None else now
-    if abs(now - timestamp) > tolerance:
+    # Integer arithmetic: a timestamp of hundreds of digits must not overflow a float.
+    if abs(int(now) - timestamp) > tolerance:
         raise SignatureError("Stripe-Signature timestamp is outside the tolerance")
     signed = f"{timestamp}.".encode() + body
     matched = False

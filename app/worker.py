@@ -108,8 +108,13 @@ async def run_worker(settings: Settings) -> None:
 
     settings.require("DATABASE_URL", "REDIS_URL")
     worker = Worker(**worker_settings(settings))
+    # arq's signal handler stops the worker by cancelling `main_task`, which only its own
+    # `Worker.run()` sets; without it SIGTERM cancels the running jobs and the worker polls on.
+    worker.main_task = asyncio.ensure_future(worker.main())
     try:
-        await worker.main()
+        await worker.main_task
+    except asyncio.CancelledError:
+        pass  # stopped by SIGINT or SIGTERM
     finally:
         await worker.close()
 

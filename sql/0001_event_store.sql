@@ -29,3 +29,5 @@ CREATE INDEX stripe_events_customer_idx ON stripe_events (customer_id, created) 
 CREATE INDEX stripe_events_object_idx ON stripe_events (object_id, created) WHERE object_id IS NOT NULL;
 -- The sweeper and /api/sync look at unfinished events only; this index stays small.
 CREATE INDEX stripe_events_unfinished_idx ON stripe_events (received_at) WHERE status IN ('pending', 'failed');
+-- /api/sync and /metrics ask for the latest arrival on every call: without this, a scan of the log.
+CREATE INDEX stripe_events_received_idx ON stripe_events (received_at);

@@ -1,0 +1,99 @@
+"""The `stripeline` command as a platform runs it: exit codes and one-line errors on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app.migrate import load_migrations
+from tests.services import unreachable_postgres, unreachable_redis, with_database
+
+
+def stripeline(*args: str, env: dict[str, str], cwd: str = "/") -> subprocess.CompletedProcess:
+    """Run the installed console script from outside the source tree, with only `env` set."""
+    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
+    command = [script] if script else [sys.executable, "-m", "app.cli"]
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        [*command, *args], env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+CONFIGURED = {
+    "DATABASE_URL": "postgres://u@127.0.0.1:1/d",
+    "REDIS_URL": "redis://127.0.0.1:1",
+    "STRIPE_WEBHOOK_SECRET": "whsec_x",
+    "STRIPELINE_API_TOKEN": "t",
+}
+
+
+@pytest.mark.parametrize(
+    "command, missing",
+    [("migrate", "DATABASE_URL"), ("worker", "REDIS_URL"), ("web", "STRIPE_WEBHOOK_SECRET"), ("web", "STRIPELINE_API_TOKEN")],
+)
+def test_missing_required_variable_stops_with_one_line_naming_it(command, missing):
+    env = {k: v for k, v in CONFIGURED.items() if k != missing}
+    result = stripeline(command, env=env)
+    assert result.returncode == 2
+    assert error_lines(result) == [f"stripeline: {missing} is required but not set"]
+
+
+@pytest.mark.parametrize("command", ["migrate", "worker", "web"])
+@pytest.mark.parametrize(
+    "name, value", [("STRIPELINE_WEBHOOK_TOLERANCE", "5m"), ("DATABASE_URL", "mysql://u@h/d"), ("REDIS_URL", "redis://h:port")]
+)
+def test_malformed_variable_stops_with_one_line_naming_it(command, name, value):
+    result = stripeline(command, env={**CONFIGURED, name: value})
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and name in lines[0]
+
+
+def test_migrate_with_postgres_unreachable_says_so_in_one_line():
+    result = stripeline("migrate", env={"DATABASE_URL": unreachable_postgres()})
+    assert result.returncode == 1
+    assert len(error_lines(result)) == 1 and "cannot connect" in result.stderr
+
+
+def test_worker_with_redis_unreachable_says_so(db_url):
+    result = stripeline("worker", env={"DATABASE_URL": db_url, "REDIS_URL": unreachable_redis()})
+    assert result.returncode == 1
+    assert error_lines(result)[-1].startswith("stripeline: cannot connect to Redis")
+
+
+@pytest.fixture
+def empty_db_url(service_urls):
+    admin_url, _ = service_urls
+    name = f"stripeline_cli_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield with_database(admin_url, name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_migrate_from_any_directory_applies_everything_once(empty_db_url, tmp_path):
+    url = empty_db_url.replace("postgresql://", "postgres://", 1)
+    first = stripeline("migrate", env={"DATABASE_URL": url}, cwd=str(tmp_path))
+    second = stripeline("migrate", env={"DATABASE_URL": url}, cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert f"migrations: {len(load_migrations())} applied" in first.stdout
+    assert second.returncode == 0 and "migrations: 0 applied" in second.stdout

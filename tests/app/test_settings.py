@@ -1,0 +1,95 @@
+"""Settings from the environment: Heroku's URL forms accepted, mistakes named in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from redis.asyncio.connection import SSLConnection
+
+from app.db import connect
+from app.queue import redis_pool, redis_settings
+from app.settings import ConfigError, Settings
+
+FULL = {
+    "DATABASE_URL": "postgres://u:p@db.example.com:5432/d1",
+    "REDIS_URL": "rediss://:secret@redis.example.com:25061",
+    "STRIPE_WEBHOOK_SECRET": "whsec_new, whsec_old",
+    "STRIPELINE_API_TOKEN": "token",
+}
+
+
+def test_heroku_urls_and_rotated_secrets_are_read():
+    settings = Settings.from_env(FULL)
+    assert settings.database_url == FULL["DATABASE_URL"]
+    assert settings.redis_url == FULL["REDIS_URL"]
+    assert settings.webhook_secrets == ("whsec_new", "whsec_old")
+    assert (settings.deleted_customers, settings.webhook_tolerance, settings.port) == ("anonymize", 300, 8000)
+    assert (settings.log_level, settings.log_format) == ("info", "json")
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings.from_env(FULL).port = 1
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("DATABASE_URL", "mysql://u@h/d"),
+        ("DATABASE_URL", "postgres://u@h:port/d"),
+        ("REDIS_URL", "http://h:6379"),
+        ("REDIS_URL", "redis://h:99999999"),
+        ("STRIPELINE_WEBHOOK_TOLERANCE", "five minutes"),
+        ("STRIPELINE_WEBHOOK_TOLERANCE", "0"),
+        ("STRIPELINE_DELETED_CUSTOMERS", "purge"),
+        ("PORT", "http"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_malformed_variable_is_named(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**FULL, name: value})
+
+
+def test_malformed_secret_is_named_but_never_echoed():
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET") as refused:
+        Settings.from_env({**FULL, "STRIPE_WEBHOOK_SECRET": "sk_live_oops"})
+    assert "sk_live_oops" not in str(refused.value)
+
+
+def test_malformed_url_is_never_echoed():
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**FULL, "DATABASE_URL": "postgres://u:hunter2@h:x/d"})
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN"])
+def test_missing_required_variable_is_named(missing):
+    settings = Settings.from_env({k: v for k, v in FULL.items() if k != missing})
+    with pytest.raises(ConfigError, match=f"{missing} is required"):
+        settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
+
+
+def test_rediss_url_uses_tls_without_verifying_herokus_self_signed_certificate():
+    arq_settings = redis_settings("rediss://:secret@redis.example.com:25061/2")
+    assert (arq_settings.host, arq_settings.port, arq_settings.database) == ("redis.example.com", 25061, 2)
+    assert arq_settings.ssl is True and arq_settings.ssl_cert_reqs == "none"
+    pool = redis_pool("rediss://:secret@redis.example.com:25061/2").connection_pool
+    assert pool.connection_class is SSLConnection
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    assert pool.connection_kwargs["db"] == 2
+
+
+def test_plain_redis_url_does_not_use_tls():
+    assert redis_settings("redis://h:6379").ssl is False
+    assert redis_pool("redis://h:6379").connection_pool.connection_class is not SSLConnection
+
+
+async def test_postgres_scheme_url_connects(db_url):
+    conn = await connect(db_url.replace("postgresql://", "postgres://", 1))
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()

@@ -1,0 +1,196 @@
+"""The worker: arq's Worker in burst mode against real Redis, processing stored events.
+
+Handlers are registered for the test with monkeypatch on the real HANDLERS dict.
+"""
+
+from __future__ import annotations
+
+from arq.worker import Worker
+
+import handlers
+from app import worker as worker_module
+from app.queue import redis_pool
+from app.web import create_app
+from tests.conftest import WEBHOOK_SECRET
+from tests.factories import event, ping_event, signed
+from tests.services import serving, unreachable_redis
+
+URL = "/webhooks/stripe"
+TEST_TYPE = "test.happened"
+
+
+async def run_worker_until_idle(settings, pool) -> Worker:
+    """Run arq's Worker in burst mode (no crons) until the queue is empty."""
+    options = worker_module.worker_settings(settings)
+    options.update(burst=True, cron_jobs=[], handle_signals=False, poll_delay=0.05, ctx={"settings": settings, "pool": pool})
+    worker = Worker(**options)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker
+
+
+async def deliver(client, payload) -> None:
+    body, headers = signed(payload, WEBHOOK_SECRET)
+    answer = await client.post(URL, content=body, headers=headers)
+    assert answer.status_code == 200
+
+
+async def status_of(conn, event_id: str):
+    return await conn.fetchrow("SELECT status, attempts, last_error, processed_at FROM stripe_events WHERE id = $1", event_id)
+
+
+def handled_event(**kwargs):
+    return event(TEST_TYPE, {"id": "obj_1", "object": "thing", "customer": "cus_worker1"}, **kwargs)
+
+
+async def test_worker_processes_delivered_events_through_their_handler(client, conn, pool, settings, monkeypatch):
+    seen = []
+
+    async def on_test_happened(conn, record, ctx):
+        seen.append((record.id, record.customer_id))
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payloads = [handled_event() for _ in range(3)]
+    for payload in payloads:
+        await deliver(client, payload)
+    await run_worker_until_idle(settings, pool)
+    assert sorted(seen) == sorted((p["id"], "cus_worker1") for p in payloads)
+    for payload in payloads:
+        row = await status_of(conn, payload["id"])
+        assert row["status"] == "processed" and row["processed_at"] is not None and row["attempts"] == 0
+
+
+async def test_event_of_an_unhandled_type_is_ignored_not_failed(client, conn, pool, settings):
+    payload = ping_event()
+    await deliver(client, payload)
+    await run_worker_until_idle(settings, pool)
+    row = await status_of(conn, payload["id"])
+    assert row["status"] == "ignored" and row["last_error"] is None
+
+
+async def test_event_is_processed_once_however_often_it_is_queued(client, conn, pool, settings, redis, monkeypatch):
+    calls = []
+
+    async def on_test_happened(conn, record, ctx):
+        calls.append(record.id)
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payload = handled_event()
+    await deliver(client, payload)
+    for n in range(3):
+        await redis.enqueue_job("process_events", [payload["id"]], _job_id=f"again:{n}", _queue_name=settings.queue_name)
+    await run_worker_until_idle(settings, pool)
+    assert calls == [payload["id"]]
+
+
+async def test_failing_handler_is_retried_then_left_failed_with_its_error(client, conn, pool, settings, monkeypatch):
+    attempts = []
+
+    async def on_test_happened(conn, record, ctx):
+        attempts.append(record.id)
+        await conn.execute("CREATE TABLE written_by_failing_handler (id int)")  # must be rolled back
+        raise RuntimeError("upstream shape not understood")
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payload = handled_event()
+    await deliver(client, payload)
+    await run_worker_until_idle(settings, pool)
+    assert len(attempts) == settings.max_attempts
+    row = await status_of(conn, payload["id"])
+    assert row["status"] == "failed"
+    assert row["attempts"] == settings.max_attempts
+    assert row["last_error"] == "RuntimeError: upstream shape not understood"
+    assert await conn.fetchval("SELECT to_regclass('written_by_failing_handler')") is None
+
+
+async def test_one_failing_event_does_not_hold_up_the_others_in_its_batch(conn, pool, settings, redis, monkeypatch):
+    from app.events import insert_events, parse_event
+
+    async def on_test_happened(conn, record, ctx):
+        if record.payload["data"]["object"].get("poison"):
+            raise ValueError("poison")
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    good, bad = handled_event(), handled_event()
+    bad["data"]["object"]["poison"] = True
+    records = [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in (good, bad)]
+    await insert_events(conn, records)
+    await redis.enqueue_job("process_events", [good["id"], bad["id"]], _queue_name=settings.queue_name)
+    await run_worker_until_idle(settings, pool)
+    assert (await status_of(conn, good["id"]))["status"] == "processed"
+    assert (await status_of(conn, bad["id"]))["status"] == "failed"
+
+
+async def test_failure_that_clears_up_is_processed_on_retry(client, conn, pool, settings, monkeypatch):
+    attempts = []
+
+    async def on_test_happened(conn, record, ctx):
+        attempts.append(record.id)
+        if len(attempts) == 1:
+            raise ConnectionError("flaky")
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payload = handled_event()
+    await deliver(client, payload)
+    await run_worker_until_idle(settings, pool)
+    row = await status_of(conn, payload["id"])
+    assert len(attempts) == 2
+    assert row["status"] == "processed" and row["attempts"] == 1 and row["last_error"] is None
+
+
+async def test_event_stored_while_redis_was_down_is_queued_by_the_sweeper(settings, pool, conn, redis):
+    broken = redis_pool(unreachable_redis())
+    payload = ping_event()
+    async with serving(create_app(settings, pool=pool, redis=broken)) as client:
+        await deliver(client, payload)
+    await broken.aclose()
+    assert await redis.queued_jobs(queue_name=settings.queue_name) == []
+    # The sweeper leaves events alone for a few seconds (their own job may be on its way).
+    await conn.execute("UPDATE stripe_events SET received_at = now() - interval '1 minute'")
+
+    requeued = await worker_module.requeue_stale_events({"settings": settings, "pool": pool, "redis": redis})
+
+    assert requeued == 1
+    queued = await redis.queued_jobs(queue_name=settings.queue_name)
+    assert [job.args[0] for job in queued] == [[payload["id"]]]
+    await run_worker_until_idle(settings, pool)
+    assert (await status_of(conn, payload["id"]))["status"] == "ignored"
+
+
+async def test_sweeper_leaves_fresh_and_backing_off_events_alone(conn, pool, settings, redis):
+    from app.events import insert_events, parse_event
+
+    fresh, backing_off = ping_event(), ping_event()
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in (fresh, backing_off)])
+    await conn.execute(
+        "UPDATE stripe_events SET received_at = now() - interval '1 minute', next_attempt_at = now() + interval '1 hour'"
+        " WHERE id = $1",
+        backing_off["id"],
+    )
+    requeued = await worker_module.requeue_stale_events({"settings": settings, "pool": pool, "redis": redis})
+    assert requeued == 0
+    assert await redis.queued_jobs(queue_name=settings.queue_name) == []
+
+
+async def test_same_batch_enqueued_twice_is_one_job_until_it_has_run(conn, pool, settings, redis):
+    from app.events import insert_events, parse_event
+    from app.queue import enqueue_events
+
+    payloads = [ping_event(), ping_event()]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    ids = [p["id"] for p in payloads]
+    assert await enqueue_events(redis, settings.queue_name, ids) is True
+    assert await enqueue_events(redis, settings.queue_name, ids) is False
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
+    await run_worker_until_idle(settings, pool)
+    assert await enqueue_events(redis, settings.queue_name, ids) is True
+
+
+async def test_deferred_job_waits_its_turn(redis, settings):
+    from app.queue import enqueue_events
+
+    await enqueue_events(redis, settings.queue_name, ["evt_later"], defer_seconds=60)
+    (job,) = await redis.queued_jobs(queue_name=settings.queue_name)
+    assert job.score - job.enqueue_time.timestamp() * 1000 >= 59_000
