@@ -240,3 +240,42 @@ async def test_any_order_and_repetition_ends_in_the_stripe_order_state(pool, con
     events = stream(shuffled)
     await deliver_all(pool, chosen, [[events[i]] for i in list(order) + repeats])
     assert await customer_state(conn, shuffled) == await customer_state(conn, in_order)
+
+
+async def write_what_the_event_says(conn, event, ctx):
+    """The worst handler the guard can meet: writes the event's object over the row, ignoring versions."""
+    obj = event.object
+    if obj["object"] == "customer":
+        await conn.execute(
+            "INSERT INTO customers (id, email, name, phone, address, metadata) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (id) DO UPDATE SET email = $2, name = $3, phone = $4, address = $5, metadata = $6, "
+            "deleted_in_stripe = false, deleted_at = NULL",
+            obj["id"], obj["email"], obj["name"], obj["phone"], obj["address"], obj["metadata"],
+        )
+    else:
+        await conn.execute(
+            "INSERT INTO subscriptions (id, customer_id, status, metadata) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (id) DO UPDATE SET status = $3, metadata = $4",
+            obj["id"], obj["customer"], obj["status"], obj["metadata"],
+        )
+
+
+@pytest.mark.parametrize("mode", ["anonymize", "delete"])
+@pytest.mark.parametrize("arrival", ["first", "middle", "twice"])
+async def test_handlers_of_late_events_cannot_restore_data_or_revive_subscriptions(
+    pool, conn, settings, monkeypatch, mode, arrival
+):
+    from handlers import HANDLERS
+
+    for kind in ("customer.created", "customer.updated", "customer.subscription.created",
+                 "customer.subscription.updated"):
+        monkeypatch.setitem(HANDLERS, kind, write_what_the_event_says)
+    person = Person()
+    await seed_rows(conn, person)
+    await deliver_all(pool, in_mode(settings, mode), arrivals(person, arrival))
+    if mode == "anonymize":
+        await assert_anonymized(conn, person)
+        status = await conn.fetchval("SELECT status FROM subscriptions WHERE id = $1", person.subscription_id)
+        assert status == "canceled"
+    else:
+        await assert_deleted(conn, person)
