@@ -166,14 +166,23 @@ SELECT id, payload FROM stripe_events WHERE customer_id = $1 ORDER BY created, i
 """
 
 # Events of other objects naming the customer anywhere (an expanded object, a nested
-# reference). This reads every payload since the customer existed, so it runs once per
-# tombstone (mentions_scrubbed_at), never on replays.
+# reference), or naming one of its charges or payment intents (a dispute's evidence holds the
+# customer's name and email). This reads every payload since the customer existed, so it runs
+# once per tombstone (mentions_scrubbed_at), never on replays.
 MENTIONING_EVENTS = """
 SELECT id, payload FROM stripe_events
 WHERE created >= $2 AND customer_id IS DISTINCT FROM $1
-  AND jsonb_path_exists(payload, 'strict $.** ? (@ == $id)', jsonb_build_object('id', $1::text))
+  AND (jsonb_path_exists(payload, 'strict $.** ? (@ == $id)', jsonb_build_object('id', $1::text))
+       OR payload #>> '{data,object,charge}' = ANY($3::text[])
+       OR payload #>> '{data,object,payment_intent}' = ANY($4::text[]))
 ORDER BY created, id
 FOR UPDATE SKIP LOCKED
+"""
+
+PAYMENT_REFERENCES = """
+SELECT coalesce(array_agg(id) FILTER (WHERE kind = 'charge'), '{}') AS charges,
+       coalesce(array_agg(DISTINCT payment_intent_id) FILTER (WHERE payment_intent_id IS NOT NULL), '{}') AS intents
+FROM payments WHERE customer_id = $1
 """
 
 MENTIONING_OUTBOX = """
@@ -267,11 +276,15 @@ async def _scrub_payloads(conn: asyncpg.Connection, query: str, *args: Any) -> i
     return changed
 
 
-async def _scrub_mentions(conn: asyncpg.Connection, tombstone: Tombstone, since: datetime | None) -> int:
+async def _scrub_mentions(
+    conn: asyncpg.Connection, tombstone: Tombstone, since: datetime | None, payments: asyncpg.Record
+) -> int:
     if tombstone.mentions_scrubbed_at is not None:
         return 0
     since = since or datetime(1970, 1, 1, tzinfo=timezone.utc)
-    changed = await _scrub_payloads(conn, MENTIONING_EVENTS, tombstone.customer_id, since)
+    changed = await _scrub_payloads(
+        conn, MENTIONING_EVENTS, tombstone.customer_id, since, payments["charges"], payments["intents"]
+    )
     await conn.execute(MARK_MENTIONS_SCRUBBED, tombstone.customer_id)
     return changed
 
@@ -309,15 +322,17 @@ async def _anonymize(conn: asyncpg.Connection, event: EventRecord, tombstone: To
     )
     await anonymize_rows(conn, tombstone)
     own = await _scrub_payloads(conn, OWN_EVENTS, tombstone.customer_id)
-    mentions = await _scrub_mentions(conn, tombstone, _when(obj.get("created")))
+    payments = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
+    mentions = await _scrub_mentions(conn, tombstone, _when(obj.get("created")), payments)
     outbox = await _outbox_mentions(conn, tombstone.customer_id, delete=False)
     return {"events_scrubbed": own + mentions, "outbox_scrubbed": outbox}
 
 
 async def _delete(conn: asyncpg.Connection, event: EventRecord, tombstone: Tombstone) -> dict[str, int]:
+    payments = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
     rows = await conn.fetchval(PURGE_CUSTOMER, tombstone.customer_id)
     events = await conn.fetchval(DELETE_CUSTOMER_EVENTS, tombstone.customer_id)
-    mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")))
+    mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), payments)
     outbox = await _outbox_mentions(conn, tombstone.customer_id, delete=True)
     return {"rows_deleted": rows, "events_deleted": events, "events_scrubbed": mentions, "outbox_deleted": outbox}
 

@@ -13,7 +13,7 @@ from app.events import EVENT_COLUMNS, event_from_payload, record_from_row
 from app.processing import ProcessingContext, apply_events
 from handlers.deletion import DELETED_TAG, OWNED_TABLES
 from tests.factories import event
-from tests.personal_data import DELETED_AT, T0, Person, customer, deletion, deliver, find_everywhere, seed_rows, stream
+from tests.personal_data import DELETED_AT, T0, Person, charge, customer, deletion, deliver, find_everywhere, seed_rows, stream
 
 DELETED_AT_TIME = datetime.fromtimestamp(DELETED_AT, timezone.utc)
 LIVE = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
@@ -279,3 +279,35 @@ async def test_handlers_of_late_events_cannot_restore_data_or_revive_subscriptio
         assert status == "canceled"
     else:
         await assert_deleted(conn, person)
+
+
+def mentions(person: Person) -> list[dict]:
+    """Events of other objects that name the customer only indirectly, before its deletion."""
+    dispute = {
+        "id": f"dp_{person.key}", "object": "dispute", "amount": 7500, "currency": "gbp", "charge": f"ch_{person.key}",
+        "evidence": {"customer_email_address": person.email, "customer_name": person.name,
+                     "billing_address": person.line1, "uncategorized_text": None},
+        "metadata": {}, "reason": "fraudulent", "status": "needs_response",
+    }
+    review = {"id": f"prv_{person.key}", "object": "review", "charge": charge(person), "ip_address": "203.0.113.9",
+              "open": True, "reason": "rule"}
+    return [
+        event("charge.dispute.created", dispute, created=T0 + 3 * 86400, id=f"evt_{person.key}_d"),
+        event("review.opened", review, created=T0 + 3 * 86400 + 1, id=f"evt_{person.key}_r"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["anonymize", "delete"])
+async def test_events_naming_the_customer_indirectly_are_scrubbed_and_kept(pool, conn, settings, mode):
+    person = Person()
+    await seed_rows(conn, person)
+    chosen = in_mode(settings, mode)
+    others = mentions(person)
+    await deliver_all(pool, chosen, [[e] for e in others])
+    await deliver(pool, chosen, [deletion(person)])
+    for needle in person.needles():
+        assert await find_everywhere(conn, needle) == [], needle
+    kept = await conn.fetch("SELECT id, payload FROM stripe_events WHERE id = ANY($1::text[]) ORDER BY id",
+                            [e["id"] for e in others])
+    assert len(kept) == 2
+    assert kept[0]["payload"]["data"]["object"]["amount"] == 7500
