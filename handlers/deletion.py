@@ -165,13 +165,14 @@ OWN_EVENTS = """
 SELECT id, payload FROM stripe_events WHERE customer_id = $1 ORDER BY created, id FOR UPDATE SKIP LOCKED
 """
 
-# Events of other objects naming the customer anywhere (an expanded object, a nested
-# reference), or naming one of its charges or payment intents (a dispute's evidence holds the
-# customer's name and email). This reads every payload since the customer existed, so it runs
-# once per tombstone (mentions_scrubbed_at), never on replays.
+# Events that name no customer of their own but name this one inside (an expanded object), or
+# name one of its charges or payment intents (a dispute's evidence holds the customer's name
+# and email; a review, its charge). Events of other customers are not searched: Stripe never
+# puts one customer's data in another's objects. This reads every customer-less payload since
+# the customer existed, so it runs once per tombstone (mentions_scrubbed_at), not on replays.
 MENTIONING_EVENTS = """
 SELECT id, payload FROM stripe_events
-WHERE created >= $2 AND customer_id IS DISTINCT FROM $1
+WHERE created >= $2 AND customer_id IS NULL
   AND (jsonb_path_exists(payload, 'strict $.** ? (@ == $id)', jsonb_build_object('id', $1::text))
        OR payload #>> '{data,object,charge}' = ANY($3::text[])
        OR payload #>> '{data,object,payment_intent}' = ANY($4::text[]))
