@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.deletion [--events 20000 50000] [--admin-url postgresql://root@127.0.0.1:5432/test]
 
 Creates a scratch database (dropped at the end), stores N realistic events (9 per customer:
-the stream of tests/personal_data.py and two that name no customer) and times: a first deletion in each mode (with the one
-full scan for indirect mentions), the same deletion applied again (a replay), and the
-tombstone lookup that apply_events adds to every batch.
+the stream of tests/personal_data.py and two that name no customer) and times: a first
+deletion in each mode (with the one scan for indirect mentions), the same deletion applied
+again (a replay), and the tombstone lookup that apply_events adds to every batch.
 """
 
 from __future__ import annotations
@@ -36,14 +36,18 @@ def customerless(person: Person) -> list[dict]:
     payout = {"id": f"po_{person.key}", "object": "payout", "amount": 7000, "currency": "gbp", "status": "paid"}
     dispute = {"id": f"dp_{person.key}", "object": "dispute", "amount": 7500, "charge": f"ch_{person.key}",
                "evidence": {"customer_email_address": person.email}, "status": "won"}
-    return [event("payout.paid", payout, created=T0 + 86400), event("charge.dispute.closed", dispute, created=T0 + 86400)]
+    return [
+        event("payout.paid", payout, created=T0 + 86400),
+        event("charge.dispute.closed", dispute, created=T0 + 86400),
+    ]
 
 
 async def fill(conn: asyncpg.Connection, total: int) -> list[Person]:
     people = [Person() for _ in range(total // 9)]
     for start in range(0, len(people), 250):
         chunk = people[start : start + 250]
-        payloads = [p for person in chunk for p in stream(person) + customerless(person) if p["type"] != "customer.deleted"]
+        payloads = [p for person in chunk for p in stream(person) + customerless(person)
+                    if p["type"] != "customer.deleted"]
         records = [event_from_payload(p) for p in payloads]
         await insert_events(conn, records)
         for person in chunk:
@@ -111,7 +115,8 @@ async def run(admin_url: str, sizes: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, nargs="+", default=[20000, 50000])
-    parser.add_argument("--admin-url", default=os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test"))
+    default_url = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
+    parser.add_argument("--admin-url", default=default_url, help="a PostgreSQL URL allowed to create databases")
     args = parser.parse_args()
     asyncio.run(run(args.admin_url, args.events))
 

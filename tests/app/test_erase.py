@@ -29,7 +29,8 @@ async def fill(pool, conn, settings) -> None:
 
 
 async def test_erase_covers_every_table_but_the_migration_record(conn):
-    tables = {row["tablename"] for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    tables = {row["tablename"] for row in rows}
     assert tables - set(ERASED_TABLES) == {"schema_migrations"}
     assert set(ERASED_TABLES) == set(await count_rows(conn))
 
@@ -52,7 +53,8 @@ async def test_erase_with_yes_empties_every_table_in_one_go(pool, conn, settings
                                              "customer_tombstones", "outbox", "segment_history"))
     done = await asyncio.to_thread(run_cli, db_url, "--yes")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == f"erased {sum(before.values())} rows from {len(before)} tables; the schema is kept"
+    summary = f"erased {sum(before.values())} rows from {len(before)} tables; the schema is kept"
+    assert done.stdout.strip().splitlines()[-1] == summary
     assert set((await count_rows(conn)).values()) == {0}
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") > 0
 

@@ -67,7 +67,8 @@ def test_the_input_is_not_modified():
 
 
 def test_catalog_objects_are_left_alone():
-    product = {"id": "prod_1", "object": "product", "name": "Pro", "description": "The pro plan", "metadata": {"a": "b"}}
+    product = {"id": "prod_1", "object": "product", "name": "Pro", "description": "The pro plan",
+               "metadata": {"a": "b"}}
     assert scrub_object(product) == product
 
 
