@@ -102,7 +102,7 @@ json_values = st.recursive(
 )
 
 
-@hypothesis_settings(max_examples=200, deadline=None)
+@hypothesis_settings(max_examples=100, deadline=None)
 @given(payload=st.dictionaries(st.sampled_from(["id", "type", "data", "object"]), json_values, max_size=4)
        | st.fixed_dictionaries({"object": st.just("event"), "data": st.fixed_dictionaries(
            {"object": json_values, "previous_attributes": json_values})}))
