@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import asyncpg
 
@@ -33,6 +34,8 @@ class ProcessingContext:
     touched: set[str] = field(default_factory=set)
     # The event being applied, recorded as the cause of segment changes.
     cause: str | None = None
+    # Customers deleted in Stripe among this batch's, by id (handlers.deletion.Tombstone).
+    tombstones: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
@@ -109,10 +112,17 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
     The one code path for live processing, retries and replay. Runs inside the caller's
     transaction and never commits.
     """
+    # Imported here, like the registries: handlers import this module.
+    from handlers.deletion import admit_event, load_tombstones
+
     handlers = handlers_registry()
+    await load_tombstones(conn, records, ctx)
     ignored = []
     for record in records:
         handler = handlers.get(record.type)
+        if record.customer_id in ctx.tombstones:
+            # A customer deleted in Stripe: the deletion policy decides what of this event applies.
+            record, handler = await admit_event(conn, record, handler, ctx)
         if handler is None:
             ignored.append(record.id)
             continue

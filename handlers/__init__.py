@@ -8,8 +8,12 @@ calls the network. An event type missing here is stored and marked `ignored`.
 from __future__ import annotations
 
 from app.processing import Handler, Refresher
+from handlers.deletion import on_customer_deleted
 
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {
+    # Tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS).
+    "customer.deleted": on_customer_deleted,
+}
 
 # Run after the handlers of a batch, for every customer the batch touched, in this order.
 REFRESHERS: list[Refresher] = []

@@ -10,7 +10,7 @@ CREATE TABLE customer_attributes (
 
 CREATE TABLE customer_tags (
     customer_id text NOT NULL,
-    tag text NOT NULL CHECK (tag <> ''),
+    tag text NOT NULL CHECK (tag <> '' AND length(tag) <= 100),
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (customer_id, tag)
 );
@@ -21,10 +21,14 @@ CREATE TABLE customer_activity (
     PRIMARY KEY (customer_id, at)
 );
 
--- A customer deleted in Stripe: a late, older event must never bring it back.
+-- A customer deleted in Stripe: a late event must never bring its data back. Survives
+-- `replay --rebuild`: in `delete` mode it is all that is left of the customer.
 CREATE TABLE customer_tombstones (
     customer_id text PRIMARY KEY,
     account text,
     deleted_at timestamptz NOT NULL,     -- the deleting event's created time
-    event_id text NOT NULL
+    event_id text NOT NULL,
+    -- When stored events naming the customer outside their own `customer` field were scrubbed:
+    -- that search reads every payload, so it runs once, not on every replay of the deletion.
+    mentions_scrubbed_at timestamptz
 );

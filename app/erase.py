@@ -1,0 +1,112 @@
+"""`stripeline erase --yes`: delete every row the Stripe data source produced (ChartMogul's
+"delete this data source"): stored events, the billing model, segments and their history,
+the outbox, attributes, tags, activity and tombstones, in one transaction. The schema stays,
+so the same database can start syncing again. Without --yes it only counts what it would
+delete and exits non-zero. Jobs still queued in Redis find no event and do nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import asyncpg
+
+from app.db import connect
+from app.logging import log
+from app.settings import Settings
+
+# Every table but schema_migrations (tests/app/test_erase.py checks that none is missed).
+ERASED_TABLES = (
+    "stripe_events", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
+    "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
+    "segment_memberships", "segment_history", "outbox",
+)
+
+COUNT_ROWS = """
+SELECT 'stripe_events' AS name, count(*) AS n FROM stripe_events
+UNION ALL SELECT 'customers', count(*) FROM customers
+UNION ALL SELECT 'products', count(*) FROM products
+UNION ALL SELECT 'prices', count(*) FROM prices
+UNION ALL SELECT 'subscriptions', count(*) FROM subscriptions
+UNION ALL SELECT 'subscription_items', count(*) FROM subscription_items
+UNION ALL SELECT 'invoices', count(*) FROM invoices
+UNION ALL SELECT 'payments', count(*) FROM payments
+UNION ALL SELECT 'discounts', count(*) FROM discounts
+UNION ALL SELECT 'customer_attributes', count(*) FROM customer_attributes
+UNION ALL SELECT 'customer_tags', count(*) FROM customer_tags
+UNION ALL SELECT 'customer_activity', count(*) FROM customer_activity
+UNION ALL SELECT 'customer_tombstones', count(*) FROM customer_tombstones
+UNION ALL SELECT 'segment_memberships', count(*) FROM segment_memberships
+UNION ALL SELECT 'segment_history', count(*) FROM segment_history
+UNION ALL SELECT 'outbox', count(*) FROM outbox
+"""
+
+# Taken before counting, so the counts are exactly what TRUNCATE removes.
+LOCK_TABLES = """
+LOCK TABLE stripe_events, customers, products, prices, subscriptions, subscription_items, invoices, payments,
+           discounts, customer_attributes, customer_tags, customer_activity, customer_tombstones,
+           segment_memberships, segment_history, outbox
+IN ACCESS EXCLUSIVE MODE
+"""
+
+TRUNCATE_TABLES = """
+TRUNCATE stripe_events, customers, products, prices, subscriptions, subscription_items, invoices, payments,
+         discounts, customer_attributes, customer_tags, customer_activity, customer_tombstones,
+         segment_memberships, segment_history, outbox
+RESTART IDENTITY
+"""
+
+# A running worker or web process holds these tables briefly; wait for it, not forever.
+LOCK_TIMEOUT = "SET LOCAL lock_timeout = '15s'"
+
+
+async def count_rows(conn: asyncpg.Connection) -> dict[str, int]:
+    return {row["name"]: row["n"] for row in await conn.fetch(COUNT_ROWS)}
+
+
+async def erase(conn: asyncpg.Connection) -> dict[str, int]:
+    """Delete every row of the data source in one transaction; return the counts per table."""
+    async with conn.transaction():
+        await conn.execute(LOCK_TIMEOUT)
+        await conn.execute(LOCK_TABLES)
+        counts = await count_rows(conn)
+        await conn.execute(TRUNCATE_TABLES)
+    return counts
+
+
+def _table(counts: dict[str, int]) -> str:
+    width = max(len(name) for name in counts)
+    return "\n".join(f"  {name:<{width}}  {n:>10}" for name, n in counts.items())
+
+
+async def _run(settings: Settings, really: bool) -> int:
+    conn = await connect(settings.database_url)
+    try:
+        if not really:
+            counts = await count_rows(conn)
+            print(f"would delete:\n{_table(counts)}")
+            print(
+                f"stripeline erase: nothing deleted; run `stripeline erase --yes` to delete "
+                f"{sum(counts.values())} rows from {len(counts)} tables",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            counts = await erase(conn)
+        except asyncpg.LockNotAvailableError:
+            print("stripeline erase: the tables are busy (stop web and worker first); nothing deleted", file=sys.stderr)
+            return 1
+    finally:
+        await conn.close()
+    total = sum(counts.values())
+    log.info("data_source_erased", rows=total, tables=len(counts))
+    print(f"deleted:\n{_table(counts)}")
+    print(f"erased {total} rows from {len(counts)} tables; the schema is kept")
+    return 0
+
+
+def erase_command(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("DATABASE_URL")
+    return asyncio.run(_run(settings, really=args.yes))
