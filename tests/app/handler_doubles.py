@@ -1,0 +1,152 @@
+"""Stand-ins for the billing handlers, which are not merged on this branch.
+
+Small handlers with real SQL on the real tables, written as the contract asks of handlers
+(an older event never overwrites a newer one), plus one that is deliberately sensitive to
+order and repetition: invoice events append their id to the invoice's description, so only an
+exact, exactly-once replay in (created, id) order reproduces it. Once the real handlers land,
+the same tests run against them by dropping the `billing_doubles` fixture.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.factories import event, new_id
+
+UPSERT_CUSTOMER = """
+INSERT INTO customers (id, email, name, created_at, event_created, event_id)
+VALUES ($1, $2, $3, to_timestamp($4), $5, $6)
+ON CONFLICT (id) DO UPDATE
+SET email = excluded.email, name = excluded.name, created_at = excluded.created_at,
+    event_created = excluded.event_created, event_id = excluded.event_id
+WHERE (customers.event_created, coalesce(customers.event_id, '')) < (excluded.event_created, excluded.event_id)
+"""
+
+UPSERT_SUBSCRIPTION = """
+INSERT INTO subscriptions (id, customer_id, status, event_created, event_id)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE
+SET customer_id = excluded.customer_id, status = excluded.status,
+    event_created = excluded.event_created, event_id = excluded.event_id
+WHERE (subscriptions.event_created, coalesce(subscriptions.event_id, '')) < (excluded.event_created, excluded.event_id)
+"""
+
+APPEND_TO_INVOICE = """
+INSERT INTO invoices (id, customer_id, description, event_created, event_id)
+VALUES ($1, $2, $3, $4, $3)
+ON CONFLICT (id) DO UPDATE
+SET description = invoices.description || ' ' || excluded.description, event_id = excluded.event_id
+"""
+
+REFRESH_MRR = """
+UPDATE customers AS c
+SET mrr = 1000 * (SELECT count(*) FROM subscriptions AS s
+                  WHERE s.customer_id = c.id AND s.status IN ('active', 'past_due'))
+WHERE c.id = ANY($1::text[])
+"""
+LEAVE_SEGMENT = """
+DELETE FROM segment_memberships AS m
+USING customers AS c
+WHERE m.segment = 'customers' AND m.customer_id = c.id AND c.id = ANY($1::text[]) AND c.mrr = 0
+"""
+ENTER_SEGMENT = """
+INSERT INTO segment_memberships (segment, customer_id, entered_at)
+SELECT 'customers', id, $2 FROM customers WHERE id = ANY($1::text[]) AND mrr > 0
+ON CONFLICT DO NOTHING
+"""
+
+
+async def on_customer(conn, record, ctx) -> None:
+    obj = record.object
+    await conn.execute(
+        UPSERT_CUSTOMER, obj["id"], obj.get("email"), obj.get("name"), obj.get("created", 0), record.created, record.id
+    )
+
+
+async def on_subscription(conn, record, ctx) -> None:
+    obj = record.object
+    await conn.execute(UPSERT_SUBSCRIPTION, obj["id"], obj["customer"], obj["status"], record.created, record.id)
+
+
+async def on_invoice(conn, record, ctx) -> None:
+    await conn.execute(APPEND_TO_INVOICE, record.object["id"], record.customer_id, record.id, record.created)
+
+
+async def refresh_customers(conn, customer_ids, ctx) -> None:
+    await conn.execute(REFRESH_MRR, customer_ids)
+    await conn.execute(LEAVE_SEGMENT, customer_ids)
+    await conn.execute(ENTER_SEGMENT, customer_ids, ctx.now)
+
+
+DOUBLES = {
+    "customer.created": on_customer,
+    "customer.updated": on_customer,
+    "customer.subscription.created": on_subscription,
+    "customer.subscription.updated": on_subscription,
+    "customer.subscription.deleted": on_subscription,
+    "invoice.created": on_invoice,
+    "invoice.paid": on_invoice,
+}
+
+
+@pytest.fixture
+def billing_doubles(monkeypatch):
+    """Register the stand-in handlers and refresher for one test."""
+    import handlers
+
+    monkeypatch.setattr(handlers, "HANDLERS", dict(DOUBLES))
+    monkeypatch.setattr(handlers, "REFRESHERS", [refresh_customers])
+    return handlers
+
+
+def customer_history(rng: random.Random, base: int, *, ignored: bool = True) -> list[dict[str, Any]]:
+    """One customer's life in Stripe events: sign-up, edits, a subscription's states, invoices.
+
+    Times are drawn from a narrow window so that many events share a second, as they do in
+    Stripe, and the id must settle the order.
+    """
+    customer = new_id("cus")
+    subscription = new_id("sub")
+    payloads = []
+
+    def at() -> int:
+        return base + rng.randrange(0, 120)
+
+    payloads.append(event("customer.created", {"id": customer, "object": "customer", "email": f"{customer}@example.com", "name": "A", "created": base}, created=base))
+    for n in range(rng.randrange(1, 4)):
+        payloads.append(event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}.{customer}@example.com", "name": f"N{n}", "created": base}, created=at()))
+    for status in rng.sample(["trialing", "active", "past_due", "canceled", "active"], k=rng.randrange(1, 5)):
+        payloads.append(event("customer.subscription.updated", {"id": subscription, "object": "subscription", "customer": customer, "status": status}, created=at()))
+    for _ in range(rng.randrange(1, 3)):
+        invoice = new_id("in")
+        for kind in ("invoice.created", "invoice.paid"):
+            payloads.append(event(kind, {"id": invoice, "object": "invoice", "customer": customer}, created=at()))
+    if ignored:
+        payloads.append(event("charge.succeeded", {"id": new_id("ch"), "object": "charge", "customer": customer}, created=at()))
+    return payloads
+
+
+def generated_history(seed: int, customers: int, base: int = 1_700_000_000) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    payloads = []
+    for n in range(customers):
+        payloads += customer_history(rng, base + n * 7)
+    rng.shuffle(payloads)
+    return payloads
+
+
+async def billing_model(conn) -> dict[str, list]:
+    """The derived state the doubles write, without times that depend on when it ran."""
+    return {
+        "customers": [tuple(r) for r in await conn.fetch("SELECT id, email, name, mrr, event_id FROM customers ORDER BY id")],
+        "subscriptions": [
+            tuple(r) for r in await conn.fetch("SELECT id, customer_id, status, event_id FROM subscriptions ORDER BY id")
+        ],
+        "invoices": [tuple(r) for r in await conn.fetch("SELECT id, customer_id, description FROM invoices ORDER BY id")],
+        "segments": [
+            tuple(r) for r in await conn.fetch("SELECT segment, customer_id FROM segment_memberships ORDER BY 1, 2")
+        ],
+    }

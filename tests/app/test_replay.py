@@ -1,0 +1,363 @@
+"""`stripeline replay`: stored events re-applied in Stripe order, in batches, through the worker's path."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+from app import replay as replay_module
+from app.cli import main
+from app.events import event_from_payload, insert_events
+from app.processing import process_events
+from app.progress import Progress, Tally
+from app.replay import DERIVED_TABLES, ReplayRefused, Selection, glob_to_regex, replay
+from tests.app.handler_doubles import billing_doubles, billing_model, generated_history  # noqa: F401 - fixture
+from tests.factories import event, new_id
+
+pytestmark = pytest.mark.usefixtures("billing_doubles")
+
+
+async def store(pool, payloads) -> list:
+    records = [event_from_payload(p) for p in payloads]
+    async with pool.acquire() as conn:
+        await insert_events(conn, records)
+    return sorted(records, key=lambda r: (r.created, r.id))
+
+
+async def process_live(pool, settings, records) -> None:
+    """What the worker does when events arrive one by one in Stripe order."""
+    for record in records:
+        await process_events(pool, [record.id], settings)
+
+
+async def statuses(conn) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in await conn.fetch("SELECT id, status FROM stripe_events")}
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-replay: not an event failure, nothing catches it."""
+
+
+@pytest.mark.parametrize("batch_size", [7, 1000])
+async def test_rebuild_in_batches_reproduces_one_at_a_time_processing(pool, conn, settings, batch_size):
+    records = await store(pool, generated_history(seed=batch_size, customers=40))
+    await process_live(pool, settings, records)
+    live = await billing_model(conn)
+    live_statuses = await statuses(conn)
+    assert live["invoices"] and live["segments"]
+
+    tally = await replay(pool, settings, rebuild=True, batch_size=batch_size)
+
+    assert await billing_model(conn) == live
+    assert await statuses(conn) == live_statuses
+    ignored = sum(1 for r in records if r.type == "charge.succeeded")
+    assert (tally.applied, tally.skipped, tally.failed) == (len(records) - ignored, ignored, 0)
+    assert await conn.fetchval("SELECT count(*) FROM replay_rebuilds") == 0
+
+
+async def test_rebuild_drops_state_no_event_supports_and_keeps_what_users_wrote(pool, conn, settings):
+    records = await store(pool, generated_history(seed=1, customers=5))
+    await process_live(pool, settings, records)
+    customer = records[0].customer_id
+    await conn.execute("INSERT INTO customers (id, email) VALUES ('cus_orphan', 'x@example.com')")
+    await conn.execute("INSERT INTO customer_attributes (customer_id, attributes) VALUES ($1, $2)", customer, {"plan": "pro"})
+    await conn.execute("INSERT INTO customer_tags (customer_id, tag) VALUES ($1, 'vip')", customer)
+    await conn.execute("INSERT INTO customer_activity (customer_id, at) VALUES ($1, now())", customer)
+
+    await replay(pool, settings, rebuild=True)
+
+    assert await conn.fetchval("SELECT count(*) FROM customers WHERE id = 'cus_orphan'") == 0
+    assert await conn.fetchval("SELECT attributes FROM customer_attributes WHERE customer_id = $1", customer) == {"plan": "pro"}
+    assert await conn.fetchval("SELECT tag FROM customer_tags WHERE customer_id = $1", customer) == "vip"
+    assert await conn.fetchval("SELECT count(*) FROM customer_activity WHERE customer_id = $1", customer) == 1
+
+
+async def test_every_table_that_tracks_event_order_is_emptied_by_a_rebuild(conn):
+    tracked = {
+        r["table_name"]
+        for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'event_created'"
+        )
+    }
+    assert tracked <= set(DERIVED_TABLES), f"add {sorted(tracked - set(DERIVED_TABLES))} to DERIVED_TABLES"
+
+
+async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_batch(pool, conn, settings, billing_doubles):
+    records = await store(pool, generated_history(seed=3, customers=20))
+    await process_live(pool, settings, records)
+    live = await billing_model(conn)
+    handled = [r for r in records if r.type in billing_doubles.HANDLERS]
+    crash_at = handled[len(handled) // 2].id
+    originals = dict(billing_doubles.HANDLERS)
+
+    def crashing(handler):
+        async def run(conn, record, ctx):
+            if record.id == crash_at:
+                raise Crash()
+            await handler(conn, record, ctx)
+
+        return run
+
+    billing_doubles.HANDLERS.update({kind: crashing(handler) for kind, handler in originals.items()})
+    with pytest.raises(Crash):
+        await replay(pool, settings, rebuild=True, batch_size=10)
+
+    marker = await replay_module.rebuild_status(conn)
+    assert marker is not None and 0 < marker["events_done"] < len(records)
+    assert await billing_model(conn) != live  # incomplete, and said to be so by the marker
+
+    billing_doubles.HANDLERS.update(originals)
+    tally = await replay(pool, settings, batch_size=10, progress=Progress("replay"))
+
+    # The order-sensitive invoice log shows every event applied exactly once, in order.
+    assert await billing_model(conn) == live
+    assert tally.applied + tally.skipped == len(records) - marker["events_done"]
+    assert await replay_module.rebuild_status(conn) is None
+
+
+async def test_failure_while_wiping_leaves_the_old_state(pool, conn, settings):
+    records = await store(pool, generated_history(seed=4, customers=5))
+    await process_live(pool, settings, records)
+    before = await billing_model(conn)
+    await conn.execute(
+        """
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'injected'; END $$;
+        CREATE TRIGGER refuse BEFORE TRUNCATE ON discounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();
+        """
+    )
+    with pytest.raises(Exception, match="injected"):
+        await replay(pool, settings, rebuild=True)
+    assert await billing_model(conn) == before
+    assert await replay_module.rebuild_status(conn) is None
+
+
+async def test_failing_event_is_marked_failed_and_the_replay_goes_on(pool, conn, settings, billing_doubles):
+    records = await store(pool, generated_history(seed=5, customers=10))
+    await process_live(pool, settings, records)
+    bad = next(r for r in records if r.type == "customer.subscription.updated")
+    original = billing_doubles.HANDLERS["customer.subscription.updated"]
+
+    async def fails_on_bad(conn, record, ctx):
+        if record.id == bad.id:
+            raise ValueError("handler bug")
+        await original(conn, record, ctx)
+
+    billing_doubles.HANDLERS["customer.subscription.updated"] = fails_on_bad
+    tally = await replay(pool, settings, batch_size=50)
+
+    row = await conn.fetchrow("SELECT status, attempts, last_error FROM stripe_events WHERE id = $1", bad.id)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert row["last_error"] == "ValueError: handler bug"
+    assert tally.failed == 1 and tally.applied + tally.skipped == len(records) - 1
+    assert tally.exit_code() == 1
+    others = await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'failed'")
+    assert others == 1
+
+    # Fixed handler: the next replay applies it and the failure is gone.
+    billing_doubles.HANDLERS["customer.subscription.updated"] = original
+    tally = await replay(pool, settings, Selection(type_pattern="customer.subscription.*"))
+    assert tally.failed == 0
+    assert await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", bad.id) == "processed"
+
+
+async def test_replay_leaves_pending_events_to_the_worker(pool, conn, settings):
+    records = await store(pool, generated_history(seed=6, customers=3))
+    tally = await replay(pool, settings)
+    assert tally.applied > 0
+    assert set((await statuses(conn)).values()) == {"pending"}
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(1_700_000_000 + seconds, timezone.utc)
+
+
+@pytest.fixture
+async def recorded(conn, billing_doubles):
+    """Every handled event appends its id to a table, so a test sees what was applied, in order."""
+    await conn.execute("CREATE TABLE applied (seq bigserial PRIMARY KEY, event_id text NOT NULL)")
+
+    async def record(conn, record, ctx):
+        await conn.execute("INSERT INTO applied (event_id) VALUES ($1)", record.id)
+
+    for kind in ("customer.updated", "invoice.paid", "invoice.payment_failed", "customer.subscription.trial_will_end"):
+        billing_doubles.HANDLERS[kind] = record
+
+    async def applied() -> list[str]:
+        ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM applied ORDER BY seq")]
+        await conn.execute("TRUNCATE applied")
+        return ids
+
+    return applied
+
+
+async def test_each_filter_selects_exactly_the_events_it_names(pool, settings, recorded):
+    kinds = ["customer.updated", "invoice.paid", "invoice.payment_failed", "customer.subscription.trial_will_end"]
+    customers = [new_id("cus"), new_id("cus")]
+    payloads = []
+    for n in range(40):
+        customer = customers[n % 2]
+        obj = {"id": customer if kinds[n % 4] == "customer.updated" else new_id("obj"), "object": "x", "customer": customer}
+        payloads.append(event(kinds[n % 4], obj, created=1_700_000_000 + n // 3))
+    records = await store(pool, payloads)
+
+    def expected(keep) -> list[str]:
+        return [r.id for r in records if keep(r)]
+
+    cases = [
+        (Selection(), lambda r: True),
+        (Selection(since=_at(5)), lambda r: r.created >= _at(5)),
+        (Selection(until=_at(5)), lambda r: r.created < _at(5)),
+        (Selection(since=_at(3), until=_at(9)), lambda r: _at(3) <= r.created < _at(9)),
+        (Selection(type_pattern="invoice.*"), lambda r: r.type.startswith("invoice.")),
+        (Selection(type_pattern="*.paid"), lambda r: r.type == "invoice.paid"),
+        (Selection(type_pattern="customer.?pdated"), lambda r: r.type == "customer.updated"),
+        (Selection(type_pattern="customer.subscription.trial_will_end"), lambda r: "trial" in r.type),
+        (Selection(type_pattern="invoice.pa[!y]*"), lambda r: r.type == "invoice.paid"),
+        (Selection(customer=customers[1]), lambda r: r.customer_id == customers[1]),
+        (
+            Selection(customer=customers[0], type_pattern="invoice.*", since=_at(2)),
+            lambda r: r.customer_id == customers[0] and r.type.startswith("invoice.") and r.created >= _at(2),
+        ),
+    ]
+    for selection, keep in cases:
+        tally = await replay(pool, settings, selection, batch_size=4)
+        assert await recorded() == expected(keep), selection
+        assert tally.applied == len(expected(keep))
+
+
+async def test_replay_runs_beside_the_live_worker_without_losing_either(pool, conn, settings):
+    old = await store(pool, generated_history(seed=8, customers=30))
+    await process_live(pool, settings, old)
+    # A second wave arrives while the rebuild runs: later changes to the same customers.
+    new_payloads = []
+    for record in old:
+        if record.type == "customer.subscription.updated":
+            obj = dict(record.object, status="active")
+            new_payloads.append(event(record.type, obj, created=int(record.created.timestamp()) + 3600))
+    expected_pool = [*old]
+
+    async def worker() -> None:
+        for payload in new_payloads:
+            [record] = await store(pool, [payload])
+            expected_pool.append(record)
+            await process_events(pool, [record.id], settings)
+            await asyncio.sleep(0)
+
+    tally, _ = await asyncio.gather(replay(pool, settings, rebuild=True, batch_size=20), worker())
+
+    assert tally.failed == 0
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status NOT IN ('processed', 'ignored')") == 0
+    # Every subscription ends in the state of its latest event, whoever applied it.
+    latest = {}
+    for record in sorted(expected_pool, key=lambda r: (r.created, r.id)):
+        if record.type.startswith("customer.subscription."):
+            latest[record.object["id"]] = record.object["status"]
+    rows = await conn.fetch("SELECT id, status FROM subscriptions")
+    assert {r["id"]: r["status"] for r in rows} == latest
+    mrr = {r["id"]: r["mrr"] for r in await conn.fetch("SELECT id, mrr FROM customers")}
+    assert all(value == 1000 for value in mrr.values())
+
+
+async def test_a_clean_stop_keeps_committed_batches_and_the_rerun_finishes(pool, conn, settings, billing_doubles):
+    records = await store(pool, generated_history(seed=9, customers=10))
+    await process_live(pool, settings, records)
+    live = await billing_model(conn)
+    stop = asyncio.Event()
+    original = billing_doubles.HANDLERS["invoice.paid"]
+
+    async def ctrl_c_on_first_invoice(conn, record, ctx):
+        stop.set()
+        await original(conn, record, ctx)
+
+    billing_doubles.HANDLERS["invoice.paid"] = ctrl_c_on_first_invoice
+    first = await replay(pool, settings, rebuild=True, batch_size=10, stop=stop)
+    assert first.interrupted and first.exit_code() == 130
+    assert (await replay_module.rebuild_status(conn))["events_done"] == first.applied + first.skipped
+
+    billing_doubles.HANDLERS["invoice.paid"] = original
+    second = await replay(pool, settings, rebuild=True, batch_size=10)
+    assert not second.interrupted
+    assert first.applied + first.skipped + second.applied + second.skipped == len(records)
+    assert await billing_model(conn) == live
+
+
+async def test_filters_are_refused_while_a_rebuild_is_pending_or_with_rebuild(pool, settings):
+    with pytest.raises(ReplayRefused, match="takes no filters"):
+        await replay(pool, settings, Selection(customer="cus_1"), rebuild=True)
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO replay_rebuilds (through_received_at, events_total) VALUES (now(), 0)")
+    with pytest.raises(ReplayRefused, match="interrupted rebuild"):
+        await replay(pool, settings, Selection(customer="cus_1"))
+
+
+@hypothesis_settings(deadline=None, max_examples=200)
+@given(
+    st.text(alphabet="ab.*?_", min_size=1, max_size=8),
+    st.text(alphabet="ab._", min_size=1, max_size=8),
+)
+def test_type_glob_matches_like_a_shell_glob(pattern, event_type):
+    import re
+
+    assert bool(re.fullmatch(glob_to_regex(pattern), event_type)) == fnmatch.fnmatchcase(event_type, pattern)
+
+
+async def test_postgres_reads_the_glob_the_same_way(conn):
+    for pattern, event_type, expected in [
+        ("invoice.*", "invoice.paid", True),
+        ("invoice.*", "invoicexpaid", False),
+        ("customer.subscription.*", "customer.subscription.trial_will_end", True),
+        ("*_failed", "invoice.payment_failed", True),
+        ("invoice.pa[!i]d", "invoice.paid", False),
+        ("charge.?", "charge.x", True),
+    ]:
+        assert await conn.fetchval("SELECT $1 ~ $2", event_type, glob_to_regex(pattern)) is expected
+
+
+def test_bad_time_or_glob_ends_with_one_clear_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    for argv, words in [
+        (["replay", "--since", "yesterday"], "--since must be an ISO 8601 time"),
+        (["replay", "--until", "2024-13-01"], "--until must be an ISO 8601 time"),
+        (["replay", "--type", "invoice.{paid}"], "is not a glob of event types"),
+        (["replay", "--type", "invoice.[paid"], "is not a glob of event types"),
+        (["replay", "--since", "2024-02-01", "--until", "2024-01-01"], "earlier than --until"),
+        (["replay", "--rebuild", "--customer", "cus_1"], "takes no filters"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+
+
+def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_url, capsys, monkeypatch, billing_doubles):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+
+    async def fails(conn, record, ctx):
+        raise RuntimeError("boom")
+
+    billing_doubles.HANDLERS["customer.updated"] = fails
+    payloads = [event("customer.updated", {"id": new_id("cus"), "object": "customer"}), event("balance.available", {"object": "balance"})]
+
+    async def seed():
+        from app.db import create_pool
+
+        pool = await create_pool(db_url, max_size=2)
+        await store(pool, payloads)
+        await pool.close()
+
+    asyncio.run(seed())
+    assert main(["replay", "--since", "2000-01-01T00:00:00Z"]) == 1
+    out = capsys.readouterr()
+    lines = [line for line in out.out.strip().splitlines() if not line.startswith("{")]  # JSON lines are logs
+    assert len(lines) == 1
+    assert lines[0].startswith("replay: 0 applied, 1 skipped, 1 failed in ")
+    assert "RuntimeError: boom" in out.err
+
+
+def test_tally_exit_codes():
+    assert Tally().exit_code() == 0
+    assert Tally(failed=1).exit_code() == 1
+    assert Tally(interrupted=True).exit_code() == 130
