@@ -86,7 +86,9 @@ async def test_every_table_that_tracks_event_order_is_emptied_by_a_rebuild(conn)
     assert tracked <= set(DERIVED_TABLES), f"add {sorted(tracked - set(DERIVED_TABLES))} to DERIVED_TABLES"
 
 
-async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_batch(pool, conn, settings, billing_doubles):
+async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_batch(
+    pool, conn, settings, billing_doubles, client
+):
     records = await store(pool, generated_history(seed=3, customers=20))
     await process_live(pool, settings, records)
     live = await billing_model(conn)
@@ -108,7 +110,10 @@ async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_b
 
     marker = await replay_module.rebuild_status(conn)
     assert marker is not None and 0 < marker["events_done"] < len(records)
-    assert await billing_model(conn) != live  # incomplete, and said to be so by the marker
+    assert await billing_model(conn) != live
+    sync = (await client.get("/api/sync")).json()
+    assert sync["status"] == "rebuilding"
+    assert sync["rebuild"]["events_done"] == marker["events_done"]
 
     billing_doubles.HANDLERS.update(originals)
     tally = await replay(pool, settings, batch_size=10, progress=Progress("replay"))
@@ -117,6 +122,7 @@ async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_b
     assert await billing_model(conn) == live
     assert tally.applied + tally.skipped == len(records) - marker["events_done"]
     assert await replay_module.rebuild_status(conn) is None
+    assert (await client.get("/api/sync")).json()["status"] == "healthy"
 
 
 async def test_failure_while_wiping_leaves_the_old_state(pool, conn, settings):
