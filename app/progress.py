@@ -29,6 +29,12 @@ REDRAW_EVERY_SECONDS = 0.1
 FAILURES_SHOWN = 10
 
 
+class CommandError(Exception):
+    """A long command cannot go on; the message says why and what to do."""
+
+    exit_code = 1
+
+
 @dataclass
 class Tally:
     """What a long command did to events: its summary line and its exit code."""

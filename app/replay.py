@@ -37,7 +37,7 @@ from app.event_files import Malformed, read_events
 from app.events import EVENT_COLUMNS, EventRecord, insert_events, record_from_row
 from app.logging import log
 from app.processing import ProcessingContext, apply_events, lock_customers, process_events
-from app.progress import Progress, Tally, clean_stop, quiet_logs_under_progress, summary_line
+from app.progress import CommandError, Progress, Tally, clean_stop, quiet_logs_under_progress, summary_line
 from app.settings import Settings
 
 BATCH_SIZE = 1000
@@ -107,8 +107,10 @@ WHERE id = $1
 """
 
 
-class ReplayRefused(Exception):
+class ReplayRefused(CommandError):
     """The replay cannot run as asked; the message says why and what to do."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -470,22 +472,23 @@ async def import_events(
 # --- commands ---------------------------------------------------------------------------
 
 
-def _fail(command: str, message: str) -> int:
+def _refuse(command: str, message: str) -> int:
     print(f"stripeline {command}: {message}", file=sys.stderr)
     return 2
 
 
-async def _run(command: str, settings: Settings, work, summary) -> int:
-    """Open the pool, run `work(pool, progress, stop)` with a clean Ctrl-C, print the summary line."""
+async def run_command(command: str, settings: Settings, work, summary) -> int:
+    """Open the pool, run `work(pool, tally, progress, stop)` with a clean Ctrl-C, print the summary line."""
     progress = Progress(command)
     quiet_logs_under_progress(settings, progress)
     tally = Tally()
+    error: CommandError | None = None
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     try:
         with clean_stop(progress) as stop:
             await work(pool, tally, progress, stop)
-    except ReplayRefused as problem:
-        return _fail(command, str(problem))
+    except CommandError as problem:
+        error = problem
     except asyncio.CancelledError:
         tally.interrupted = True
     finally:
@@ -494,8 +497,12 @@ async def _run(command: str, settings: Settings, work, summary) -> int:
         else:
             await pool.close()
     progress.finish_phase()
+    if error is not None:
+        _refuse(command, str(error))
+        if error.exit_code == 2:
+            return 2
     print(summary_line(command, summary(tally), tally.seconds(), tally.interrupted), flush=True)
-    return tally.exit_code()
+    return max(tally.exit_code(), error.exit_code if error else 0)
 
 
 def replay_command(args: Any, settings: Settings) -> int:
@@ -503,7 +510,7 @@ def replay_command(args: Any, settings: Settings) -> int:
     try:
         selection = selection_from_args(args)
     except ReplayRefused as problem:
-        return _fail("replay", str(problem))
+        return _refuse("replay", str(problem))
 
     async def work(pool, tally, progress, stop) -> None:
         await replay(pool, settings, selection, rebuild=args.rebuild, tally=tally, progress=progress, stop=stop)
@@ -511,7 +518,7 @@ def replay_command(args: Any, settings: Settings) -> int:
     def summary(tally: Tally) -> dict[str, int]:
         return {"applied": tally.applied, "skipped": tally.skipped, "failed": tally.failed}
 
-    return asyncio.run(_run("replay", settings, work, summary))
+    return asyncio.run(run_command("replay", settings, work, summary))
 
 
 def import_command(args: Any, settings: Settings) -> int:
@@ -520,7 +527,7 @@ def import_command(args: Any, settings: Settings) -> int:
     try:
         stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115 - closed below
     except OSError as problem:
-        return _fail("import", f"cannot read {args.file}: {problem.strerror}")
+        return _refuse("import", f"cannot read {args.file}: {problem.strerror}")
 
     async def work(pool, tally, progress, stop) -> None:
         await import_events(pool, settings, read_events(stream), tally, counts, progress=progress, stop=stop)
@@ -536,7 +543,7 @@ def import_command(args: Any, settings: Settings) -> int:
         }
 
     try:
-        code = asyncio.run(_run("import", settings, work, summary))
+        code = asyncio.run(run_command("import", settings, work, summary))
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
