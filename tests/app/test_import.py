@@ -1,0 +1,137 @@
+"""`stripeline import FILE`: events from a file stored as if received, then processed in order."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import orjson
+import pytest
+
+from app.cli import main
+from app.event_files import Malformed, read_events
+from app.progress import Tally
+from app.replay import ImportCounts, import_events
+from tests.app.handler_doubles import billing_doubles, billing_model, generated_history  # noqa: F401 - fixture
+from tests.factories import event, new_id
+
+pytestmark = pytest.mark.usefixtures("billing_doubles")
+
+
+def jsonl(*values) -> bytes:
+    return b"\n".join(v if isinstance(v, bytes) else orjson.dumps(v) for v in values) + b"\n"
+
+
+async def run_import(pool, settings, data: bytes):
+    tally, counts = Tally(), ImportCounts()
+    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=7)
+    return tally, counts
+
+
+async def test_import_stores_and_processes_a_history_as_live_processing_would(pool, conn, settings):
+    payloads = generated_history(seed=11, customers=15)
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (len(payloads), 0, 0)
+    assert tally.failed == 0 and tally.applied + tally.skipped == len(payloads)
+    model = await billing_model(conn)
+    # The order-sensitive invoice log: every invoice event applied once, in (created, id) order.
+    for invoice_id, _, description in model["invoices"]:
+        expected = sorted((p for p in payloads if p["data"]["object"]["id"] == invoice_id), key=lambda p: (p["created"], p["id"]))
+        assert description == " ".join(p["id"] for p in expected)
+    statuses = {r["status"] for r in await conn.fetch("SELECT status FROM stripe_events")}
+    assert statuses == {"processed", "ignored"}
+
+
+async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings):
+    customer = new_id("cus")
+    good = [event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}@example.com"}, created=1_700_000_000 + n) for n in range(3)]
+    data = jsonl(
+        good[0],
+        b"{not json",
+        {"object": "charge", "id": "ch_1"},
+        good[1],
+        b"",
+        {"id": "evt_x", "object": "event", "type": "customer.updated", "created": "yesterday", "data": {"object": {}}},
+        good[1],
+        good[2],
+    )
+    items = list(read_events(io.BytesIO(data)))
+    malformed = [i for i in items if isinstance(i, Malformed)]
+    assert [m.where for m in malformed] == ["line 2", "line 3", "line 6"]
+    assert "not valid JSON" in malformed[0].reason and "created" in malformed[2].reason
+
+    tally, counts = await run_import(pool, settings, data)
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (3, 1, 3)
+    assert (tally.applied, tally.failed) == (3, 0)
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@example.com"
+
+
+async def test_events_already_stored_are_counted_as_duplicates_and_not_applied_again(pool, conn, settings):
+    payloads = generated_history(seed=12, customers=3)
+    await run_import(pool, settings, jsonl(*payloads))
+    before = await billing_model(conn)
+
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert (counts.stored, counts.duplicates) == (0, len(payloads))
+    assert tally.applied == 0 and tally.skipped == len(payloads)
+    assert await billing_model(conn) == before  # the order-sensitive log did not grow
+
+
+@pytest.mark.parametrize("shape", ["array", "list object", "pretty list object"])
+def test_arrays_and_list_objects_are_read_too(shape):
+    payloads = generated_history(seed=13, customers=2)
+    document = payloads if shape == "array" else {"object": "list", "data": payloads, "has_more": False, "url": "/v1/events"}
+    option = orjson.OPT_INDENT_2 if shape.startswith("pretty") else 0
+    items = list(read_events(io.BytesIO(orjson.dumps(document, option=option))))
+    assert [i.id for i in items] == [p["id"] for p in payloads]
+
+
+def test_a_broken_pretty_document_is_reported_without_a_crash():
+    items = list(read_events(io.BytesIO(b'{\n  "object": "list",\n  "data": [\n')))
+    assert items and all(isinstance(i, Malformed) for i in items)
+
+
+def test_an_empty_file_imports_nothing():
+    assert list(read_events(io.BytesIO(b"\n  \n"))) == []
+
+
+async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings, billing_doubles):
+    payloads = generated_history(seed=14, customers=4)
+    bad = next(p for p in payloads if p["type"] == "customer.subscription.updated")
+
+    async def fails(conn, record, ctx):
+        if record.id == bad["id"]:
+            raise ValueError("handler bug")
+
+    billing_doubles.HANDLERS["customer.subscription.updated"] = fails
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert tally.failed == 1 and tally.failures == [bad["id"]]
+    assert tally.applied + tally.skipped == len(payloads) - 1
+    row = await conn.fetchrow("SELECT status, attempts, last_error FROM stripe_events WHERE id = $1", bad["id"])
+    assert row["attempts"] == 1 and row["last_error"] == "ValueError: handler bug"
+    assert row["status"] in ("pending", "failed")  # retried later with backoff, as a received event is
+
+
+def test_import_command_reads_stdin_reports_lines_and_exits_nonzero(db_url, capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    payloads = generated_history(seed=15, customers=2)
+    data = jsonl(payloads[0], b"garbage", *payloads[1:])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    assert main(["import", "-"]) == 1
+
+    out = capsys.readouterr()
+    summary = [line for line in out.out.splitlines() if not line.startswith("{")]
+    assert len(summary) == 1
+    assert summary[0].startswith(f"import: {len(payloads)} stored, 0 duplicates, 1 malformed, ")
+    assert "line 2: skipped, not valid JSON" in out.err
+
+
+def test_import_command_names_a_missing_file(capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert main(["import", "/no/such/file.jsonl"]) == 2
+    assert capsys.readouterr().err.strip() == "stripeline import: cannot read /no/such/file.jsonl: No such file or directory"
