@@ -29,8 +29,8 @@ import stripe
 
 from app.events import EventRecord, InvalidEvent, event_from_payload, insert_events
 from app.logging import log
-from app.progress import CommandError, Progress, Tally
-from app.replay import process_in_order, run_command
+from app.intake import process_in_order
+from app.progress import CommandError, Progress, Tally, run_command
 from app.settings import Settings
 
 PAGE_SIZE = 100  # Stripe's maximum

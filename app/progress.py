@@ -1,9 +1,9 @@
-"""How long commands (replay, import, backfill) talk to the person running them.
+"""How long commands (replay, import, backfill) run and talk to the person running them.
 
 A progress bar on a terminal, a plain line every few seconds otherwise (logs, CI, Heroku
-one-off dynos), and one summary line at the end. Ctrl-C asks for a clean stop: the current
-batch finishes and commits, the rest stays where a rerun picks it up; a second Ctrl-C aborts
-at once, rolling back the open batch.
+one-off dynos), and one summary line at the end; the exit code says whether events failed.
+Ctrl-C asks for a clean stop: the current batch finishes and commits, the rest stays where a
+rerun picks it up; a second Ctrl-C aborts at once, rolling back the open batch.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
+import asyncpg
+
+from app.db import create_pool
 from app.logging import configure_logging
 from app.settings import Settings
 
@@ -84,10 +87,12 @@ class Progress:
         self._shown_at = 0.0
         self._drawn = False
         self._failures_shown = 0
+        self._done_before = 0
 
     def phase(self, name: str, total: int | None = None, done: int = 0) -> None:
         self.finish_phase()
         self.phase_name, self.total, self.done = name, total, done
+        self._done_before = done  # a resumed phase: its rate counts this run's work only
         self._phase_started = time.monotonic()
         self._shown_at = 0.0
 
@@ -119,7 +124,7 @@ class Progress:
 
     def _rate(self) -> float:
         elapsed = time.monotonic() - self._phase_started
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self._done_before) / elapsed if elapsed > 0 else 0.0
 
     def _text(self) -> str:
         rate = self._rate()
@@ -203,3 +208,45 @@ def clean_stop(progress: Progress | None = None) -> Iterator[asyncio.Event]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def refuse(command: str, message: str) -> int:
+    """One line on stderr for something the user can fix; exit code 2."""
+    print(f"stripeline {command}: {message}", file=sys.stderr)
+    return 2
+
+
+Work = Callable[[asyncpg.Pool, Tally, Progress, asyncio.Event], Awaitable[None]]
+
+
+async def run_command(command: str, settings: Settings, work: Work, summary: Callable[[Tally], dict[str, int]]) -> int:
+    """Run `work` with a pool, progress and a clean Ctrl-C; print the summary line; return the exit code."""
+    progress = Progress(command)
+    quiet_logs_under_progress(settings, progress)
+    tally = Tally()
+    error: CommandError | None = None
+    pool = None
+    try:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+        with clean_stop(progress) as stop:
+            await work(pool, tally, progress, stop)
+    except CommandError as problem:
+        error = problem
+    except asyncpg.UndefinedTableError:
+        error = CommandError("the database schema is not up to date: run `stripeline migrate` first")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
+        error = CommandError(f"database error, stopped: {type(problem).__name__}: {problem}")
+    except asyncio.CancelledError:
+        tally.interrupted = True
+    finally:
+        if pool is not None and tally.interrupted:
+            pool.terminate()
+        elif pool is not None:
+            await pool.close()
+    progress.finish_phase()
+    if error is not None:
+        refuse(command, str(error))
+        if error.exit_code == 2:
+            return 2
+    print(summary_line(command, summary(tally), tally.seconds(), tally.interrupted), flush=True)
+    return max(tally.exit_code(), error.exit_code if error else 0)

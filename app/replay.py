@@ -21,23 +21,22 @@ cannot hold for large accounts, and would stall the live worker for the whole re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import re
-import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
 
-from app.db import create_pool
-from app.event_files import Malformed, read_events
-from app.events import EVENT_COLUMNS, EventRecord, insert_events, record_from_row
+from app.events import EVENT_COLUMNS, EventRecord, record_from_row
+from app.intake import import_command  # noqa: F401 - app.cli runs `stripeline import` from here
 from app.logging import log
-from app.processing import ProcessingContext, apply_events, lock_customers, process_events
-from app.progress import CommandError, Progress, Tally, clean_stop, quiet_logs_under_progress, summary_line
+from app.processing import ProcessingContext, apply_events, lock_customers
+from app.progress import CommandError, Progress, Tally, refuse, run_command
 from app.settings import Settings
 
 BATCH_SIZE = 1000
@@ -45,6 +44,8 @@ BATCH_SIZE = 1000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 FINISHED = ("processed", "ignored", "failed")
+# Worth one more try before an event that fails alone is marked failed: it met a concurrent writer.
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 
 # Everything a rebuild empties: rows derived from Stripe events only. Never customer
 # attributes, tags or activity (users wrote those), nor tombstones or segment history.
@@ -223,6 +224,11 @@ async def apply_batch(
         return await _apply_together(pool, records, statuses, settings, rebuilding)
     except Exception as error:
         if len(records) == 1:
+            if isinstance(error, TRANSIENT):
+                try:
+                    return await _apply_together(pool, records, statuses, settings, rebuilding)
+                except Exception as again:
+                    error = again
             return await _mark_failed(pool, records[0], error, rebuilding)
     middle = len(records) // 2
     tally = await apply_batch(pool, records[:middle], statuses[:middle], settings, rebuilding)
@@ -232,25 +238,24 @@ async def apply_batch(
 
 @dataclass(frozen=True)
 class _Scope:
-    """The rows one replay walks: the selection, from a cursor, up to a snapshot."""
+    """The rows one replay walks: the selection after a cursor, received up to a snapshot."""
 
     after: tuple[datetime, str]
     through_received_at: datetime
-    until: datetime
-    type_regex: str | None
-    customer: str | None
+    until: datetime = FAR_FUTURE
+    type_regex: str | None = None
+    customer: str | None = None
 
-    def arguments(self) -> tuple:
-        return (*self.after, self.through_received_at, self.until, self.type_regex, self.customer)
+    def arguments(self, after: tuple[datetime, str]) -> tuple:
+        return (*after, self.through_received_at, self.until, self.type_regex, self.customer)
 
 
 async def _batches(pool: asyncpg.Pool, scope: _Scope, batch_size: int) -> AsyncIterator[list[asyncpg.Record]]:
     """Keyset batches of the scope; the next batch is read while the caller applies this one."""
-    arguments = scope.arguments()
 
     async def fetch(after: tuple[datetime, str]) -> list[asyncpg.Record]:
         async with pool.acquire() as conn:
-            return await conn.fetch(SELECT_BATCH, *after, *arguments[2:], batch_size)
+            return await conn.fetch(SELECT_BATCH, *scope.arguments(after), batch_size)
 
     pending = asyncio.create_task(fetch(scope.after))
     try:
@@ -276,17 +281,18 @@ async def _walk(
     progress: Progress | None,
     stop: asyncio.Event | None,
 ) -> None:
-    async for rows in _batches(pool, scope, batch_size):
-        records = [record_from_row(row) for row in rows]
-        done = await apply_batch(pool, records, [row["status"] for row in rows], settings, rebuilding)
-        tally.add(done)
-        if progress is not None:
-            for failure in done.failures:
-                progress.failure(failure)
-            progress.advance(len(records))
-        if stop is not None and stop.is_set():
-            tally.interrupted = True
-            return
+    async with contextlib.aclosing(_batches(pool, scope, batch_size)) as batches:
+        async for rows in batches:
+            records = [record_from_row(row) for row in rows]
+            done = await apply_batch(pool, records, [row["status"] for row in rows], settings, rebuilding)
+            tally.add(done)
+            if progress is not None:
+                for failure in done.failures:
+                    progress.failure(failure)
+                progress.advance(len(records))
+            if stop is not None and stop.is_set():
+                tally.interrupted = True
+                return
 
 
 async def _start_rebuild(pool: asyncpg.Pool) -> asyncpg.Record:
@@ -328,7 +334,7 @@ async def _rebuild(
             if progress is not None:
                 progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
-            scope = _Scope(after, marker["through_received_at"], FAR_FUTURE, None, None)
+            scope = _Scope(after, marker["through_received_at"])
             await _walk(pool, settings, scope, tally, rebuilding=True, batch_size=batch_size, progress=progress, stop=stop)
             if not tally.interrupted:
                 await guard.execute(FINISH_REBUILD)
@@ -364,145 +370,14 @@ async def replay(
         scope = _Scope(
             (selection.since or EPOCH, ""), snapshot, selection.until or FAR_FUTURE, selection.type_regex(), selection.customer
         )
-        total = await conn.fetchval(COUNT_SELECTION, *scope.arguments())
+        total = await conn.fetchval(COUNT_SELECTION, *scope.arguments(scope.after))
     if progress is not None:
         progress.phase("replay", total=total)
     await _walk(pool, settings, scope, tally, rebuilding=False, batch_size=batch_size, progress=progress, stop=stop)
     return tally
 
 
-# --- processing what arrived from outside (import, backfill) ---------------------------
-
-
-async def process_in_order(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    keys: Iterable[tuple[datetime, str]],
-    tally: Tally,
-    *,
-    batch_size: int = 500,
-    progress: Progress | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Process the given stored events that are still pending, in Stripe order, as the worker would.
-
-    Goes through `processing.process_events`, the worker's own batch transaction; an event that
-    fails is recorded and retried later with backoff, exactly like a received one.
-    """
-    ordered = [event_id for _, event_id in sorted(set(keys))]
-    if progress is not None:
-        progress.phase("process", total=len(ordered))
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start : start + batch_size]
-        outcome = await process_events(pool, chunk, settings)
-        failed = outcome.failed + [event_id for event_id, _ in outcome.retry]
-        tally.add(
-            Tally(
-                applied=len(outcome.processed),
-                skipped=len(chunk) - len(outcome.processed) - len(failed),
-                failed=len(failed),
-                failures=failed,
-            )
-        )
-        if progress is not None:
-            for event_id in failed:
-                progress.failure(f"{event_id}, left for retry (see /api/events/{event_id})")
-            progress.advance(len(chunk))
-        if stop is not None and stop.is_set():
-            tally.interrupted = True
-            return
-
-
-@dataclass
-class ImportCounts:
-    stored: int = 0
-    duplicates: int = 0
-    malformed: int = 0
-
-
-async def import_events(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    items: Iterable[EventRecord | Malformed],
-    tally: Tally,
-    counts: ImportCounts,
-    *,
-    chunk_size: int = 1000,
-    progress: Progress | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Store events as if received (duplicates skipped), then process the pending ones in order."""
-    keys: dict[str, datetime] = {}
-    chunk: list[EventRecord] = []
-
-    async def store() -> None:
-        async with pool.acquire() as conn:
-            new = await insert_events(conn, chunk)
-        counts.stored += len(new)
-        counts.duplicates += len(chunk) - len(new)
-        if progress is not None:
-            progress.advance(len(chunk))
-        chunk.clear()
-
-    if progress is not None:
-        progress.phase("store")
-    for item in items:
-        if isinstance(item, Malformed):
-            counts.malformed += 1
-            if progress is not None:
-                progress.note(f"{item.where}: skipped, {item.reason}")
-            continue
-        if item.id in keys:
-            counts.duplicates += 1
-            continue
-        keys[item.id] = item.created
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            await store()
-            if stop is not None and stop.is_set():
-                tally.interrupted = True
-                return
-    if chunk:
-        await store()
-    await process_in_order(
-        pool, settings, ((created, event_id) for event_id, created in keys.items()), tally, progress=progress, stop=stop
-    )
-
-
 # --- commands ---------------------------------------------------------------------------
-
-
-def _refuse(command: str, message: str) -> int:
-    print(f"stripeline {command}: {message}", file=sys.stderr)
-    return 2
-
-
-async def run_command(command: str, settings: Settings, work, summary) -> int:
-    """Open the pool, run `work(pool, tally, progress, stop)` with a clean Ctrl-C, print the summary line."""
-    progress = Progress(command)
-    quiet_logs_under_progress(settings, progress)
-    tally = Tally()
-    error: CommandError | None = None
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
-    try:
-        with clean_stop(progress) as stop:
-            await work(pool, tally, progress, stop)
-    except CommandError as problem:
-        error = problem
-    except asyncio.CancelledError:
-        tally.interrupted = True
-    finally:
-        if tally.interrupted:
-            pool.terminate()
-        else:
-            await pool.close()
-    progress.finish_phase()
-    if error is not None:
-        _refuse(command, str(error))
-        if error.exit_code == 2:
-            return 2
-    print(summary_line(command, summary(tally), tally.seconds(), tally.interrupted), flush=True)
-    return max(tally.exit_code(), error.exit_code if error else 0)
 
 
 def replay_command(args: Any, settings: Settings) -> int:
@@ -510,7 +385,7 @@ def replay_command(args: Any, settings: Settings) -> int:
     try:
         selection = selection_from_args(args)
     except ReplayRefused as problem:
-        return _refuse("replay", str(problem))
+        return refuse("replay", str(problem))
 
     async def work(pool, tally, progress, stop) -> None:
         await replay(pool, settings, selection, rebuild=args.rebuild, tally=tally, progress=progress, stop=stop)
@@ -519,32 +394,3 @@ def replay_command(args: Any, settings: Settings) -> int:
         return {"applied": tally.applied, "skipped": tally.skipped, "failed": tally.failed}
 
     return asyncio.run(run_command("replay", settings, work, summary))
-
-
-def import_command(args: Any, settings: Settings) -> int:
-    settings.require("DATABASE_URL")
-    counts = ImportCounts()
-    try:
-        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115 - closed below
-    except OSError as problem:
-        return _refuse("import", f"cannot read {args.file}: {problem.strerror}")
-
-    async def work(pool, tally, progress, stop) -> None:
-        await import_events(pool, settings, read_events(stream), tally, counts, progress=progress, stop=stop)
-
-    def summary(tally: Tally) -> dict[str, int]:
-        return {
-            "stored": counts.stored,
-            "duplicates": counts.duplicates,
-            "malformed": counts.malformed,
-            "applied": tally.applied,
-            "skipped": tally.skipped,
-            "failed": tally.failed,
-        }
-
-    try:
-        code = asyncio.run(run_command("import", settings, work, summary))
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    return code or (1 if counts.malformed else 0)

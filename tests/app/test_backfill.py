@@ -8,13 +8,12 @@ import time
 import pytest
 
 from app.backfill import BackfillCounts, BackfillError, Backoff, backfill, stripe_client
-from app.cli import main
 from app.events import event_from_payload, insert_events
 from app.processing import process_events
 from app.progress import Tally
 from app.replay import replay
 from tests import fake_stripe
-from tests.app.handler_doubles import billing_doubles, billing_model  # noqa: F401 - fixture
+from tests.app.replay_helpers import billing_doubles, billing_model, stripeline, summary_lines  # noqa: F401
 from tests.factories import event as webhook_event
 from tests.fake_stripe import API_KEY, FakeStripe
 
@@ -191,24 +190,19 @@ async def test_replay_rebuild_reproduces_the_backfilled_state(pool, conn, stripe
     assert await billing_model(conn) == backfilled
 
 
-def test_backfill_command_prints_a_summary_and_needs_an_api_key(db_url, fake, capsys, monkeypatch):
+def test_backfill_command_needs_an_api_key_and_prints_a_summary(db_url, fake):
     populate(fake, customers=3)
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.delenv("STRIPE_API_KEY", raising=False)
-    assert main(["backfill"]) == 2
-    assert capsys.readouterr().err.strip() == "stripeline: STRIPE_API_KEY is required but not set"
+    done = stripeline("backfill", env={"DATABASE_URL": db_url})
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == "stripeline: STRIPE_API_KEY is required but not set"
 
-    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
-    monkeypatch.setenv("STRIPE_API_BASE", fake.url)
-    assert main(["backfill"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("backfill: 14 listed, 14 stored, 0 malformed, ")
+    done = stripeline("backfill", env={"DATABASE_URL": db_url, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake.url})
+    assert done.returncode == 0, done.stderr
+    [summary] = summary_lines(done.stdout)
+    assert summary.startswith("backfill: 14 listed, 14 stored, 0 malformed, 0 applied, 14 skipped, 0 failed in ")
 
 
-def test_backfill_command_names_a_refused_key(db_url, fake, capsys, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("STRIPE_API_KEY", "rk_test_wrong")
-    monkeypatch.setenv("STRIPE_API_BASE", fake.url)
-    assert main(["backfill"]) == 1
-    err = capsys.readouterr().err
-    assert "Stripe refused to list products (401)" in err
+def test_backfill_command_names_a_refused_key(db_url, fake):
+    done = stripeline("backfill", env={"DATABASE_URL": db_url, "STRIPE_API_KEY": "rk_test_wrong", "STRIPE_API_BASE": fake.url})
+    assert done.returncode == 1
+    assert "stripeline backfill: Stripe refused to list products (401)" in done.stderr.decode()

@@ -10,12 +10,20 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from app import replay as replay_module
-from app.cli import main
+from app.db import create_pool
 from app.events import event_from_payload, insert_events
 from app.processing import process_events
 from app.progress import Progress, Tally
 from app.replay import DERIVED_TABLES, ReplayRefused, Selection, glob_to_regex, replay
-from tests.app.handler_doubles import billing_doubles, billing_model, generated_history  # noqa: F401 - fixture
+from app.settings import Settings
+from tests.app.replay_helpers import (  # noqa: F401 - billing_doubles is a fixture
+    billing_doubles,
+    billing_model,
+    command,
+    generated_history,
+    stripeline,
+    summary_lines,
+)
 from tests.factories import event, new_id
 
 pytestmark = pytest.mark.usefixtures("billing_doubles")
@@ -323,8 +331,8 @@ async def test_postgres_reads_the_glob_the_same_way(conn):
         assert await conn.fetchval("SELECT $1 ~ $2", event_type, glob_to_regex(pattern)) is expected
 
 
-def test_bad_time_or_glob_ends_with_one_clear_line_and_exit_2(capsys, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+def test_bad_time_or_glob_ends_with_one_clear_line_and_exit_2(capsys):
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none")
     for argv, words in [
         (["replay", "--since", "yesterday"], "--since must be an ISO 8601 time"),
         (["replay", "--until", "2024-13-01"], "--until must be an ISO 8601 time"),
@@ -333,14 +341,20 @@ def test_bad_time_or_glob_ends_with_one_clear_line_and_exit_2(capsys, monkeypatc
         (["replay", "--since", "2024-02-01", "--until", "2024-01-01"], "earlier than --until"),
         (["replay", "--rebuild", "--customer", "cus_1"], "takes no filters"),
     ]:
-        assert main(argv) == 2
+        assert command(argv, settings) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and words in err[0], err
+        assert len(err) == 1 and err[0].startswith("stripeline replay: ") and words in err[0], err
 
 
-def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_url, capsys, monkeypatch, billing_doubles):
-    monkeypatch.setenv("DATABASE_URL", db_url)
+def test_the_installed_command_refuses_a_bad_time_in_one_line():
+    done = stripeline("replay", "--since", "last tuesday", env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == (
+        "stripeline replay: --since must be an ISO 8601 time such as 2024-05-01 or 2024-05-01T12:00:00Z, got 'last tuesday'"
+    )
 
+
+def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_url, capsys, billing_doubles):
     async def fails(conn, record, ctx):
         raise RuntimeError("boom")
 
@@ -348,19 +362,29 @@ def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_
     payloads = [event("customer.updated", {"id": new_id("cus"), "object": "customer"}), event("balance.available", {"object": "balance"})]
 
     async def seed():
-        from app.db import create_pool
-
         pool = await create_pool(db_url, max_size=2)
         await store(pool, payloads)
         await pool.close()
 
     asyncio.run(seed())
-    assert main(["replay", "--since", "2000-01-01T00:00:00Z"]) == 1
+    assert command(["replay", "--since", "2000-01-01T00:00:00Z"], Settings(database_url=db_url)) == 1
     out = capsys.readouterr()
-    lines = [line for line in out.out.strip().splitlines() if not line.startswith("{")]  # JSON lines are logs
-    assert len(lines) == 1
-    assert lines[0].startswith("replay: 0 applied, 1 skipped, 1 failed in ")
+    [summary] = [line for line in out.out.splitlines() if line.startswith("replay:")]
+    assert summary.startswith("replay: 0 applied, 1 skipped, 1 failed in ")
     assert "RuntimeError: boom" in out.err
+
+
+def test_the_installed_command_replays_and_summarises(db_url):
+    async def seed():
+        pool = await create_pool(db_url, max_size=2)
+        await store(pool, generated_history(seed=21, customers=3))
+        await pool.close()
+
+    asyncio.run(seed())
+    done = stripeline("replay", "--type", "customer.*", env={"DATABASE_URL": db_url})
+    assert done.returncode == 0, done.stderr
+    [line] = summary_lines(done.stdout)
+    assert line.startswith("replay: 0 applied, ") and " skipped, 0 failed in " in line
 
 
 def test_tally_exit_codes():

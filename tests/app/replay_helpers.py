@@ -1,6 +1,6 @@
-"""Stand-ins for the billing handlers, which are not merged on this branch.
+"""Helpers for the replay, import and backfill tests: handler stand-ins, histories, the CLI.
 
-Small handlers with real SQL on the real tables, written as the contract asks of handlers
+Stand-ins for the billing handlers, which are not merged on this branch: small handlers with real SQL on the real tables, written as the contract asks of handlers
 (an older event never overwrites a newer one), plus one that is deliberately sensitive to
 order and repetition: invoice events append their id to the invoice's description, so only an
 exact, exactly-once replay in (created, id) order reproduces it. Once the real handlers land,
@@ -9,7 +9,10 @@ the same tests run against them by dropping the `billing_doubles` fixture.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -150,3 +153,30 @@ async def billing_model(conn) -> dict[str, list]:
             tuple(r) for r in await conn.fetch("SELECT segment, customer_id FROM segment_memberships ORDER BY 1, 2")
         ],
     }
+
+
+def command(argv: list[str], settings) -> int:
+    """Run a subcommand in this process (so test handlers apply), past `main`'s logging setup."""
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.run(args, settings)
+
+
+def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run the real `stripeline` in a process of its own, as a user would.
+
+    In-process `main()` would point structlog at this test's captured stdout for good.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *argv],
+        input=stdin,
+        capture_output=True,
+        env={"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "warning", **env},
+        timeout=60,
+    )
+
+
+def summary_lines(output: bytes) -> list[str]:
+    """stdout without log lines (JSON): what the command printed for the user."""
+    return [line for line in output.decode().splitlines() if line and not line.startswith("{")]
