@@ -131,11 +131,8 @@ class Progress:
         if self.total:
             percent = min(100.0, 100.0 * self.done / self.total)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            return (
-                f"{_count(self.done)}/{_count(self.total)} ({percent:.0f}%), "
-                f"{_count(round(rate))}/s, {_clock(max(eta, 0))} left"
-            )
-        return f"{_count(self.done)}, {_count(round(rate))}/s"
+            return f"{_count(self.done)}/{_count(self.total)} {percent:.0f}% {_count(round(rate))}/s eta {_clock(max(eta, 0))}"
+        return f"{_count(self.done)} {_count(round(rate))}/s"
 
     def _show(self, final: bool = False) -> None:
         if not self.tty:
@@ -154,7 +151,7 @@ class Progress:
     def _bar(self) -> str:
         if not self.total:
             return ""
-        cells = 24
+        cells = 20
         filled = min(cells, cells * self.done // self.total)
         return "[" + "#" * filled + "." * (cells - filled) + "] "
 

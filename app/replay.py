@@ -184,6 +184,8 @@ def selection_from_args(args: Any) -> Selection:
         raise ReplayRefused("--since must be earlier than --until")
     if args.rebuild and selection.filtered:
         raise ReplayRefused("--rebuild replays every stored event and takes no filters")
+    if args.batch_size < 1:
+        raise ReplayRefused("--batch-size must be at least 1")
     return selection
 
 
@@ -388,7 +390,9 @@ def replay_command(args: Any, settings: Settings) -> int:
         return refuse("replay", str(problem))
 
     async def work(pool, tally, progress, stop) -> None:
-        await replay(pool, settings, selection, rebuild=args.rebuild, tally=tally, progress=progress, stop=stop)
+        await replay(
+            pool, settings, selection, rebuild=args.rebuild, tally=tally, batch_size=args.batch_size, progress=progress, stop=stop
+        )
 
     def summary(tally: Tally) -> dict[str, int]:
         return {"applied": tally.applied, "skipped": tally.skipped, "failed": tally.failed}

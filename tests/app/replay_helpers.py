@@ -163,18 +163,23 @@ def command(argv: list[str], settings) -> int:
     return args.run(args, settings)
 
 
+def _environment(env: dict[str, str]) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "warning", **env}
+
+
 def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run the real `stripeline` in a process of its own, as a user would.
 
     In-process `main()` would point structlog at this test's captured stdout for good.
     """
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *argv],
-        input=stdin,
-        capture_output=True,
-        env={"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "warning", **env},
-        timeout=60,
-    )
+    command = [sys.executable, "-m", "app.cli", *argv]
+    return subprocess.run(command, input=stdin, capture_output=True, env=_environment(env), timeout=60)
+
+
+def stripeline_process(*argv: str, env: dict[str, str]) -> subprocess.Popen:
+    """`stripeline` started in the background, for a test to signal."""
+    command = [sys.executable, "-m", "app.cli", *argv]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(env))
 
 
 def summary_lines(output: bytes) -> list[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import signal
+import time
 from datetime import datetime, timezone
 
+import asyncpg
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
@@ -22,6 +25,7 @@ from tests.app.replay_helpers import (  # noqa: F401 - billing_doubles is a fixt
     command,
     generated_history,
     stripeline,
+    stripeline_process,
     summary_lines,
 )
 from tests.factories import event, new_id
@@ -372,6 +376,40 @@ def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_
     [summary] = [line for line in out.out.splitlines() if line.startswith("replay:")]
     assert summary.startswith("replay: 0 applied, 1 skipped, 1 failed in ")
     assert "RuntimeError: boom" in out.err
+
+
+def test_ctrl_c_stops_the_installed_command_cleanly_and_a_rerun_finishes(db_url):
+    async def seed() -> int:
+        pool = await create_pool(db_url, max_size=2)
+        records = await store(pool, generated_history(seed=22, customers=120))
+        await pool.close()
+        return len(records)
+
+    async def rebuilt_so_far() -> int | None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return await conn.fetchval("SELECT events_done FROM replay_rebuilds")
+        finally:
+            await conn.close()
+
+    total = asyncio.run(seed())
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url})
+    deadline = time.monotonic() + 20
+    while not asyncio.run(rebuilt_so_far()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    out, err = running.communicate(timeout=30)
+
+    assert running.returncode == 130, err
+    [summary] = summary_lines(out)
+    assert summary.endswith("(interrupted: run it again to continue)")
+    done = asyncio.run(rebuilt_so_far())
+    assert 0 < done < total
+
+    rerun = stripeline("replay", env={"DATABASE_URL": db_url})
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming the rebuild" in rerun.stderr.decode()
+    assert asyncio.run(rebuilt_so_far()) is None
 
 
 def test_the_installed_command_replays_and_summarises(db_url):
