@@ -16,6 +16,7 @@ Retry-After, so the retry policy is ours (`Backoff`) and the library's is off.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -64,7 +65,8 @@ VALUES ($1, CASE WHEN $1 THEN date_trunc('second', now()) ELSE now() - interval 
 RETURNING id, only_new, started_at, events_since
 """
 FINISH_RUN = "UPDATE backfill_runs SET finished_at = now() WHERE id = $1"
-# The snapshot is whole seconds, as Stripe's `created` is; never later than the listing's start.
+# The snapshot is whole seconds, as Stripe's `created` is, rounded down: never later than the
+# listing's start. A resumed listing keeps its snapshot (the no-op update lets RETURNING give it).
 START_LISTING = """
 INSERT INTO backfill_cursors (run_id, resource, snapshot_at) VALUES ($1, $2, date_trunc('second', now()))
 ON CONFLICT (run_id, resource) DO UPDATE SET run_id = excluded.run_id
@@ -128,29 +130,29 @@ async def fetch_page(
 ) -> dict[str, Any]:
     """One page of a list, as Stripe sent it; retried on 429, 5xx and dropped connections."""
     service = getattr(client.v1, resource)
-    for attempt in range(1, backoff.attempts + 1):
+    for attempt in itertools.count(1):
         try:
             page = await asyncio.to_thread(service.list, dict(params))
             return orjson.loads(page.last_response.body)
-        except (stripe.AuthenticationError, stripe.PermissionError) as refused:
-            raise BackfillError(
-                f"Stripe refused to list {resource} ({refused.http_status}): give STRIPE_API_KEY read access to it"
-            ) from None
+        except stripe.AuthenticationError:
+            raise BackfillError("Stripe did not accept STRIPE_API_KEY (401): check the key") from None
+        except stripe.PermissionError:
+            raise BackfillError(f"STRIPE_API_KEY may not read {resource} (403): give the restricted key read access") from None
         except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
             retryable = not isinstance(error, stripe.APIError) or (error.http_status or 500) >= 500
-            if not retryable or attempt == backoff.attempts:
+            if not retryable or attempt >= backoff.attempts:
                 raise BackfillError(
-                    f"listing {resource} failed after {attempt} attempts: {type(error).__name__}; run it again to resume"
+                    f"listing {resource} failed after {attempt} attempts ({type(error).__name__}); run it again to resume"
                 ) from None
             delay = _retry_after(error)
-            delay = min(delay, backoff.cap) if delay is not None else backoff.delay(attempt)
+            delay = backoff.delay(attempt) if delay is None else min(delay, backoff.cap)
             log.warning(
                 "stripe_request_retried", resource=resource, error=type(error).__name__, attempt=attempt, delay=round(delay, 2)
             )
             await sleep(delay)
         except stripe.StripeError as error:
             raise BackfillError(f"Stripe answered {error.http_status} to listing {resource}: {error.user_message}") from None
-    raise AssertionError("unreachable")
+    raise AssertionError("itertools.count never ends")
 
 
 def synthetic_event(listing: Listing, obj: dict[str, Any], snapshot: datetime) -> dict[str, Any]:

@@ -115,7 +115,7 @@ class Progress:
         if self._failures_shown <= FAILURES_SHOWN:
             self.note(f"failed: {message}")
         elif self._failures_shown == FAILURES_SHOWN + 1:
-            self.note("more events failed; they are counted in the summary and listed by /api/sync")
+            self.note("more events failed; the summary counts them all")
 
     def finish_phase(self) -> None:
         if self.phase_name and (self.done or self.total):

@@ -145,6 +145,16 @@ async def test_interrupted_backfill_resumes_after_the_last_stored_page(pool, con
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
 
 
+async def test_a_key_without_read_access_to_a_resource_is_named(pool, conn, stripe_settings, fake):
+    populate(fake, customers=2)
+    fake.fail("invoices", 403)
+
+    with pytest.raises(BackfillError, match="may not read invoices"):
+        await run(pool, stripe_settings)
+    # What was listed before stays, and the run is there to resume.
+    assert await conn.fetchval("SELECT count(*) FROM backfill_cursors WHERE finished_at IS NOT NULL") == 4
+
+
 async def store_and_process(pool, settings, payload) -> None:
     record = event_from_payload(payload)
     async with pool.acquire() as conn:
@@ -205,4 +215,4 @@ def test_backfill_command_needs_an_api_key_and_prints_a_summary(db_url, fake):
 def test_backfill_command_names_a_refused_key(db_url, fake):
     done = stripeline("backfill", env={"DATABASE_URL": db_url, "STRIPE_API_KEY": "rk_test_wrong", "STRIPE_API_BASE": fake.url})
     assert done.returncode == 1
-    assert "stripeline backfill: Stripe refused to list products (401)" in done.stderr.decode()
+    assert "stripeline backfill: Stripe did not accept STRIPE_API_KEY (401): check the key" in done.stderr.decode()
