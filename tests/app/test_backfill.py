@@ -47,7 +47,7 @@ def populate(fake: FakeStripe, customers: int) -> dict[str, list]:
         fake.add("invoices", fake_stripe.invoice(customer["id"], sub["id"]))
         account["customers"].append(customer)
         account["subscriptions"].append(sub)
-    for n in range(3):
+    for n in range(min(3, customers)):
         recent = fake.add("events", fake_stripe.event("customer.updated", account["customers"][n], now - DAY - n))
         old = fake.add("events", fake_stripe.event("customer.updated", account["customers"][n], now - 31 * DAY))
         account["recent_events"].append(recent)
@@ -146,7 +146,7 @@ async def test_interrupted_backfill_resumes_after_the_last_stored_page(pool, con
 
 
 async def test_a_key_without_read_access_to_a_resource_is_named(pool, conn, stripe_settings, fake):
-    populate(fake, customers=2)
+    populate(fake, customers=3)
     fake.fail("invoices", 403)
 
     with pytest.raises(BackfillError, match="may not read invoices"):
