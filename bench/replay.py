@@ -296,12 +296,13 @@ async def main(args: argparse.Namespace) -> None:
         print(f"generated {len(payloads):,} events in {generated - started:.1f} s; stored in {stored - generated:.1f} s ({size})")
 
         settings = Settings(database_url=url)
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         tally = await replay(pool, settings, rebuild=True, batch_size=args.batch_size)
-        seconds = time.perf_counter() - began
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
         print(
             f"replay --rebuild: {tally.applied:,} applied, {tally.skipped:,} skipped, {tally.failed:,} failed "
-            f"in {seconds:.2f} s = {len(payloads) / seconds:,.0f} events/s (batch {args.batch_size})"
+            f"in {seconds:.2f} s = {len(payloads) / seconds:,.0f} events/s (batch {args.batch_size}); "
+            f"this process used {cpu:.2f} s of CPU ({cpu / len(payloads) * 1e6:.0f} us/event)"
         )
         async with pool.acquire() as conn:
             rows = await conn.fetch("SELECT segment, count(*) AS n FROM segment_memberships GROUP BY 1 ORDER BY 1")
