@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.factories import event, new_id
+from tests import fake_stripe
+from tests.factories import event
 
 UPSERT_CUSTOMER = """
 INSERT INTO customers (id, email, name, created_at, event_created, event_id)
@@ -97,7 +98,7 @@ DOUBLES = {
 
 @pytest.fixture
 def billing_doubles(monkeypatch):
-    """Register the stand-in handlers and refresher for one test."""
+    """The stand-in handlers and refresher, for tests that assert what the stand-ins write."""
     import handlers
 
     monkeypatch.setattr(handlers, "HANDLERS", dict(DOUBLES))
@@ -105,30 +106,50 @@ def billing_doubles(monkeypatch):
     return handlers
 
 
-def customer_history(rng: random.Random, base: int, *, ignored: bool = True) -> list[dict[str, Any]]:
-    """One customer's life in Stripe events: sign-up, edits, a subscription's states, invoices.
+@pytest.fixture
+def handlers_under_test(monkeypatch):
+    """The real billing handlers once they are merged; the stand-ins until then.
 
-    Times are drawn from a narrow window so that many events share a second, as they do in
-    Stripe, and the id must settle the order.
+    Tests using this compare whole derived tables, so they hold for any correct handlers.
     """
-    customer = new_id("cus")
-    subscription = new_id("sub")
-    payloads = []
+    import handlers
+
+    if not handlers.HANDLERS:
+        monkeypatch.setattr(handlers, "HANDLERS", dict(DOUBLES))
+        monkeypatch.setattr(handlers, "REFRESHERS", [refresh_customers])
+    else:  # tests may swap entries; keep the module's own dict intact
+        monkeypatch.setattr(handlers, "HANDLERS", dict(handlers.HANDLERS))
+    return handlers
+
+
+def customer_history(rng: random.Random, base: int, *, ignored: bool = True) -> list[dict[str, Any]]:
+    """One customer's life in Stripe events, with objects shaped as Stripe sends them.
+
+    Sign-up, edits, a subscription moving through states, invoices created and paid. Times
+    come from a narrow window so that many events share a second, as they do in Stripe, and
+    the id must settle the order.
+    """
+    product = fake_stripe.product()
+    price = fake_stripe.price(product["id"])
+    customer = fake_stripe.customer(created=base)
+    subscription = fake_stripe.subscription(customer["id"], price, status="trialing", created=base)
 
     def at() -> int:
         return base + rng.randrange(0, 120)
 
-    payloads.append(event("customer.created", {"id": customer, "object": "customer", "email": f"{customer}@example.com", "name": "A", "created": base}, created=base))
+    payloads = [event("customer.created", customer, created=base)]
     for n in range(rng.randrange(1, 4)):
-        payloads.append(event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}.{customer}@example.com", "name": f"N{n}", "created": base}, created=at()))
+        changed = dict(customer, email=f"{n}.{customer['email']}", name=f"Name {n}")
+        payloads.append(event("customer.updated", changed, created=at(), previous_attributes={"name": customer["name"]}))
     for status in rng.sample(["trialing", "active", "past_due", "canceled", "active"], k=rng.randrange(1, 5)):
-        payloads.append(event("customer.subscription.updated", {"id": subscription, "object": "subscription", "customer": customer, "status": status}, created=at()))
+        payloads.append(event("customer.subscription.updated", dict(subscription, status=status), created=at()))
     for _ in range(rng.randrange(1, 3)):
-        invoice = new_id("in")
-        for kind in ("invoice.created", "invoice.paid"):
-            payloads.append(event(kind, {"id": invoice, "object": "invoice", "customer": customer}, created=at()))
+        invoice = fake_stripe.invoice(customer["id"], subscription["id"], status="open")
+        payloads.append(event("invoice.created", dict(invoice, status="draft"), created=at()))
+        payloads.append(event("invoice.paid", dict(invoice, status="paid"), created=at()))
     if ignored:
-        payloads.append(event("charge.succeeded", {"id": new_id("ch"), "object": "charge", "customer": customer}, created=at()))
+        charge = {"id": fake_stripe.stripe_id("ch"), "object": "charge", "customer": customer["id"], "amount": 2900, "currency": "usd"}
+        payloads.append(event("charge.succeeded", charge, created=at()))
     return payloads
 
 
@@ -139,6 +160,27 @@ def generated_history(seed: int, customers: int, base: int = 1_700_000_000) -> l
         payloads += customer_history(rng, base + n * 7)
     rng.shuffle(payloads)
     return payloads
+
+
+# Times that say when a row was written, not what happened: they differ between two runs.
+RUN_TIMES = {"entered_at"}
+COLUMNS = """
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'public' AND table_name = $1 AND coalesce(column_default, '') NOT LIKE 'now()%'
+ORDER BY ordinal_position
+"""
+
+
+async def derived_state(conn) -> dict[str, list[tuple]]:
+    """Every Stripe-derived table in full, but for times of writing (defaults of now(), entered_at)."""
+    from app.replay import DERIVED_TABLES
+
+    state = {}
+    for table in DERIVED_TABLES:
+        columns = [r["column_name"] for r in await conn.fetch(COLUMNS, table) if r["column_name"] not in RUN_TIMES]
+        rows = await conn.fetch(f"SELECT {', '.join(columns)} FROM {table}")  # names from the catalog
+        state[table] = sorted((tuple(row) for row in rows), key=repr)
+    return state
 
 
 async def billing_model(conn) -> dict[str, list]:
