@@ -8,6 +8,7 @@ not a valid event is reported with where it was and skipped; it never stops the 
 
 from __future__ import annotations
 
+import codecs
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ def read_events(stream: BinaryIO) -> Iterator[EventRecord | Malformed]:
     """Events and malformed entries of a file, in file order, reading JSON Lines as a stream."""
     head = []
     for line in stream:
-        head.append(line)
+        # Editors on Windows start UTF-8 files with a byte order mark; JSON has no place for it.
+        head.append(line.removeprefix(codecs.BOM_UTF8) if not head else line)
         if line.strip():
             break
     if not head or not head[-1].strip():

@@ -40,6 +40,9 @@ from app.progress import CommandError, Progress, Tally, refuse, run_command
 from app.settings import Settings
 
 BATCH_SIZE = 1000
+# Each distinct customer in a batch holds an advisory lock until commit, and PostgreSQL's lock
+# table holds about 64 per connection by default: bigger batches risk "out of shared memory".
+MAX_BATCH_SIZE = 2000
 # Events are at least this old (Stripe's `created` is a Unix time >= 0).
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
@@ -48,7 +51,9 @@ FINISHED = ("processed", "ignored", "failed")
 TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 
 # Everything a rebuild empties: rows derived from Stripe events only. Never customer
-# attributes, tags or activity (users wrote those), nor tombstones or segment history.
+# attributes, tags or activity (users wrote those), nor segment history, nor tombstones: in
+# `delete` mode a deleted customer's events are gone, and only its tombstone keeps a late
+# webhook from bringing it back.
 DERIVED_TABLES = (
     "customers",
     "subscriptions",
@@ -184,8 +189,8 @@ def selection_from_args(args: Any) -> Selection:
         raise ReplayRefused("--since must be earlier than --until")
     if args.rebuild and selection.filtered:
         raise ReplayRefused("--rebuild replays every stored event and takes no filters")
-    if args.batch_size < 1:
-        raise ReplayRefused("--batch-size must be at least 1")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ReplayRefused(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
     return selection
 
 

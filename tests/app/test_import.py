@@ -101,6 +101,12 @@ def test_a_broken_pretty_document_is_reported_without_a_crash():
     assert items and all(isinstance(i, Malformed) for i in items)
 
 
+def test_a_byte_order_mark_does_not_cost_the_first_line():
+    payloads = generated_history(seed=16, customers=1)
+    items = list(read_events(io.BytesIO(b"\xef\xbb\xbf" + jsonl(*payloads))))
+    assert [i.id for i in items] == [p["id"] for p in payloads]
+
+
 def test_an_empty_file_imports_nothing():
     assert list(read_events(io.BytesIO(b"\n  \n"))) == []
 

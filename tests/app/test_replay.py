@@ -423,7 +423,8 @@ def test_bad_time_or_glob_ends_with_one_clear_line_and_exit_2(capsys):
         (["replay", "--type", "invoice.[paid"], "is not a glob of event types"),
         (["replay", "--since", "2024-02-01", "--until", "2024-01-01"], "earlier than --until"),
         (["replay", "--rebuild", "--customer", "cus_1"], "takes no filters"),
-        (["replay", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["replay", "--batch-size", "0"], "--batch-size must be between 1 and 2000"),
+        (["replay", "--batch-size", "5000"], "--batch-size must be between 1 and 2000"),
     ]:
         assert command(argv, settings) == 2
         err = capsys.readouterr().err.strip().splitlines()
