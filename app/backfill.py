@@ -57,7 +57,10 @@ LISTINGS = (
     Listing("events", None),
 )
 
-OPEN_RUN = "SELECT id, only_new, started_at, events_since FROM backfill_runs WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1"
+OPEN_RUN = """
+SELECT id, only_new, started_at, events_since FROM backfill_runs
+WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1
+"""
 DROP_RUN = "DELETE FROM backfill_runs WHERE id = $1"
 START_RUN = """
 INSERT INTO backfill_runs (only_new, events_since)
@@ -137,21 +140,30 @@ async def fetch_page(
         except stripe.AuthenticationError:
             raise BackfillError("Stripe did not accept STRIPE_API_KEY (401): check the key") from None
         except stripe.PermissionError:
-            raise BackfillError(f"STRIPE_API_KEY may not read {resource} (403): give the restricted key read access") from None
+            raise BackfillError(
+                f"STRIPE_API_KEY may not read {resource} (403): give the restricted key read access"
+            ) from None
         except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
             retryable = not isinstance(error, stripe.APIError) or (error.http_status or 500) >= 500
             if not retryable or attempt >= backoff.attempts:
                 raise BackfillError(
-                    f"listing {resource} failed after {attempt} attempts ({type(error).__name__}); run it again to resume"
+                    f"listing {resource} failed after {attempt} attempts ({type(error).__name__}); "
+                    "run it again to resume"
                 ) from None
             delay = _retry_after(error)
             delay = backoff.delay(attempt) if delay is None else min(delay, backoff.cap)
             log.warning(
-                "stripe_request_retried", resource=resource, error=type(error).__name__, attempt=attempt, delay=round(delay, 2)
+                "stripe_request_retried",
+                resource=resource,
+                error=type(error).__name__,
+                attempt=attempt,
+                delay=round(delay, 2),
             )
             await sleep(delay)
         except stripe.StripeError as error:
-            raise BackfillError(f"Stripe answered {error.http_status} to listing {resource}: {error.user_message}") from None
+            raise BackfillError(
+                f"Stripe answered {error.http_status} to listing {resource}: {error.user_message}"
+            ) from None
     raise AssertionError("itertools.count never ends")
 
 
@@ -178,7 +190,9 @@ class BackfillCounts:
     malformed: int = 0
 
 
-def _records(listing: Listing, objects: list[dict[str, Any]], snapshot: datetime, counts: BackfillCounts) -> list[EventRecord]:
+def _records(
+    listing: Listing, objects: list[dict[str, Any]], snapshot: datetime, counts: BackfillCounts
+) -> list[EventRecord]:
     records = []
     for obj in objects:
         payload = obj if listing.event_type is None else synthetic_event(listing, obj, snapshot)

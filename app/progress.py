@@ -131,7 +131,8 @@ class Progress:
         if self.total:
             percent = min(100.0, 100.0 * self.done / self.total)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            return f"{_count(self.done)}/{_count(self.total)} {percent:.0f}% {_count(round(rate))}/s eta {_clock(max(eta, 0))}"
+            counted = f"{_count(self.done)}/{_count(self.total)} {percent:.0f}%"
+            return f"{counted} {_count(round(rate))}/s eta {_clock(max(eta, 0))}"
         return f"{_count(self.done)} {_count(round(rate))}/s"
 
     def _show(self, final: bool = False) -> None:

@@ -277,28 +277,30 @@ async def _batches(pool: asyncpg.Pool, scope: _Scope, batch_size: int) -> AsyncI
         await asyncio.gather(pending, return_exceptions=True)
 
 
-async def _walk(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    scope: _Scope,
-    tally: Tally,
-    *,
-    rebuilding: bool,
-    batch_size: int,
-    progress: Progress | None,
-    stop: asyncio.Event | None,
-) -> None:
-    async with contextlib.aclosing(_batches(pool, scope, batch_size)) as batches:
+@dataclass
+class _Run:
+    """What one replay works with, passed down whole."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    tally: Tally
+    batch_size: int
+    progress: Progress | None
+    stop: asyncio.Event | None
+
+
+async def _walk(run: _Run, scope: _Scope, rebuilding: bool) -> None:
+    async with contextlib.aclosing(_batches(run.pool, scope, run.batch_size)) as batches:
         async for rows in batches:
             records = [record_from_row(row) for row in rows]
-            done = await apply_batch(pool, records, [row["status"] for row in rows], settings, rebuilding)
-            tally.add(done)
-            if progress is not None:
+            done = await apply_batch(run.pool, records, [row["status"] for row in rows], run.settings, rebuilding)
+            run.tally.add(done)
+            if run.progress is not None:
                 for failure in done.failures:
-                    progress.failure(failure)
-                progress.advance(len(records))
-            if stop is not None and stop.is_set():
-                tally.interrupted = True
+                    run.progress.failure(failure)
+                run.progress.advance(len(records))
+            if run.stop is not None and run.stop.is_set():
+                run.tally.interrupted = True
                 return
 
 
@@ -323,28 +325,26 @@ async def rebuild_status(conn: asyncpg.Connection) -> dict[str, Any] | None:
     marker = await conn.fetchrow(GET_REBUILD)
     if marker is None:
         return None
-    return {"started_at": marker["started_at"], "events_done": marker["events_done"], "events_total": marker["events_total"]}
+    return {key: marker[key] for key in ("started_at", "events_done", "events_total")}
 
 
-async def _rebuild(
-    pool: asyncpg.Pool, settings: Settings, tally: Tally, batch_size: int, progress: Progress | None, stop: asyncio.Event | None
-) -> None:
-    async with pool.acquire() as guard:
+async def _rebuild(run: _Run) -> None:
+    async with run.pool.acquire() as guard:
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
             raise ReplayRefused("another `replay --rebuild` is running")
         try:
             marker = await guard.fetchrow(GET_REBUILD)
             if marker is None:
-                marker = await _start_rebuild(pool)
-            elif progress is not None:
-                progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
-            if progress is not None:
-                progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
+                marker = await _start_rebuild(run.pool)
+            elif run.progress is not None:
+                run.progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
+            if run.progress is not None:
+                run.progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
-            scope = _Scope(after, marker["through_received_at"])
-            await _walk(pool, settings, scope, tally, rebuilding=True, batch_size=batch_size, progress=progress, stop=stop)
-            if not tally.interrupted:
+            await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
+            if not run.tally.interrupted:
                 await guard.execute(FINISH_REBUILD)
+                tally = run.tally
                 log.info("rebuild_finished", applied=tally.applied, skipped=tally.skipped, failed=tally.failed)
         finally:
             await guard.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
@@ -362,7 +362,7 @@ async def replay(
     stop: asyncio.Event | None = None,
 ) -> Tally:
     """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`)."""
-    tally = tally if tally is not None else Tally()
+    run = _Run(pool, settings, tally if tally is not None else Tally(), batch_size, progress, stop)
     async with pool.acquire() as conn:
         pending_rebuild = await conn.fetchval("SELECT true FROM replay_rebuilds")
     if pending_rebuild and selection.filtered:
@@ -370,18 +370,22 @@ async def replay(
     if rebuild and selection.filtered:
         raise ReplayRefused("--rebuild replays every stored event and takes no filters")
     if rebuild or pending_rebuild:
-        await _rebuild(pool, settings, tally, batch_size, progress, stop)
-        return tally
+        await _rebuild(run)
+        return run.tally
     async with pool.acquire() as conn:
         snapshot = await conn.fetchval("SELECT now()")
         scope = _Scope(
-            (selection.since or EPOCH, ""), snapshot, selection.until or FAR_FUTURE, selection.type_regex(), selection.customer
+            after=(selection.since or EPOCH, ""),
+            through_received_at=snapshot,
+            until=selection.until or FAR_FUTURE,
+            type_regex=selection.type_regex(),
+            customer=selection.customer,
         )
         total = await conn.fetchval(COUNT_SELECTION, *scope.arguments(scope.after))
     if progress is not None:
         progress.phase("replay", total=total)
-    await _walk(pool, settings, scope, tally, rebuilding=False, batch_size=batch_size, progress=progress, stop=stop)
-    return tally
+    await _walk(run, scope, rebuilding=False)
+    return run.tally
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -396,7 +400,14 @@ def replay_command(args: Any, settings: Settings) -> int:
 
     async def work(pool, tally, progress, stop) -> None:
         await replay(
-            pool, settings, selection, rebuild=args.rebuild, tally=tally, batch_size=args.batch_size, progress=progress, stop=stop
+            pool,
+            settings,
+            selection,
+            rebuild=args.rebuild,
+            tally=tally,
+            batch_size=args.batch_size,
+            progress=progress,
+            stop=stop,
         )
 
     def summary(tally: Tally) -> dict[str, int]:
