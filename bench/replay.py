@@ -64,7 +64,9 @@ def _customer(cid: str, created: int, n: int) -> dict[str, Any]:
     return {
         "id": cid,
         "object": "customer",
-        "address": {"city": "Berlin", "country": "DE", "line1": f"Street {n}", "line2": None, "postal_code": "10115", "state": None},
+        "address": {
+            "city": "Berlin", "country": "DE", "line1": f"Street {n}", "line2": None, "postal_code": "10115", "state": None
+        },
         "balance": 0,
         "created": created,
         "currency": "eur",
@@ -73,7 +75,9 @@ def _customer(cid: str, created: int, n: int) -> dict[str, Any]:
         "description": None,
         "email": f"customer{n}@example.com",
         "invoice_prefix": f"B{n:07X}",
-        "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None, "rendering_options": None},
+        "invoice_settings": {
+            "custom_fields": None, "default_payment_method": None, "footer": None, "rendering_options": None
+        },
         "livemode": True,
         "metadata": {"signup_source": random.choice(["web", "sales", "partner"])},
         "name": f"Customer {n}",
@@ -107,7 +111,9 @@ def _price(pid: str, product: str, amount: int, interval: str) -> dict[str, Any]
     }
 
 
-def _subscription(sid: str, cid: str, item: str, price: dict, status: str, start: int, period_start: int, trial_end: int | None) -> dict[str, Any]:
+def _subscription(
+    sid: str, cid: str, item: str, price: dict, status: str, start: int, period_start: int, trial_end: int | None
+) -> dict[str, Any]:
     return {
         "id": sid,
         "object": "subscription",
@@ -178,7 +184,10 @@ def _invoice(iid: str, cid: str, sid: str, price: dict, status: str, created: in
                     "currency": "eur",
                     "description": f"1 x Pro ({price['nickname']})",
                     "period": {"start": created, "end": created + MONTH},
-                    "pricing": {"price_details": {"price": price["id"], "product": price["product"]}, "type": "price_details"},
+                    "pricing": {
+                        "price_details": {"price": price["id"], "product": price["product"]},
+                        "type": "price_details",
+                    },
                     "quantity": 1,
                 }
             ],
@@ -213,43 +222,59 @@ def _charge(chid: str, cid: str, amount: int, created: int) -> dict[str, Any]:
         "livemode": True,
         "paid": True,
         "payment_intent": f"pi_{chid}",
-        "payment_method_details": {"card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030}, "type": "card"},
+        "payment_method_details": {
+            "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030}, "type": "card"
+        },
         "status": "succeeded",
     }
+
+
+def _lifecycle(new_id: Ids, n: int, price: dict[str, Any]) -> list[dict[str, Any]]:
+    """One customer: sign-up, a trial, then churn at trial end or months of paid invoices."""
+    cid, sid, item = new_id("cus"), new_id("sub"), new_id("si")
+    start = START + random.randrange(0, 12 * MONTH)
+    trial_end = start + 14 * 86400
+    customer = _customer(cid, start, n)
+    events: list[dict[str, Any]] = []
+
+    def add(type: str, obj: dict[str, Any], at: int, previous: dict | None = None) -> None:
+        events.append(_event(new_id, type, obj, at, previous))
+
+    def subscription(status: str, period_start: int) -> dict[str, Any]:
+        return _subscription(sid, cid, item, price, status, start, period_start, trial_end)
+
+    add("customer.created", customer, start)
+    add("customer.updated", dict(customer, name=f"Customer {n} GmbH"), start + 120, {"name": customer["name"]})
+    add("customer.subscription.created", subscription("trialing", start), start + 5)
+    if random.random() < 0.3:
+        add("customer.subscription.updated", subscription("canceled", trial_end), trial_end)
+        return events
+    months = random.randrange(1, 12)
+    for month in range(months):
+        at = trial_end + month * MONTH
+        iid = new_id("in")
+        add("customer.subscription.updated", subscription("active", at), at)
+        add("invoice.created", _invoice(iid, cid, sid, price, "draft", at), at)
+        add("invoice.finalized", _invoice(iid, cid, sid, price, "open", at), at + 3600)
+        add("charge.succeeded", _charge(new_id("ch"), cid, price["unit_amount"], at + 3650), at + 3650)
+        add("invoice.paid", _invoice(iid, cid, sid, price, "paid", at), at + 3660)
+    if random.random() < 0.2:
+        end = trial_end + months * MONTH
+        add("customer.subscription.deleted", subscription("canceled", end), end)
+    return events
 
 
 def generate(total: int, seed: int = 7) -> list[dict[str, Any]]:
     """About `total` events: whole customer lifecycles until the count is reached."""
     random.seed(seed)
     new_id = Ids()
-    prices = [_price(new_id("price"), new_id("prod"), amount, interval) for amount, interval in ((2900, "month"), (29000, "year"), (9900, "month"))]
+    plans = ((2900, "month"), (29000, "year"), (9900, "month"))
+    prices = [_price(new_id("price"), new_id("prod"), amount, interval) for amount, interval in plans]
     events: list[dict[str, Any]] = []
     n = 0
     while len(events) < total:
         n += 1
-        cid, sid, item = new_id("cus"), new_id("sub"), new_id("si")
-        start = START + random.randrange(0, 12 * MONTH)
-        price = random.choice(prices)
-        customer = _customer(cid, start, n)
-        events.append(_event(new_id, "customer.created", customer, start))
-        events.append(_event(new_id, "customer.updated", dict(customer, name=f"Customer {n} GmbH"), start + 120, {"name": customer["name"]}))
-        trial_end = start + 14 * 86400
-        events.append(_event(new_id, "customer.subscription.created", _subscription(sid, cid, item, price, "trialing", start, start, trial_end), start + 5))
-        if random.random() < 0.3:
-            events.append(_event(new_id, "customer.subscription.updated", _subscription(sid, cid, item, price, "canceled", start, trial_end, trial_end), trial_end))
-            continue
-        months = random.randrange(1, 12)
-        for month in range(months):
-            at = trial_end + month * MONTH
-            events.append(_event(new_id, "customer.subscription.updated", _subscription(sid, cid, item, price, "active", start, at, trial_end), at))
-            iid = new_id("in")
-            events.append(_event(new_id, "invoice.created", _invoice(iid, cid, sid, price, "draft", at), at))
-            events.append(_event(new_id, "invoice.finalized", _invoice(iid, cid, sid, price, "open", at), at + 3600))
-            events.append(_event(new_id, "invoice.paid", _invoice(iid, cid, sid, price, "paid", at), at + 3660))
-            events.append(_event(new_id, "charge.succeeded", _charge(new_id("ch"), cid, price["unit_amount"], at + 3650), at + 3650))
-        if random.random() < 0.2:
-            end = trial_end + months * MONTH
-            events.append(_event(new_id, "customer.subscription.deleted", _subscription(sid, cid, item, price, "canceled", start, end, trial_end), end))
+        events += _lifecycle(new_id, n, random.choice(prices))
     return events[:total]
 
 
@@ -293,7 +318,10 @@ async def main(args: argparse.Namespace) -> None:
             await conn.execute("VACUUM ANALYZE stripe_events")
             size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('stripe_events'))")
         stored = time.perf_counter()
-        print(f"generated {len(payloads):,} events in {generated - started:.1f} s; stored in {stored - generated:.1f} s ({size})")
+        print(
+            f"generated {len(payloads):,} events in {generated - started:.1f} s; "
+            f"stored in {stored - generated:.1f} s ({size})"
+        )
 
         settings = Settings(database_url=url)
         began, cpu_began = time.perf_counter(), time.process_time()

@@ -66,7 +66,9 @@ class FakeStripe:
             self.objects[resource].append(obj)
         return obj
 
-    def fail(self, resource: str, status: int | None, *, times: int = 1, skip: int = 0, retry_after: str | None = None) -> None:
+    def fail(
+        self, resource: str, status: int | None, *, times: int = 1, skip: int = 0, retry_after: str | None = None
+    ) -> None:
         """The next `times` requests to `resource` (after `skip`) get `status`; None drops the connection."""
         with self._lock:
             self.faults.append(Fault(resource, status, times, skip, retry_after))
@@ -187,7 +189,8 @@ def _error(kind: str, message: str) -> dict[str, Any]:
 
 
 def product(**fields: Any) -> dict[str, Any]:
-    return {"id": stripe_id("prod"), "object": "product", "active": True, "name": "Pro", "created": int(time.time()) - 86400, "livemode": False, **fields}
+    created = int(time.time()) - 86400
+    return {"id": stripe_id("prod"), "object": "product", "active": True, "name": "Pro", "created": created, **fields}
 
 
 def price(product_id: str, **fields: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Helpers for the replay, import and backfill tests: handler stand-ins, histories, the CLI.
 
-Stand-ins for the billing handlers, which are not merged on this branch: small handlers with real SQL on the real tables, written as the contract asks of handlers
-(an older event never overwrites a newer one), plus one that is deliberately sensitive to
-order and repetition: invoice events append their id to the invoice's description, so only an
-exact, exactly-once replay in (created, id) order reproduces it. Once the real handlers land,
-the same tests run against them by dropping the `billing_doubles` fixture.
+Stand-ins for the billing handlers, which are not merged on this branch: small handlers with
+real SQL on the real tables, written as the contract asks of handlers (an older event never
+overwrites a newer one), plus one that is deliberately sensitive to order and repetition:
+invoice events append their id to the invoice's description, so only an exact, exactly-once
+replay in (created, id) order reproduces it. Tests that compare whole derived tables take
+`handlers_under_test`, which is the real handlers as soon as they are merged.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def customer_history(rng: random.Random, base: int, *, ignored: bool = True) -> 
         payloads.append(event("invoice.created", dict(invoice, status="draft"), created=at()))
         payloads.append(event("invoice.paid", dict(invoice, status="paid"), created=at()))
     if ignored:
-        charge = {"id": fake_stripe.stripe_id("ch"), "object": "charge", "customer": customer["id"], "amount": 2900, "currency": "usd"}
+        charge = {"id": fake_stripe.stripe_id("ch"), "object": "charge", "customer": customer["id"], "amount": 2900}
         payloads.append(event("charge.succeeded", charge, created=at()))
     return payloads
 
@@ -186,7 +187,9 @@ async def derived_state(conn) -> dict[str, list[tuple]]:
 async def billing_model(conn) -> dict[str, list]:
     """The derived state the doubles write, without times that depend on when it ran."""
     return {
-        "customers": [tuple(r) for r in await conn.fetch("SELECT id, email, name, mrr, event_id FROM customers ORDER BY id")],
+        "customers": [
+            tuple(r) for r in await conn.fetch("SELECT id, email, name, mrr, event_id FROM customers ORDER BY id")
+        ],
         "subscriptions": [
             tuple(r) for r in await conn.fetch("SELECT id, customer_id, status, event_id FROM subscriptions ORDER BY id")
         ],

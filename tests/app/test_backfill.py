@@ -131,7 +131,9 @@ async def test_interrupted_backfill_resumes_after_the_last_stored_page(pool, con
     with pytest.raises(BackfillError, match="run it again to resume"):
         await run(pool, stripe_settings)
 
-    cursor = await conn.fetchrow("SELECT starting_after, listed, finished_at FROM backfill_cursors WHERE resource = 'customers'")
+    cursor = await conn.fetchrow(
+        "SELECT starting_after, listed, finished_at FROM backfill_cursors WHERE resource = 'customers'"
+    )
     newest_first = sorted(account["customers"], key=lambda c: (c["created"], c["id"]), reverse=True)
     assert (cursor["listed"], cursor["starting_after"], cursor["finished_at"]) == (100, newest_first[99]["id"], None)
 
@@ -143,7 +145,8 @@ async def test_interrupted_backfill_resumes_after_the_last_stored_page(pool, con
     assert fake.requests_to("customers")[0].params["starting_after"] == newest_first[99]["id"]
     assert counts.listed == 150 + 250 * 2 + 3
     assert await conn.fetchval("SELECT count(*) FROM customers") == 250
-    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE type = 'customer.updated' AND id LIKE 'evt_backfill_%'") == 250
+    synthetic = "SELECT count(*) FROM stripe_events WHERE type = 'customer.updated' AND id LIKE 'evt_backfill_%'"
+    assert await conn.fetchval(synthetic) == 250
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
 
 
@@ -168,8 +171,10 @@ async def test_a_listing_never_overwrites_a_newer_webhook_but_updates_an_older_o
     now = int(time.time())
     newer = fake.add("customers", fake_stripe.customer(email="listing-newer@example.com"))
     older = fake.add("customers", fake_stripe.customer(email="listing-older@example.com"))
-    await store_and_process(pool, stripe_settings, webhook_event("customer.updated", dict(newer, email="webhook@example.com"), created=now + 600))
-    await store_and_process(pool, stripe_settings, webhook_event("customer.updated", dict(older, email="old@example.com"), created=now - 600))
+    later = webhook_event("customer.updated", dict(newer, email="webhook@example.com"), created=now + 600)
+    earlier = webhook_event("customer.updated", dict(older, email="old@example.com"), created=now - 600)
+    await store_and_process(pool, stripe_settings, later)
+    await store_and_process(pool, stripe_settings, earlier)
 
     await run(pool, stripe_settings)
 
@@ -211,10 +216,12 @@ def test_backfill_command_needs_an_api_key_and_prints_a_summary(db_url, fake):
     done = stripeline("backfill", env={"DATABASE_URL": db_url, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake.url})
     assert done.returncode == 0, done.stderr
     [summary] = summary_lines(done.stdout)
-    assert re.fullmatch(r"backfill: 14 listed, 14 stored, 0 malformed, \d+ applied, \d+ skipped, 0 failed in [\d.]+ s", summary)
+    pattern = r"backfill: 14 listed, 14 stored, 0 malformed, \d+ applied, \d+ skipped, 0 failed in [\d.]+ s"
+    assert re.fullmatch(pattern, summary)
 
 
 def test_backfill_command_names_a_refused_key(db_url, fake):
-    done = stripeline("backfill", env={"DATABASE_URL": db_url, "STRIPE_API_KEY": "rk_test_wrong", "STRIPE_API_BASE": fake.url})
+    env = {"DATABASE_URL": db_url, "STRIPE_API_KEY": "rk_test_wrong", "STRIPE_API_BASE": fake.url}
+    done = stripeline("backfill", env=env)
     assert done.returncode == 1
     assert "stripeline backfill: Stripe did not accept STRIPE_API_KEY (401): check the key" in done.stderr.decode()

@@ -44,7 +44,8 @@ async def test_import_stores_and_processes_a_history_as_live_processing_would(po
     model = await billing_model(conn)
     # The order-sensitive invoice log: every invoice event applied once, in (created, id) order.
     for invoice_id, _, description in model["invoices"]:
-        expected = sorted((p for p in payloads if p["data"]["object"]["id"] == invoice_id), key=lambda p: (p["created"], p["id"]))
+        events = [p for p in payloads if p["data"]["object"]["id"] == invoice_id]
+        expected = sorted(events, key=lambda p: (p["created"], p["id"]))
         assert description == " ".join(p["id"] for p in expected)
     statuses = {r["status"] for r in await conn.fetch("SELECT status FROM stripe_events")}
     assert statuses == {"processed", "ignored"}
@@ -52,7 +53,10 @@ async def test_import_stores_and_processes_a_history_as_live_processing_would(po
 
 async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings):
     customer = new_id("cus")
-    good = [event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}@example.com"}, created=1_700_000_000 + n) for n in range(3)]
+    good = [
+        event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}@x.com"}, created=1_700_000_000 + n)
+        for n in range(3)
+    ]
     data = jsonl(
         good[0],
         b"{not json",
@@ -72,7 +76,7 @@ async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings
 
     assert (counts.stored, counts.duplicates, counts.malformed) == (3, 1, 3)
     assert (tally.applied, tally.failed) == (3, 0)
-    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@example.com"
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@x.com"
 
 
 async def test_events_already_stored_are_counted_as_duplicates_and_not_applied_again(pool, conn, settings):

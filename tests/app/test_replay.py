@@ -144,7 +144,7 @@ async def test_rebuild_drops_state_no_event_supports_and_keeps_what_users_wrote(
     await process_live(pool, settings, records)
     customer = records[0].customer_id
     await conn.execute("INSERT INTO customers (id, email) VALUES ('cus_orphan', 'x@example.com')")
-    await conn.execute("INSERT INTO customer_attributes (customer_id, attributes) VALUES ($1, $2)", customer, {"plan": "pro"})
+    await conn.execute("INSERT INTO customer_attributes VALUES ($1, $2)", customer, {"plan": "pro"})
     await conn.execute("INSERT INTO customer_tags (customer_id, tag) VALUES ($1, 'vip')", customer)
     await conn.execute("INSERT INTO customer_activity (customer_id, at) VALUES ($1, now())", customer)
 
@@ -152,7 +152,9 @@ async def test_rebuild_drops_state_no_event_supports_and_keeps_what_users_wrote(
 
     assert await conn.fetchval("SELECT count(*) FROM customers WHERE id = 'cus_orphan'") == 0
     assert await conn.fetchval("SELECT count(*) FROM customers WHERE id = $1", customer) == 1
-    assert await conn.fetchval("SELECT attributes FROM customer_attributes WHERE customer_id = $1", customer) == {"plan": "pro"}
+    assert await conn.fetchval("SELECT attributes FROM customer_attributes WHERE customer_id = $1", customer) == {
+        "plan": "pro"
+    }
     assert await conn.fetchval("SELECT tag FROM customer_tags WHERE customer_id = $1", customer) == "vip"
     assert await conn.fetchval("SELECT count(*) FROM customer_activity WHERE customer_id = $1", customer) == 1
 
@@ -161,7 +163,8 @@ async def test_every_table_that_tracks_event_order_is_emptied_by_a_rebuild(conn)
     tracked = {
         r["table_name"]
         for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'event_created'"
+            "SELECT table_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_name = 'event_created'"
         )
     }
     assert tracked <= set(DERIVED_TABLES), f"add {sorted(tracked - set(DERIVED_TABLES))} to DERIVED_TABLES"
@@ -444,7 +447,10 @@ def test_replay_command_prints_one_summary_line_and_exits_nonzero_on_failure(db_
         raise RuntimeError("boom")
 
     billing_doubles.HANDLERS["customer.updated"] = fails
-    payloads = [event("customer.updated", {"id": new_id("cus"), "object": "customer"}), event("balance.available", {"object": "balance"})]
+    payloads = [
+        event("customer.updated", {"id": new_id("cus"), "object": "customer"}),
+        event("balance.available", {"object": "balance"}),
+    ]
 
     async def seed():
         pool = await create_pool(db_url, max_size=2)
