@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app import events, queue
+from app import events, queue, replay
 from app.logging import log
 from app.responses import JSONResponse, error, iso
 
@@ -53,9 +53,13 @@ async def sync_health(request: Request) -> Response:
         counts = await events.count_by_status(conn)
         summary = await conn.fetchrow(events.SYNC_SUMMARY)
         customers = await conn.fetchval(CUSTOMERS_IN_SYNC)
+        rebuild = await replay.rebuild_status(conn)
     oldest = summary["oldest_pending_at"]
     age = round((summary["now"] - oldest).total_seconds(), 3) if oldest else None
-    if counts["failed"]:
+    # A rebuild emptied the billing model and is refilling it: nothing here is complete yet.
+    if rebuild is not None:
+        status = "rebuilding"
+    elif counts["failed"]:
         status = "failing"
     elif age is not None and age > LAGGING_AFTER_SECONDS:
         status = "lagging"
@@ -68,6 +72,7 @@ async def sync_health(request: Request) -> Response:
             "oldest_pending_age_seconds": age,
             "last_event_at": iso(summary["last_event_at"]),
             "customers_in_sync": customers,
+            "rebuild": None if rebuild is None else {**rebuild, "started_at": iso(rebuild["started_at"])},
         }
     )
 

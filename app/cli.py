@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--type", dest="type_pattern", help="event type glob, e.g. 'invoice.*'")
     replay.add_argument("--customer", help="only this customer's events")
     replay.add_argument("--rebuild", action="store_true", help="wipe Stripe-derived state first")
+    replay.add_argument("--batch-size", type=int, default=1000, help="events per transaction, 1-2000 (default 1000)")
     replay.set_defaults(run=_replay)
 
     load = commands.add_parser("import", help="store and process a JSON Lines file of Stripe events")

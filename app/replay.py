@@ -1,0 +1,416 @@
+"""Replay: re-apply stored events in Stripe order through the worker's own code path.
+
+Events are read in (created, id) order in keyset batches; each batch runs in one transaction
+through `processing.apply_events` under the per-customer advisory locks the worker takes, so
+replay and live workers coexist exactly as two workers do. A batch that fails is split in
+halves until the failing event stands alone; it is marked `failed` and the replay goes on.
+
+Stored statuses: replay leaves pending events to the worker. A finished event records what
+its replay found: `failed` when it fails now, and `processed` (or `ignored`) when a fixed or
+new handler now applies it, so that a repair by replay does not leave stale failures behind.
+
+`--rebuild` empties the Stripe-derived tables and refills them from the log. We chose a
+resumable rebuild over one big transaction: the wipe and a rebuild marker commit together,
+then batches commit one by one, each advancing the marker's cursor. A crash before the wipe
+commits leaves the old state; after it, the marker says the model is incomplete (/api/sync
+answers "rebuilding") and the next `replay` resumes after the last committed batch. One big
+transaction would hold a lock per customer until the end, which PostgreSQL's lock table
+cannot hold for large accounts, and would stall the live worker for the whole rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+
+from app.events import EVENT_COLUMNS, EventRecord, record_from_row
+from app.intake import import_command  # noqa: F401 - app.cli runs `stripeline import` from here
+from app.logging import log
+from app.processing import ProcessingContext, apply_events, lock_customers
+from app.progress import CommandError, Progress, Tally, refuse, run_command
+from app.settings import Settings
+
+BATCH_SIZE = 1000
+# Each distinct customer in a batch holds an advisory lock until commit, and PostgreSQL's lock
+# table holds about 64 per connection by default: bigger batches risk "out of shared memory".
+MAX_BATCH_SIZE = 2000
+# Events are at least this old (Stripe's `created` is a Unix time >= 0).
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+FINISHED = ("processed", "ignored", "failed")
+# Worth one more try before an event that fails alone is marked failed: it met a concurrent writer.
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
+
+# Everything a rebuild empties: rows derived from Stripe events only. Never customer
+# attributes, tags or activity (users wrote those), nor segment history, nor tombstones: in
+# `delete` mode a deleted customer's events are gone, and only its tombstone keeps a late
+# webhook from bringing it back.
+DERIVED_TABLES = (
+    "customers",
+    "subscriptions",
+    "subscription_items",
+    "prices",
+    "products",
+    "invoices",
+    "payments",
+    "discounts",
+    "segment_memberships",
+)
+
+# Held for a whole rebuild so that two rebuilds never refill the model at once.
+REBUILD_LOCK = 0x7374726970726562  # "stripreb" as an integer, like the migration lock
+# NOWAIT: a busy worker or reader makes us back off and retry, never wait holding locks.
+LOCK_DERIVED = f"LOCK TABLE {', '.join(DERIVED_TABLES)} IN ACCESS EXCLUSIVE MODE NOWAIT"
+WIPE_DERIVED = f"TRUNCATE {', '.join(DERIVED_TABLES)}"
+WIPE_ATTEMPTS = 300
+
+START_REBUILD = """
+INSERT INTO replay_rebuilds (through_received_at, events_total)
+SELECT now(), count(*) FROM stripe_events WHERE received_at <= now()
+RETURNING started_at, through_received_at, after_created, after_id, events_done, events_total
+"""
+GET_REBUILD = """
+SELECT started_at, through_received_at, after_created, after_id, events_done, events_total FROM replay_rebuilds
+"""
+ADVANCE_REBUILD = "UPDATE replay_rebuilds SET after_created = $1, after_id = $2, events_done = events_done + $3"
+FINISH_REBUILD = "DELETE FROM replay_rebuilds"
+
+# The selection: after the cursor ($1, $2), received by the snapshot ($3), created before $4,
+# of a type matching the regular expression $5, of customer $6; in Stripe order.
+SELECT_BATCH = f"""
+SELECT {EVENT_COLUMNS}, status FROM stripe_events
+WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
+  AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
+ORDER BY created, id
+LIMIT $7
+"""
+COUNT_SELECTION = """
+SELECT count(*) FROM stripe_events
+WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
+  AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
+"""
+
+# Only finished events change, and only when the outcome differs: a plain replay writes nothing.
+RECORD_OUTCOMES = """
+UPDATE stripe_events AS e
+SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+WHERE e.id = outcome.id AND e.status IN ('processed', 'ignored', 'failed') AND e.status <> outcome.status
+"""
+MARK_FAILED = """
+UPDATE stripe_events
+SET status = 'failed', attempts = attempts + 1, last_error = $2, next_attempt_at = NULL
+WHERE id = $1
+"""
+
+
+class ReplayRefused(CommandError):
+    """The replay cannot run as asked; the message says why and what to do."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored events a replay applies; empty fields select everything."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    type_pattern: str | None = None
+    customer: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return any(value is not None for value in dataclasses.astuple(self))
+
+    def type_regex(self) -> str | None:
+        return None if self.type_pattern is None else glob_to_regex(self.type_pattern)
+
+
+def parse_time(option: str, text: str) -> datetime:
+    """An ISO 8601 time or date; one without a zone is UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ReplayRefused(
+            f"{option} must be an ISO 8601 time such as 2024-05-01 or 2024-05-01T12:00:00Z, got {text!r}"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+_GLOB_TOKEN = re.compile(r"\*|\?|\[!?[A-Za-z0-9_.-]+\]|[A-Za-z0-9_-]|\.")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A shell glob over event types (`*`, `?`, `[abc]`, `[!abc]`) as an anchored regex."""
+    if not pattern:
+        raise ReplayRefused("--type must not be empty")
+    parts = []
+    position = 0
+    while position < len(pattern):
+        match = _GLOB_TOKEN.match(pattern, position)
+        if match is None:
+            raise ReplayRefused(
+                f"--type {pattern!r} is not a glob of event types: use letters, digits, '.', '_', '*', '?' and [...]"
+            )
+        token = match.group()
+        if token == "*":
+            parts.append(".*")
+        elif token == "?":
+            parts.append(".")
+        elif token == ".":
+            parts.append(r"\.")
+        elif token.startswith("[!"):
+            parts.append("[^" + token[2:])
+        else:
+            parts.append(token)
+        position = match.end()
+    return "^" + "".join(parts) + "$"
+
+
+def selection_from_args(args: Any) -> Selection:
+    selection = Selection(
+        since=parse_time("--since", args.since) if args.since else None,
+        until=parse_time("--until", args.until) if args.until else None,
+        type_pattern=args.type_pattern,
+        customer=args.customer,
+    )
+    selection.type_regex()
+    if selection.since and selection.until and selection.since >= selection.until:
+        raise ReplayRefused("--since must be earlier than --until")
+    if args.rebuild and selection.filtered:
+        raise ReplayRefused("--rebuild replays every stored event and takes no filters")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ReplayRefused(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
+    return selection
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:1000]
+
+
+async def _apply_together(
+    pool: asyncpg.Pool, records: list[EventRecord], statuses: list[str], settings: Settings, rebuilding: bool
+) -> Tally:
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_customers(conn, (r.customer_id for r in records))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ignored = set(await apply_events(conn, records, ctx))
+        outcomes = ["ignored" if r.id in ignored else "processed" for r in records]
+        changed = [(r.id, o) for r, o, s in zip(records, outcomes, statuses) if s in FINISHED and s != o]
+        if changed:
+            await conn.execute(RECORD_OUTCOMES, [c[0] for c in changed], [c[1] for c in changed])
+        if rebuilding:
+            await conn.execute(ADVANCE_REBUILD, records[-1].created, records[-1].id, len(records))
+    return Tally(applied=len(records) - len(ignored), skipped=len(ignored))
+
+
+async def _mark_failed(pool: asyncpg.Pool, record: EventRecord, error: BaseException, rebuilding: bool) -> Tally:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(MARK_FAILED, record.id, _describe(error))
+        if rebuilding:
+            await conn.execute(ADVANCE_REBUILD, record.created, record.id, 1)
+    log.warning("event_replay_failed", event_id=record.id, event_type=record.type, error=type(error).__name__)
+    return Tally(failed=1, failures=[f"{record.id} ({record.type}): {_describe(error)}"])
+
+
+async def apply_batch(
+    pool: asyncpg.Pool, records: list[EventRecord], statuses: list[str], settings: Settings, rebuilding: bool = False
+) -> Tally:
+    """Apply events in order in one transaction; on failure split in halves down to the bad event."""
+    try:
+        return await _apply_together(pool, records, statuses, settings, rebuilding)
+    except Exception as error:
+        if len(records) == 1:
+            if isinstance(error, TRANSIENT):
+                try:
+                    return await _apply_together(pool, records, statuses, settings, rebuilding)
+                except Exception as again:
+                    error = again
+            return await _mark_failed(pool, records[0], error, rebuilding)
+    middle = len(records) // 2
+    tally = await apply_batch(pool, records[:middle], statuses[:middle], settings, rebuilding)
+    tally.add(await apply_batch(pool, records[middle:], statuses[middle:], settings, rebuilding))
+    return tally
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The rows one replay walks: the selection after a cursor, received up to a snapshot."""
+
+    after: tuple[datetime, str]
+    through_received_at: datetime
+    until: datetime = FAR_FUTURE
+    type_regex: str | None = None
+    customer: str | None = None
+
+    def arguments(self, after: tuple[datetime, str]) -> tuple:
+        return (*after, self.through_received_at, self.until, self.type_regex, self.customer)
+
+
+async def _batches(pool: asyncpg.Pool, scope: _Scope, batch_size: int) -> AsyncIterator[list[asyncpg.Record]]:
+    """Keyset batches of the scope; the next batch is read while the caller applies this one."""
+
+    async def fetch(after: tuple[datetime, str]) -> list[asyncpg.Record]:
+        async with pool.acquire() as conn:
+            return await conn.fetch(SELECT_BATCH, *scope.arguments(after), batch_size)
+
+    pending = asyncio.create_task(fetch(scope.after))
+    try:
+        while True:
+            rows = await pending
+            if not rows:
+                return
+            pending = asyncio.create_task(fetch((rows[-1]["created"], rows[-1]["id"])))
+            yield rows
+    finally:
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+
+
+@dataclass
+class _Run:
+    """What one replay works with, passed down whole."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    tally: Tally
+    batch_size: int
+    progress: Progress | None
+    stop: asyncio.Event | None
+
+
+async def _walk(run: _Run, scope: _Scope, rebuilding: bool) -> None:
+    async with contextlib.aclosing(_batches(run.pool, scope, run.batch_size)) as batches:
+        async for rows in batches:
+            records = [record_from_row(row) for row in rows]
+            done = await apply_batch(run.pool, records, [row["status"] for row in rows], run.settings, rebuilding)
+            run.tally.add(done)
+            if run.progress is not None:
+                for failure in done.failures:
+                    run.progress.failure(failure)
+                run.progress.advance(len(records))
+            if run.stop is not None and run.stop.is_set():
+                run.tally.interrupted = True
+                return
+
+
+async def _start_rebuild(pool: asyncpg.Pool) -> asyncpg.Record:
+    """Empty the derived tables and record the rebuild, in one transaction."""
+    for _ in range(WIPE_ATTEMPTS):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_DERIVED)
+                await conn.execute(WIPE_DERIVED)
+                marker = await conn.fetchrow(START_REBUILD)
+        except asyncpg.LockNotAvailableError:
+            await asyncio.sleep(random.uniform(0.02, 0.1))
+            continue
+        log.info("rebuild_started", events_total=marker["events_total"])
+        return marker
+    raise ReplayRefused("the billing tables stayed busy (worker or API); try the rebuild again")
+
+
+async def rebuild_status(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The rebuild in progress, if any: while it runs the billing model is incomplete."""
+    marker = await conn.fetchrow(GET_REBUILD)
+    if marker is None:
+        return None
+    return {key: marker[key] for key in ("started_at", "events_done", "events_total")}
+
+
+async def _rebuild(run: _Run) -> None:
+    async with run.pool.acquire() as guard:
+        if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+            raise ReplayRefused("another `replay --rebuild` is running")
+        try:
+            marker = await guard.fetchrow(GET_REBUILD)
+            if marker is None:
+                marker = await _start_rebuild(run.pool)
+            elif run.progress is not None:
+                run.progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
+            if run.progress is not None:
+                run.progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
+            after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
+            await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
+            if not run.tally.interrupted:
+                await guard.execute(FINISH_REBUILD)
+                tally = run.tally
+                log.info("rebuild_finished", applied=tally.applied, skipped=tally.skipped, failed=tally.failed)
+        finally:
+            await guard.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+
+
+async def replay(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    selection: Selection = Selection(),
+    *,
+    rebuild: bool = False,
+    tally: Tally | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+) -> Tally:
+    """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`)."""
+    run = _Run(pool, settings, tally if tally is not None else Tally(), batch_size, progress, stop)
+    async with pool.acquire() as conn:
+        pending_rebuild = await conn.fetchval("SELECT true FROM replay_rebuilds")
+    if pending_rebuild and selection.filtered:
+        raise ReplayRefused("an interrupted rebuild is pending: run `stripeline replay --rebuild` to finish it first")
+    if rebuild and selection.filtered:
+        raise ReplayRefused("--rebuild replays every stored event and takes no filters")
+    if rebuild or pending_rebuild:
+        await _rebuild(run)
+        return run.tally
+    async with pool.acquire() as conn:
+        snapshot = await conn.fetchval("SELECT now()")
+        scope = _Scope(
+            after=(selection.since or EPOCH, ""),
+            through_received_at=snapshot,
+            until=selection.until or FAR_FUTURE,
+            type_regex=selection.type_regex(),
+            customer=selection.customer,
+        )
+        total = await conn.fetchval(COUNT_SELECTION, *scope.arguments(scope.after))
+    if progress is not None:
+        progress.phase("replay", total=total)
+    await _walk(run, scope, rebuilding=False)
+    return run.tally
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def replay_command(args: Any, settings: Settings) -> int:
+    settings.require("DATABASE_URL")
+    try:
+        selection = selection_from_args(args)
+    except ReplayRefused as problem:
+        return refuse("replay", str(problem))
+
+    async def work(pool, tally, progress, stop) -> None:
+        await replay(
+            pool,
+            settings,
+            selection,
+            rebuild=args.rebuild,
+            tally=tally,
+            batch_size=args.batch_size,
+            progress=progress,
+            stop=stop,
+        )
+
+    def summary(tally: Tally) -> dict[str, int]:
+        return {"applied": tally.applied, "skipped": tally.skipped, "failed": tally.failed}
+
+    return asyncio.run(run_command("replay", settings, work, summary))

@@ -1,0 +1,150 @@
+"""`stripeline import FILE`: events from a file stored as if received, then processed in order."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import orjson
+import pytest
+
+from app.event_files import Malformed, read_events
+from app.progress import Tally
+from app.intake import ImportCounts, import_events
+from app.settings import Settings
+from tests.app.replay_helpers import (  # noqa: F401 - billing_doubles is a fixture
+    billing_doubles,
+    billing_model,
+    command,
+    generated_history,
+    stripeline,
+    summary_lines,
+)
+from tests.factories import event, new_id
+
+pytestmark = pytest.mark.usefixtures("billing_doubles")  # the tests read what the stand-ins wrote
+
+
+def jsonl(*values) -> bytes:
+    return b"\n".join(v if isinstance(v, bytes) else orjson.dumps(v) for v in values) + b"\n"
+
+
+async def run_import(pool, settings, data: bytes):
+    tally, counts = Tally(), ImportCounts()
+    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=7)
+    return tally, counts
+
+
+async def test_import_stores_and_processes_a_history_as_live_processing_would(pool, conn, settings):
+    payloads = generated_history(seed=11, customers=15)
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (len(payloads), 0, 0)
+    assert tally.failed == 0 and tally.applied + tally.skipped == len(payloads)
+    model = await billing_model(conn)
+    # The order-sensitive invoice log: every invoice event applied once, in (created, id) order.
+    for invoice_id, _, description in model["invoices"]:
+        events = [p for p in payloads if p["data"]["object"]["id"] == invoice_id]
+        expected = sorted(events, key=lambda p: (p["created"], p["id"]))
+        assert description == " ".join(p["id"] for p in expected)
+    statuses = {r["status"] for r in await conn.fetch("SELECT status FROM stripe_events")}
+    assert statuses == {"processed", "ignored"}
+
+
+async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings):
+    customer = new_id("cus")
+    good = [
+        event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}@x.com"}, created=1_700_000_000 + n)
+        for n in range(3)
+    ]
+    data = jsonl(
+        good[0],
+        b"{not json",
+        {"object": "charge", "id": "ch_1"},
+        good[1],
+        b"",
+        {"id": "evt_x", "object": "event", "type": "customer.updated", "created": "yesterday", "data": {"object": {}}},
+        good[1],
+        good[2],
+    )
+    items = list(read_events(io.BytesIO(data)))
+    malformed = [i for i in items if isinstance(i, Malformed)]
+    assert [m.where for m in malformed] == ["line 2", "line 3", "line 6"]
+    assert "not valid JSON" in malformed[0].reason and "created" in malformed[2].reason
+
+    tally, counts = await run_import(pool, settings, data)
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (3, 1, 3)
+    assert (tally.applied, tally.failed) == (3, 0)
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@x.com"
+
+
+async def test_events_already_stored_are_counted_as_duplicates_and_not_applied_again(pool, conn, settings):
+    payloads = generated_history(seed=12, customers=3)
+    await run_import(pool, settings, jsonl(*payloads))
+    before = await billing_model(conn)
+
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert (counts.stored, counts.duplicates) == (0, len(payloads))
+    assert tally.applied == 0 and tally.skipped == len(payloads)
+    assert await billing_model(conn) == before  # the order-sensitive log did not grow
+
+
+@pytest.mark.parametrize("shape", ["array", "list object", "pretty list object"])
+def test_arrays_and_list_objects_are_read_too(shape):
+    payloads = generated_history(seed=13, customers=2)
+    document = payloads if shape == "array" else {"object": "list", "data": payloads, "has_more": False, "url": "/v1/events"}
+    option = orjson.OPT_INDENT_2 if shape.startswith("pretty") else 0
+    items = list(read_events(io.BytesIO(orjson.dumps(document, option=option))))
+    assert [i.id for i in items] == [p["id"] for p in payloads]
+
+
+def test_a_broken_pretty_document_is_reported_without_a_crash():
+    items = list(read_events(io.BytesIO(b'{\n  "object": "list",\n  "data": [\n')))
+    assert items and all(isinstance(i, Malformed) for i in items)
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_line():
+    payloads = generated_history(seed=16, customers=1)
+    items = list(read_events(io.BytesIO(b"\xef\xbb\xbf" + jsonl(*payloads))))
+    assert [i.id for i in items] == [p["id"] for p in payloads]
+
+
+def test_an_empty_file_imports_nothing():
+    assert list(read_events(io.BytesIO(b"\n  \n"))) == []
+
+
+async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings, billing_doubles):
+    payloads = generated_history(seed=14, customers=4)
+    bad = next(p for p in payloads if p["type"] == "customer.subscription.updated")
+
+    async def fails(conn, record, ctx):
+        if record.id == bad["id"]:
+            raise ValueError("handler bug")
+
+    billing_doubles.HANDLERS["customer.subscription.updated"] = fails
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert tally.failed == 1 and tally.failures[0].startswith(bad["id"])
+    assert tally.applied + tally.skipped == len(payloads) - 1
+    row = await conn.fetchrow("SELECT status, attempts, last_error FROM stripe_events WHERE id = $1", bad["id"])
+    assert row["attempts"] == 1 and row["last_error"] == "ValueError: handler bug"
+    assert row["status"] in ("pending", "failed")  # retried later with backoff, as a received event is
+
+
+def test_import_command_reads_stdin_reports_lines_and_exits_nonzero(db_url):
+    payloads = generated_history(seed=15, customers=2)
+
+    done = stripeline("import", "-", env={"DATABASE_URL": db_url}, stdin=jsonl(payloads[0], b"garbage", *payloads[1:]))
+
+    assert done.returncode == 1
+    [summary] = summary_lines(done.stdout)
+    pattern = rf"import: {len(payloads)} stored, 0 duplicates, 1 malformed, \d+ applied, \d+ skipped, 0 failed in [\d.]+ s"
+    assert re.fullmatch(pattern, summary)
+    assert "import: line 2: skipped, not valid JSON" in done.stderr.decode()
+
+
+def test_import_command_names_a_missing_file(capsys):
+    assert command(["import", "/no/such/file.jsonl"], Settings(database_url="postgresql://nobody@127.0.0.1:1/none")) == 2
+    assert capsys.readouterr().err.strip() == "stripeline import: cannot read /no/such/file.jsonl: No such file or directory"

@@ -1,0 +1,55 @@
+"""What long commands show: a bar on a terminal, plain lines elsewhere, one summary line."""
+
+from __future__ import annotations
+
+import io
+
+from app import progress as progress_module
+from app.progress import FAILURES_SHOWN, Progress, summary_line
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_redrawn_in_place():
+    screen = Terminal()
+    shown = Progress("replay", stream=screen)
+    shown.phase("rebuild", total=200)
+    shown.advance(50)
+    shown.finish_phase()
+    lines = screen.getvalue().split("\r")
+    assert "replay rebuild [#####...............] 50/200 25%" in lines[1]
+    assert screen.getvalue().endswith("\n")
+
+
+def test_elsewhere_plain_lines_come_at_most_every_few_seconds(monkeypatch):
+    log = io.StringIO()
+    shown = Progress("import", stream=log)
+    shown.phase("store")
+    for _ in range(1000):
+        shown.advance(10)
+    monkeypatch.setattr(progress_module, "PLAIN_EVERY_SECONDS", 0.0)
+    shown.advance(10)
+    shown.finish_phase()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 3  # the first advance, the one after the interval, the end of the phase
+    assert lines[-1].startswith("import: store 10,010 ") and "\r" not in log.getvalue()
+
+
+def test_failures_are_named_up_to_a_limit_then_only_counted():
+    log = io.StringIO()
+    shown = Progress("replay", stream=log)
+    for n in range(FAILURES_SHOWN + 5):
+        shown.failure(f"evt_{n} (invoice.paid): ValueError: bad")
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "replay: failed: evt_0 (invoice.paid): ValueError: bad"
+    assert len(lines) == FAILURES_SHOWN + 1
+    assert lines[-1] == "replay: more events failed; the summary counts them all"
+
+
+def test_the_summary_is_one_line_with_counts_in_order():
+    line = summary_line("backfill", {"listed": 1200, "applied": 1190, "skipped": 10, "failed": 0}, 3.14159)
+    assert line == "backfill: 1,200 listed, 1,190 applied, 10 skipped, 0 failed in 3.14 s"
+    assert summary_line("replay", {"applied": 5}, 1, interrupted=True).endswith("(interrupted: run it again to continue)")
