@@ -15,12 +15,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import asyncpg
 
 from app.events import EVENT_COLUMNS, EventRecord, record_from_row
 from app.logging import log
 from app.settings import Settings
+
+
+def _write_buffer() -> Any:
+    from handlers.writes import WriteBuffer
+
+    return WriteBuffer()
 
 
 @dataclass
@@ -33,6 +40,9 @@ class ProcessingContext:
     touched: set[str] = field(default_factory=set)
     # The event being applied, recorded as the cause of segment changes.
     cause: str | None = None
+    # Row snapshots staged by the handlers, written in one flush before the refreshers run
+    # (handlers/writes.py). A handler that writes SQL itself may flush it first.
+    writes: Any = field(default_factory=_write_buffer)
 
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
@@ -120,6 +130,7 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
             ctx.touched.add(record.customer_id)
         ctx.cause = record.id
         await handler(conn, record, ctx)
+    await ctx.writes.flush(conn, ctx)
     if ctx.touched:
         touched = sorted(ctx.touched)
         for refresh in refreshers_registry():
