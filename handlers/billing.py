@@ -9,7 +9,7 @@ day x365/12, divided by interval_count), in the customer's currency, less the su
 discounts where known: percent_off values are added (capped at 100%) and taken off the
 subtotal, as Stripe applies each discount to the subtotal; amount_off values (per invoice,
 in the subscription's currency) are normalised to a month by the subscription's interval.
-Rounded to the minor unit per subscription; subscriptions.mrr keeps each one's amount
+Rounded half up to the minor unit per subscription; subscriptions.mrr keeps each one's amount
 whatever its status. A subscription's discounts are those whose ids it names, or, when its
 payload names none (basil shapes without `discounts`), the live discounts pointing at it.
 
@@ -45,8 +45,10 @@ amounts AS (
 ),
 discounted AS (
     SELECT a.id, a.customer_id, a.status,
-           greatest(0, round(a.monthly * (1 - least(coalesce(d.percent_off, 0), 100) / 100)
-                             - coalesce(d.amount_off, 0) * a.invoices_per_month))::bigint AS mrr
+           -- Division by 12 is inexact in numeric: round to 10 places first, so that an exact
+           -- half (1000/12 x 75% = 62.5) rounds up as it does in exact arithmetic.
+           greatest(0, round(round(a.monthly * (1 - least(coalesce(d.percent_off, 0), 100) / 100)
+                                   - coalesce(d.amount_off, 0) * a.invoices_per_month, 10)))::bigint AS mrr
     FROM amounts AS a
     LEFT JOIN LATERAL (
         SELECT sum((dc.coupon->>'percent_off')::numeric) AS percent_off,

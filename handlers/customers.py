@@ -39,8 +39,11 @@ ON CONFLICT (id) DO UPDATE SET
     created_at = excluded.created_at, event_created = excluded.event_created, event_rank = excluded.event_rank,
     event_id = excluded.event_id, last_synced_at = now()
 WHERE NOT c.deleted_in_stripe
-  AND (excluded.event_created, excluded.event_rank) >= (c.event_created, c.event_rank)
-  AND excluded.event_id IS DISTINCT FROM c.event_id
+  AND ((excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
+       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
+       OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
+           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
+                    ELSE excluded.event_id <> c.event_id END))
 """
 
 

@@ -35,8 +35,11 @@ ON CONFLICT (id) DO UPDATE SET
     event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
     last_synced_at = now()
 WHERE NOT d.deleted
-  AND (excluded.event_created, excluded.event_rank) >= (d.event_created, d.event_rank)
-  AND excluded.event_id IS DISTINCT FROM d.event_id
+  AND ((excluded.event_created, excluded.event_rank) > (d.event_created, d.event_rank)
+       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
+       OR ((excluded.event_created, excluded.event_rank) = (d.event_created, d.event_rank)
+           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(d.event_id, '')
+                    ELSE excluded.event_id <> d.event_id END))
 """
 
 

@@ -68,8 +68,11 @@ ON CONFLICT (id) DO UPDATE SET
     event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
     last_synced_at = now()
 WHERE NOT inv.deleted
-  AND (excluded.event_created, excluded.event_rank) >= (inv.event_created, inv.event_rank)
-  AND excluded.event_id IS DISTINCT FROM inv.event_id
+  AND ((excluded.event_created, excluded.event_rank) > (inv.event_created, inv.event_rank)
+       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
+       OR ((excluded.event_created, excluded.event_rank) = (inv.event_created, inv.event_rank)
+           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(inv.event_id, '')
+                    ELSE excluded.event_id <> inv.event_id END))
 """
 
 

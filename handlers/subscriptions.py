@@ -65,8 +65,10 @@ written AS (
         current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
         discount_ids = excluded.discount_ids, metadata = excluded.metadata, event_created = excluded.event_created,
         event_rank = excluded.event_rank, event_id = excluded.event_id, last_synced_at = now()
-    WHERE (excluded.event_created, excluded.event_rank) >= (s.event_created, s.event_rank)
-      AND excluded.event_id IS DISTINCT FROM s.event_id
+    WHERE (excluded.event_created, excluded.event_rank) > (s.event_created, s.event_rank)
+       -- an equal version: a tie settled by evidence (handlers/writes.py)
+       OR ((excluded.event_created, excluded.event_rank) = (s.event_created, s.event_rank)
+           AND excluded.event_id <> s.event_id)
     RETURNING id
 ),
 items AS (

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,7 +37,7 @@ import orjson
 
 from app.events import EventRecord, record_from_row
 from app.logging import log
-from handlers.ordering import Candidate, last_of
+from handlers.ordering import Candidate, last_of, restore
 
 # The version of a placeholder row (written as '-infinity').
 NEG_INFINITY = datetime.min.replace(tzinfo=timezone.utc)
@@ -123,7 +123,13 @@ class Snapshot:
     def candidate(self) -> Candidate:
         event = self.event
         assert event is not None, "only an object's own events are ordered by evidence"
-        return Candidate(event.id, self.rank, event.object, event.previous_attributes, (self.row, self.children))
+        previous = event.previous_attributes
+        before = None
+        if previous:
+            data = {**event.payload["data"], "object": restore(event.object, previous)}
+            earlier = self.table.project(replace(event, payload={**event.payload, "data": data}))
+            before = (earlier.row, earlier.children) if earlier is not None else None
+        return Candidate(event.id, self.rank, event.object, previous, (self.row, self.children), before)
 
 
 def own_snapshot(table: Table, event: EventRecord, key: str, rank: int, row: tuple, children: tuple = ()) -> Snapshot:

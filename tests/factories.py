@@ -554,11 +554,18 @@ def charge_object(
 
 
 def changed(obj: dict[str, Any], **changes: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the object after `changes`, previous_attributes as Stripe reports them)."""
+    """(the object after `changes`, previous_attributes as Stripe reports them: a changed hash
+    by its changed keys, an added key as null, a changed array whole)."""
     after = copy.deepcopy(obj)
+    after.update(copy.deepcopy(changes))
+    return after, _previous(obj, after)
+
+
+def _previous(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     previous = {}
-    for key, value in changes.items():
-        if after.get(key) != value:
-            previous[key] = copy.deepcopy(obj.get(key))
-            after[key] = value
-    return after, previous
+    for key in before.keys() | after.keys():
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        previous[key] = _previous(old, new) if isinstance(old, dict) and isinstance(new, dict) else copy.deepcopy(old)
+    return previous
