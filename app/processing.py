@@ -24,6 +24,12 @@ from app.logging import log
 from app.settings import Settings
 
 
+def _write_buffer() -> Any:
+    from handlers.writes import WriteBuffer
+
+    return WriteBuffer()
+
+
 @dataclass
 class ProcessingContext:
     """What handlers may know beyond the event: settings, the clock, and what they touched."""
@@ -36,6 +42,9 @@ class ProcessingContext:
     cause: str | None = None
     # Customers deleted in Stripe among this batch's, by id (handlers.deletion.Tombstone).
     tombstones: dict[str, Any] = field(default_factory=dict)
+    # Row snapshots staged by the handlers, written in one flush before the refreshers run
+    # (handlers/writes.py). A handler that writes SQL itself may flush it first.
+    writes: Any = field(default_factory=_write_buffer)
 
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
@@ -130,6 +139,7 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
             ctx.touched.add(record.customer_id)
         ctx.cause = record.id
         await handler(conn, record, ctx)
+    await ctx.writes.flush(conn, ctx)
     if ctx.touched:
         touched = sorted(ctx.touched)
         for refresh in refreshers_registry():

@@ -1,7 +1,10 @@
 -- The billing model derived from Stripe events: customers, subscriptions and their items,
 -- prices, products, invoices, payments and discounts. Every row is keyed by its Stripe id,
--- carries the Connect account (null without Connect) and the (created, id) of the event that
--- last wrote it, so that an older event never overwrites a newer one.
+-- carries the Connect account (null without Connect) and the version of the event that last
+-- wrote it: (event_created, event_rank, event_id). An older version never overwrites a newer one
+-- (handlers/writes.py). event_rank orders the events of one object within one second by what
+-- their type and payload prove (a `*.created` first, a deletion last, invoice status forward);
+-- 0 marks a snapshot taken from another object's payload (a price inside a subscription).
 -- Placeholder rows (an object known only by reference so far) carry event_created '-infinity'.
 
 CREATE TABLE customers (
@@ -17,10 +20,17 @@ CREATE TABLE customers (
     currency text,
     metadata jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz,
-    deleted_in_stripe boolean NOT NULL DEFAULT false,
+    deleted_in_stripe boolean NOT NULL DEFAULT false,   -- terminal: no customer event clears it
     deleted_at timestamptz,
     mrr bigint NOT NULL DEFAULT 0,            -- minor units of `currency`, per month
+    -- The latest successful payment (a paid invoice or a charge), kept by the billing refresh.
+    last_payment_id text,
+    last_payment_amount bigint,
+    last_payment_currency text,
+    last_payment_description text,
+    last_payment_at timestamptz,
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
@@ -33,10 +43,12 @@ CREATE TABLE products (
     active boolean,
     deleted boolean NOT NULL DEFAULT false,
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Prices and legacy plans (a plan's id is also its price's id).
 CREATE TABLE prices (
     id text PRIMARY KEY,
     account text,
@@ -47,9 +59,11 @@ CREATE TABLE prices (
     type text,                   -- one_time | recurring
     interval text CHECK (interval IN ('day', 'week', 'month', 'year')),
     interval_count integer CHECK (interval_count > 0),
+    usage_type text,             -- licensed | metered (metered items count zero in MRR)
     nickname text,
     deleted boolean NOT NULL DEFAULT false,
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
@@ -70,10 +84,12 @@ CREATE TABLE subscriptions (
     cancel_at_period_end boolean NOT NULL DEFAULT false,
     current_period_start timestamptz,
     current_period_end timestamptz,
-    discount jsonb,              -- the coupon terms that reduce MRR, when known
-    mrr bigint NOT NULL DEFAULT 0,   -- this subscription's monthly amount; counted only while active/past_due
+    -- Ids of the discounts the subscription names (a JSON array); null when its payload does not say.
+    discount_ids jsonb,
+    mrr bigint NOT NULL DEFAULT 0,   -- monthly amount after discounts; the customer counts it only while active/past_due
     metadata jsonb NOT NULL DEFAULT '{}',
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
@@ -104,7 +120,7 @@ CREATE TABLE invoices (
     amount_paid bigint,
     amount_remaining bigint,
     total bigint,
-    description text,
+    description text,            -- the invoice's description, else its first line's
     created_at timestamptz,
     period_start timestamptz,
     period_end timestamptz,
@@ -112,14 +128,16 @@ CREATE TABLE invoices (
     paid_at timestamptz,
     attempt_count integer,
     next_payment_attempt timestamptz,
-    deleted boolean NOT NULL DEFAULT false,
+    deleted boolean NOT NULL DEFAULT false,   -- terminal
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX invoices_customer_idx ON invoices (customer_id);
 
 -- Charges and (basil) invoice payments: money that moved, or failed to.
+-- An invoice payment's payload names no customer: its customer is its invoice's.
 CREATE TABLE payments (
     id text PRIMARY KEY,         -- ch_..., py_... or inpay_...
     account text,
@@ -136,22 +154,26 @@ CREATE TABLE payments (
     created_at timestamptz,
     paid_at timestamptz,
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX payments_customer_idx ON payments (customer_id, paid_at);
+CREATE INDEX payments_invoice_idx ON payments (invoice_id) WHERE invoice_id IS NOT NULL;
 
 CREATE TABLE discounts (
     id text PRIMARY KEY,
     account text,
     customer_id text,
     subscription_id text,
-    coupon jsonb NOT NULL,       -- {id, percent_off, amount_off, currency, duration}
+    coupon jsonb NOT NULL,       -- {id, percent_off, amount_off, currency, duration, duration_in_months}
     start_at timestamptz,
     end_at timestamptz,
-    deleted boolean NOT NULL DEFAULT false,
+    deleted boolean NOT NULL DEFAULT false,   -- terminal
     event_created timestamptz NOT NULL DEFAULT '-infinity',
+    event_rank smallint NOT NULL DEFAULT 0,
     event_id text,
     last_synced_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX discounts_customer_idx ON discounts (customer_id);
+CREATE INDEX discounts_subscription_idx ON discounts (subscription_id) WHERE subscription_id IS NOT NULL;

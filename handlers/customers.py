@@ -1,0 +1,158 @@
+"""Customers: `customer.created` and `customer.updated`, placeholders, and the deletion mark.
+
+`customer.deleted` belongs to handlers/deletion.py (the anonymize/delete policy), which calls
+`mark_customer_deleted`. A row marked deleted in Stripe is terminal: no customer event, later
+or older, changes it again. Ids in customer_tombstones are never written at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from app.events import EventRecord
+from app.processing import ProcessingContext
+from handlers import discounts
+from handlers.fields import DELETED_RANK, ref, text, ts, verb_rank
+from handlers.writes import Snapshot, Table, own_snapshot, placeholder_snapshot
+
+CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated"})
+
+ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
+
+UPSERT_CUSTOMERS = """
+INSERT INTO customers AS c (id, account, livemode, email, name, phone, description, address, delinquent,
+                            currency, metadata, created_at, event_created, event_rank, event_id)
+SELECT i.id, i.account, i.livemode, i.email, i.name, i.phone, i.description, i.address::jsonb, i.delinquent,
+       i.currency, i.metadata::jsonb, i.created_at, coalesce(i.event_created, '-infinity'), i.event_rank, i.event_id
+FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::bool[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int2[], $15::text[])
+     AS i(id, account, livemode, email, name, phone, description, address, delinquent, currency, metadata,
+          created_at, event_created, event_rank, event_id)
+WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.id)
+ORDER BY i.id
+ON CONFLICT (id) DO UPDATE SET
+    account = excluded.account, livemode = excluded.livemode, email = excluded.email, name = excluded.name,
+    phone = excluded.phone, description = excluded.description, address = excluded.address,
+    delinquent = excluded.delinquent, currency = excluded.currency, metadata = excluded.metadata,
+    created_at = excluded.created_at, event_created = excluded.event_created, event_rank = excluded.event_rank,
+    event_id = excluded.event_id, last_synced_at = now()
+WHERE NOT c.deleted_in_stripe
+  AND ((excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
+       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
+       OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
+           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
+                    ELSE excluded.event_id <> c.event_id END))
+"""
+
+
+def _address(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    return {key: value.get(key) for key in ADDRESS_KEYS}
+
+
+def customer_snapshot(event: EventRecord) -> Snapshot:
+    """The customers row as a `customer.*` event shows it."""
+    obj = event.object
+    row = (
+        obj["id"],
+        event.account,
+        event.livemode,
+        text(obj.get("email")),
+        text(obj.get("name")),
+        text(obj.get("phone")),
+        text(obj.get("description")),
+        _address(obj.get("address")),
+        obj.get("delinquent") is True,
+        text(obj.get("currency")),
+        obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {},
+        ts(obj.get("created")),
+    )
+    return own_snapshot(CUSTOMERS, event, obj["id"], verb_rank(event.type), row)
+
+
+def customer_placeholder(event: EventRecord, customer_id: str | None) -> Snapshot | None:
+    """A customer known so far only as the owner of another object."""
+    if not customer_id:
+        return None
+    row = (customer_id, event.account, event.livemode, None, None, None, None, None, False, None, {}, None)
+    return placeholder_snapshot(CUSTOMERS, customer_id, row)
+
+
+CUSTOMERS = Table(
+    name="customers",
+    order=30,
+    upsert=UPSERT_CUSTOMERS,
+    jsonb_columns=(7, 10),
+    evidence_types=CUSTOMER_EVENTS,
+    project=customer_snapshot,
+)
+
+
+def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
+    ctx.writes.note(event, ctx)
+    ctx.writes.stage(customer_snapshot(event))
+    # Before basil a customer-wide coupon arrives inside the customer.
+    discount = event.object.get("discount")
+    if isinstance(discount, dict):
+        ctx.writes.stage(discounts.embedded_discount_snapshot(event, discount, customer_id=event.object["id"]))
+
+
+async def on_customer_created(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """A new customer: the row Encharge maps (email, name, address, currency, ...)."""
+    _stage(event, ctx)
+
+
+async def on_customer_updated(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """A changed customer: the whole snapshot, if newer than the row's."""
+    _stage(event, ctx)
+
+
+MARK_DELETED = """
+INSERT INTO customers AS c (id, account, livemode, created_at, currency, deleted_in_stripe, deleted_at,
+                            event_created, event_rank, event_id)
+SELECT $1, $2, $3, $4, $5, true, $6, $6, $7, $8
+WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones WHERE customer_id = $1)
+ON CONFLICT (id) DO UPDATE SET
+    deleted_in_stripe = true, deleted_at = excluded.deleted_at,
+    created_at = coalesce(c.created_at, excluded.created_at), currency = coalesce(c.currency, excluded.currency),
+    event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
+    last_synced_at = now()
+WHERE NOT c.deleted_in_stripe
+RETURNING id
+"""
+
+
+async def mark_customer_deleted(conn: asyncpg.Connection, event: EventRecord) -> bool:
+    """Mark the customer of a `customer.deleted` event deleted in Stripe, as of that event.
+
+    Accepts the whole customer or only `{id, object, deleted: true}`; writes no personal data.
+    Terminal: afterwards no customer event changes the row. Returns False when the row was
+    already marked or the id is tombstoned. Runs inside the caller's transaction, which must
+    hold the customer's lock (app.processing takes it for the event's customer).
+    """
+    obj = event.object
+    customer_id = ref(obj.get("id"))
+    if customer_id is None:
+        return False
+    marked = await conn.fetchval(
+        MARK_DELETED,
+        customer_id,
+        event.account,
+        event.livemode,
+        ts(obj.get("created")),
+        text(obj.get("currency")),
+        event.created,
+        DELETED_RANK,
+        event.id,
+    )
+    return marked is not None
+
+
+def address_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The contract's address object, every key present."""
+    address = row.get("address") or {}
+    return {key: address.get(key) for key in ADDRESS_KEYS}
+

@@ -1,0 +1,299 @@
+"""The write buffer: handlers stage row snapshots, one flush per batch writes them.
+
+Handlers are projections: an event becomes row snapshots (pure Python), staged on
+`ctx.writes`. The buffer keeps, per (table, key), the snapshots of the newest version seen.
+`flush` (run by `apply_events` before the refreshers) settles same-second ties and writes
+each table with one multi-row upsert, so a batch of hundreds of events costs a handful of
+round trips, not several per event.
+
+Versions. Every row keeps (event_created, event_rank, event_id) of the event that wrote it;
+a row changes only for a newer version. event_rank (see handlers/ordering.py) orders the
+events of one object inside one second; a placeholder has event_created '-infinity'; rank 0
+marks a snapshot embedded in another object's payload, so an object's own event beats it.
+
+Ties. For tables with `evidence`, events of one object with equal (created, rank) are
+ordered by handlers/ordering.py over every stored event of that object in that second
+(pending ones included), and the winner's snapshot is written, even when the winner is an
+event processed earlier. Other tables (prices, products, payments) use the context-free
+order (created, rank, event id). Rows of a customer are only written under that customer's
+advisory lock (taken by app.processing), so the stored versions read here cannot change
+before the write; shared rows (prices, products) are upserted in key order with a guard that
+compares versions inside the statement.
+
+Tombstones. A deleted row keeps its version and a terminal flag; no later or older event
+revives it. Rows of a customer in customer_tombstones are never written again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.events import EventRecord, record_from_row
+from app.logging import log
+from handlers.ordering import Candidate, last_of, restore
+
+# The version of a placeholder row (written as '-infinity').
+NEG_INFINITY = datetime.min.replace(tzinfo=timezone.utc)
+
+# Stored versions of the rows a flush is about to write, for the tables settled by evidence.
+READ_VERSIONS = """
+SELECT 'customers' AS tbl, id, NULLIF(event_created, '-infinity') AS created, event_rank, event_id
+FROM customers WHERE id = ANY($1::text[])
+UNION ALL
+SELECT 'discounts', id, NULLIF(event_created, '-infinity'), event_rank, event_id
+FROM discounts WHERE id = ANY($2::text[])
+UNION ALL
+SELECT 'subscriptions', id, NULLIF(event_created, '-infinity'), event_rank, event_id
+FROM subscriptions WHERE id = ANY($3::text[])
+UNION ALL
+SELECT 'invoices', id, NULLIF(event_created, '-infinity'), event_rank, event_id
+FROM invoices WHERE id = ANY($4::text[])
+"""
+EVIDENCE_TABLES = ("customers", "discounts", "subscriptions", "invoices")
+
+# Every stored event of the tied objects in the tied seconds, but those already in hand.
+LOAD_TIES = """
+SELECT e.id, e.type, e.account, e.livemode, e.api_version, e.created, e.object_type, e.object_id,
+       e.customer_id, e.payload
+FROM unnest($1::text[], $2::timestamptz[]) AS tie(object_id, created)
+JOIN stripe_events AS e ON e.object_id = tie.object_id AND e.created = tie.created
+WHERE e.type = ANY($3::text[]) AND NOT (e.id = ANY($4::text[]))
+"""
+
+# The customers of invoices named by invoice payments (whose payload has no customer), to be
+# touched. Every touched customer must be locked by this transaction; the lock is only tried:
+# waiting for it while holding other customers' locks could deadlock. A customer locked
+# elsewhere loses nothing: an invoice payment changes no derived state that the invoice's own
+# events do not (the invoice carries its paid amount and time).
+LOCK_INVOICE_CUSTOMERS = """
+SELECT customer_id, pg_try_advisory_xact_lock(hashtextextended(customer_id, 0)) AS locked
+FROM (SELECT DISTINCT customer_id FROM invoices
+      WHERE id = ANY($1::text[]) AND customer_id IS NOT NULL AND NOT (customer_id = ANY($2::text[]))
+      ORDER BY customer_id) AS owners
+"""
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """How one table is written: its upsert and, for evidence tables, how to re-project ties."""
+
+    name: str
+    # Fixed flush order: concurrent batches lock shared rows table by table, in key order.
+    order: int
+    # One array parameter per row column, then event_created, event_rank, event_id, then one
+    # per child column (subscription items).
+    upsert: str
+    jsonb_columns: tuple[int, ...] = ()
+    child_width: int = 0
+    # Own event types whose same-second ties are settled by handlers/ordering.py, and the
+    # projection that turns such an event into this table's snapshot.
+    evidence_types: frozenset[str] = frozenset()
+    project: Callable[[EventRecord], Snapshot] | None = None
+
+    @property
+    def evidence(self) -> bool:
+        return bool(self.evidence_types)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A row as one event shows it, with that event's version."""
+
+    table: Table
+    key: str
+    created: datetime
+    rank: int
+    event_id: str | None
+    row: tuple
+    children: tuple = ()
+    # The object's own event, kept for evidence when ties are settled.
+    event: EventRecord | None = None
+
+    @property
+    def version(self) -> tuple[datetime, int, str]:
+        return (self.created, self.rank, self.event_id or "")
+
+    def candidate(self) -> Candidate:
+        event = self.event
+        assert event is not None, "only an object's own events are ordered by evidence"
+        previous = event.previous_attributes
+        before = None
+        if previous:
+            data = {**event.payload["data"], "object": restore(event.object, previous)}
+            earlier = self.table.project(replace(event, payload={**event.payload, "data": data}))
+            before = (earlier.row, earlier.children) if earlier is not None else None
+        return Candidate(event.id, self.rank, event.object, previous, (self.row, self.children), before)
+
+
+def own_snapshot(table: Table, event: EventRecord, key: str, rank: int, row: tuple, children: tuple = ()) -> Snapshot:
+    return Snapshot(table, key, event.created, rank, event.id, row, children, event)
+
+
+def embedded_snapshot(table: Table, event: EventRecord, key: str, row: tuple, children: tuple = ()) -> Snapshot:
+    """A snapshot of an object found inside another object's payload (rank 0)."""
+    return Snapshot(table, key, event.created, 0, event.id, row, children)
+
+
+def placeholder_snapshot(table: Table, key: str, row: tuple) -> Snapshot:
+    """A row known only by reference: any real event overwrites it."""
+    return Snapshot(table, key, NEG_INFINITY, 0, None, row)
+
+
+@dataclass
+class WriteBuffer:
+    """Snapshots staged by the handlers of one batch, and what the flush learned."""
+
+    _staged: dict[Table, dict[str, list[Snapshot]]] = field(default_factory=dict)
+    # Invoices whose customer must be touched (named by payloads that lack the customer).
+    _invoice_customers: set[str] = field(default_factory=set)
+    rows_written: int = 0
+
+    def note(self, event: EventRecord, ctx: Any) -> None:
+        """Touch the customer an event names (app.processing holds its lock)."""
+        if event.customer_id:
+            ctx.touched.add(event.customer_id)
+
+    def touch_customer_of_invoice(self, invoice_id: str | None) -> None:
+        if invoice_id:
+            self._invoice_customers.add(invoice_id)
+
+    def stage(self, snapshot: Snapshot | None) -> None:
+        if snapshot is None:
+            return
+        entries = self._staged.setdefault(snapshot.table, {})
+        held = entries.get(snapshot.key)
+        if held is None:
+            entries[snapshot.key] = [snapshot]
+            return
+        head = held[0]
+        if (snapshot.created, snapshot.rank) > (head.created, head.rank):
+            entries[snapshot.key] = [snapshot]
+        elif (snapshot.created, snapshot.rank) == (head.created, head.rank):
+            if all(s.event_id != snapshot.event_id for s in held):
+                held.append(snapshot)
+
+    def stage_all(self, snapshots: Iterable[Snapshot | None]) -> None:
+        for snapshot in snapshots:
+            self.stage(snapshot)
+
+    async def flush(self, conn: asyncpg.Connection, ctx: Any) -> None:
+        """Write every staged snapshot that is newer than its row; safe to call repeatedly."""
+        staged, self._staged = self._staged, {}
+        invoices, self._invoice_customers = self._invoice_customers, set()
+        started = time.perf_counter()
+        winners: dict[Table, list[Snapshot]] = {}
+        ties = 0
+        if staged:
+            winners, ties = await _decide(conn, staged)
+            for table in sorted(winners, key=lambda t: t.order):
+                if winners[table]:
+                    await _write(conn, table, winners[table])
+                    self.rows_written += len(winners[table])
+        if invoices:
+            await self._touch_invoice_customers(conn, ctx, invoices)
+        if staged:
+            log.debug(
+                "billing_rows_flushed",
+                rows=sum(len(w) for w in winners.values()),
+                ties=ties,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+    async def _touch_invoice_customers(self, conn: asyncpg.Connection, ctx: Any, invoice_ids: set[str]) -> None:
+        # Runs after the invoices of this flush were written, so the query sees them too.
+        rows = await conn.fetch(LOCK_INVOICE_CUSTOMERS, sorted(invoice_ids), sorted(ctx.touched))
+        for row in rows:
+            if row["locked"]:
+                ctx.touched.add(row["customer_id"])
+
+
+async def _decide(
+    conn: asyncpg.Connection, staged: dict[Table, dict[str, list[Snapshot]]]
+) -> tuple[dict[Table, list[Snapshot]], int]:
+    """Choose, per row, the snapshot to write: nothing when the stored row is newer."""
+    keys = {name: [] for name in EVIDENCE_TABLES}
+    for table, entries in staged.items():
+        if table.evidence:
+            keys[table.name].extend(key for key, held in entries.items() if held[0].rank > 0)
+    stored: dict[tuple[str, str], tuple[datetime, int, str | None]] = {}
+    if any(keys.values()):
+        for row in await conn.fetch(READ_VERSIONS, *(keys[name] for name in EVIDENCE_TABLES)):
+            stored[(row["tbl"], row["id"])] = (row["created"] or NEG_INFINITY, row["event_rank"], row["event_id"])
+    winners: dict[Table, list[Snapshot]] = {table: [] for table in staged}
+    ties: list[tuple[Table, str, list[Snapshot], str | None]] = []
+    for table, entries in staged.items():
+        chosen = winners[table]
+        for key, held in entries.items():
+            head = held[0]
+            if not table.evidence or head.rank == 0:
+                chosen.append(max(held, key=lambda s: s.version))
+                continue
+            version = stored.get((table.name, key))
+            if version is not None and version[:2] > (head.created, head.rank):
+                continue
+            if len(held) > 1 or (version is not None and version[:2] == (head.created, head.rank)):
+                ties.append((table, key, held, version[2] if version else None))
+                continue
+            chosen.append(head)
+    if ties:
+        await _settle_ties(conn, ties, winners)
+    return winners, len(ties)
+
+
+async def _settle_ties(
+    conn: asyncpg.Connection,
+    ties: list[tuple[Table, str, list[Snapshot], str | None]],
+    winners: dict[Table, list[Snapshot]],
+) -> None:
+    """Order each tied object's events of that second by evidence and keep the last one."""
+    types = sorted({t for table, *_ in ties for t in table.evidence_types})
+    in_hand = [s.event_id for _, _, held, _ in ties for s in held]
+    rows = await conn.fetch(
+        LOAD_TIES, [key for _, key, _, _ in ties], [held[0].created for _, _, held, _ in ties], types, in_hand
+    )
+    loaded: dict[tuple[str, datetime], list[EventRecord]] = {}
+    for row in rows:
+        loaded.setdefault((row["object_id"], row["created"]), []).append(record_from_row(row))
+    for table, key, held, stored_event_id in ties:
+        snapshots = {s.event_id: s for s in held}
+        for event in loaded.get((key, held[0].created), ()):
+            if event.type not in table.evidence_types:
+                continue
+            try:
+                snapshot = table.project(event)
+            except Exception as error:  # noqa: BLE001 - one unreadable old event must not block the rest
+                log.warning("tie_event_unreadable", event_id=event.id, error=type(error).__name__)
+                continue
+            if snapshot is not None and snapshot.key == key:
+                snapshots[event.id] = snapshot
+        winner_id = last_of([s.candidate() for s in snapshots.values()]).id
+        if winner_id != stored_event_id:
+            winners[table].append(snapshots[winner_id])
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def _write(conn: asyncpg.Connection, table: Table, snapshots: list[Snapshot]) -> None:
+    snapshots.sort(key=lambda s: s.key)
+    columns = [list(column) for column in zip(*(s.row for s in snapshots))]
+    for position in table.jsonb_columns:
+        columns[position] = [_json(v) for v in columns[position]]
+    columns.append([None if s.created is NEG_INFINITY else s.created for s in snapshots])
+    columns.append([s.rank for s in snapshots])
+    columns.append([s.event_id for s in snapshots])
+    if table.child_width:
+        children = [child for s in snapshots for child in s.children]
+        if children:
+            columns.extend(list(column) for column in zip(*children))
+        else:
+            columns.extend([] for _ in range(table.child_width))
+    await conn.execute(table.upsert, *columns)

@@ -1,0 +1,169 @@
+"""The write buffer as a whole: any order, any repeats, any batches, any concurrency, one state."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+from app.events import event_from_payload, insert_events
+from app.processing import process_events
+from tests import factories as f
+from tests.handlers.billing_support import apply, apply_each, model_state, row
+from tests.handlers.truth import mismatches
+from tests.simulation import generate
+
+
+async def _state_of(conn, account):
+    return await model_state(conn, account.customers, account.prices, account.products)
+
+
+async def _rolled_back(conn, work):
+    """Run `work()` in a transaction that is rolled back; return what it returned."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        return await work()
+    finally:
+        await transaction.rollback()
+
+
+def _deliveries(events, rnd: random.Random):
+    """Every event once or more (up to 3 times), shuffled."""
+    deliveries = [e for e in events for _ in range(rnd.choice((1, 1, 2, 3)))]
+    rnd.shuffle(deliveries)
+    return deliveries
+
+
+def _batches(deliveries, rnd: random.Random):
+    batches, start = [], 0
+    while start < len(deliveries):
+        size = rnd.choice((1, 2, 3, 5, 8, 20, 60))
+        batches.append(deliveries[start : start + size])
+        start += size
+    return batches
+
+
+@hypothesis_settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    actions=st.integers(4, 40),
+    new_second=st.sampled_from((0.05, 0.2, 0.5)),
+    rnd=st.randoms(use_true_random=False),
+)
+async def test_any_order_repeats_and_batching_end_in_the_stripe_order_state(conn, settings, seed, actions, new_second,
+                                                                            rnd):
+    account = generate(seed, actions, new_second=new_second)
+
+    async def in_stripe_order():
+        await apply_each(conn, settings, account.events)
+        return await _state_of(conn, account)
+
+    async def shuffled():
+        for batch in _batches(_deliveries(account.events, rnd), rnd):
+            await apply(conn, settings, batch)
+        return await _state_of(conn, account)
+
+    expected = await _rolled_back(conn, in_stripe_order)
+    assert mismatches(account, expected) == []
+    assert await _rolled_back(conn, shuffled) == expected
+
+
+async def test_two_workers_on_one_customers_stream_reach_the_same_state_without_deadlock(pool, conn, settings):
+    account = generate(7, 80, new_second=0.1, max_customers=1)
+    expected = await _rolled_back(conn, lambda: _in_order(conn, settings, account))
+    records = [event_from_payload(e) for e in account.events]
+    await insert_events(conn, records)
+    ids = [r.id for r in records]
+    random.Random(3).shuffle(ids)
+
+    async def worker(share):
+        for start in range(0, len(share), 7):
+            outcome = await process_events(pool, share[start : start + 7], settings)
+            assert not outcome.failed and not outcome.retry
+
+    await asyncio.wait_for(asyncio.gather(worker(ids[0::2]), worker(ids[1::2])), timeout=60)
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
+    assert await _state_of(conn, account) == expected
+
+
+async def test_two_workers_on_many_customers_with_overlapping_batches_never_deadlock(pool, conn, settings):
+    account = generate(8, 120, new_second=0.2, max_customers=6)
+    expected = await _rolled_back(conn, lambda: _in_order(conn, settings, account))
+    records = [event_from_payload(e) for e in account.events]
+    await insert_events(conn, records)
+    ids = [r.id for r in records]
+    rnd = random.Random(5)
+
+    async def worker(share):
+        for start in range(0, len(share), 30):
+            outcome = await process_events(pool, share[start : start + 30], settings)
+            assert not outcome.failed and not outcome.retry
+
+    shares = [rnd.sample(ids, len(ids)) for _ in range(2)]  # both workers see every event
+    await asyncio.wait_for(asyncio.gather(*(worker(share) for share in shares)), timeout=60)
+    assert await _state_of(conn, account) == expected
+
+
+async def _in_order(conn, settings, account):
+    await apply_each(conn, settings, account.events)
+    return await _state_of(conn, account)
+
+
+async def test_a_batch_holding_a_whole_burst_writes_the_same_rows_as_one_event_at_a_time(conn, settings):
+    account = generate(11, 30, new_second=0.05)
+    one_by_one = await _rolled_back(conn, lambda: _in_order(conn, settings, account))
+
+    async def together():
+        await apply(conn, settings, account.events)
+        return await _state_of(conn, account)
+
+    assert await _rolled_back(conn, together) == one_by_one
+
+
+async def test_placeholder_customer_is_replaced_by_the_real_customer_whenever_it_arrives(conn, settings):
+    t = 1_700_000_000
+    customer = f.customer_object(email="late@example.com", created=t)
+    price = f.price_object()
+    subscription = f.subscription_object(customer["id"], [(price, 1)], created=t + 5)
+    await apply(conn, settings, [f.event("customer.subscription.created", subscription, created=t + 5)])
+    placeholder = await row(conn, "customers", customer["id"])
+    assert placeholder["email"] is None and placeholder["event_id"] is None
+    await apply(conn, settings, [f.event("customer.created", customer, created=t)])
+    assert (await row(conn, "customers", customer["id"]))["email"] == "late@example.com"
+
+
+async def test_nothing_is_written_for_a_tombstoned_customer(conn, settings):
+    customer = f.customer_object()
+    await conn.execute(
+        "INSERT INTO customer_tombstones (customer_id, deleted_at, event_id) VALUES ($1, now(), 'evt_gone')",
+        customer["id"],
+    )
+    subscription = f.subscription_object(customer["id"], [(f.price_object(), 1)])
+    invoice = f.invoice_object(customer["id"], subscription=subscription["id"])
+    await apply(
+        conn,
+        settings,
+        [
+            f.event("customer.updated", customer),
+            f.event("customer.subscription.updated", subscription),
+            f.event("invoice.created", invoice),
+            f.event("charge.succeeded", f.charge_object(customer["id"])),
+        ],
+    )
+    assert await row(conn, "customers", customer["id"]) is None
+    assert await row(conn, "subscriptions", subscription["id"]) is None
+    assert await row(conn, "invoices", invoice["id"]) is None
+    assert await conn.fetchval("SELECT count(*) FROM payments WHERE customer_id = $1", customer["id"]) == 0
+
+
+async def test_flushing_twice_writes_once(conn, settings):
+    customer = f.customer_object()
+    payload = f.event("customer.created", customer)
+    ctx = await apply(conn, settings, [payload, payload])
+    assert ctx.writes.rows_written == 1
+    await apply(conn, settings, [payload])
+    assert (await row(conn, "customers", customer["id"]))["event_id"] == payload["id"]

@@ -1,0 +1,456 @@
+"""A simulated Stripe account: event streams as Stripe sends them, and the final truth.
+
+Customers sign up, subscribe (with or without a trial), change quantity, price and
+cancel_at_period_end, get discounts, fail and recover payments, pause, cancel; the catalog
+changes. Each action emits the events Stripe emits, in Stripe's order, with Stripe's
+same-second bursts (a subscription's creation, its first invoice's creation, finalization and
+payment, the charge, the invoice payment and the customer's currency all share a second) and
+`previous_attributes` on every `*.updated` event. Each customer uses one API version shape.
+
+The account keeps the final state of every object, which is the truth the model must reach.
+One thing Stripe may do that the account never does: bring an object back, within one second,
+to a state it already had in that second (handlers/ordering.py explains why nothing can order
+that from the payloads); it moves to the next second instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tests import factories as f
+
+MONTH = 30 * 86400
+
+
+@dataclass
+class Account:
+    rng: random.Random
+    clock: int
+    # Probability that an action starts a new second (else it shares the current one).
+    new_second: float = 0.4
+    max_customers: int = 10**9
+    api_versions: tuple[str, ...] = (f.OLD_API_VERSION, f.NEW_API_VERSION)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    customers: list[str] = field(default_factory=list)
+    subscriptions: list[str] = field(default_factory=list)
+    prices: list[str] = field(default_factory=list)
+    products: list[str] = field(default_factory=list)
+    version_of: dict[str, str] = field(default_factory=dict)  # customer -> API version
+    owner: dict[str, str] = field(default_factory=dict)  # subscription -> customer
+    open_invoice: dict[str, str] = field(default_factory=dict)  # subscription -> unpaid invoice
+    discount_of: dict[str, str] = field(default_factory=dict)  # subscription -> discount
+    deleted: set[str] = field(default_factory=set)  # invoices and discounts deleted
+    # States each object had in the current second (an object never returns to one of them).
+    _seen: dict[str, tuple[int, set[bytes]]] = field(default_factory=dict)
+    _counter: int = 0
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _next(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def tick(self, seconds: int = 1) -> None:
+        self.clock += seconds
+
+    def maybe_tick(self) -> None:
+        if self.rng.random() < self.new_second:
+            self.tick(self.rng.choice((1, 1, 1, 2, 5, 3600)))
+
+    def _fingerprint(self, obj: dict[str, Any]) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+    def _remember(self, obj: dict[str, Any]) -> None:
+        second, seen = self._seen.get(obj["id"], (None, set()))
+        if second != self.clock:
+            # The state the object entered this second with counts as seen in it.
+            earlier = self.objects.get(obj["id"])
+            seen = {self._fingerprint(self._render(copy.deepcopy(earlier)))} if earlier is not None else set()
+        seen.add(self._fingerprint(obj))
+        self._seen[obj["id"]] = (self.clock, seen)
+
+    def _fresh_in_this_second(self, obj: dict[str, Any]) -> bool:
+        second, seen = self._seen.get(obj["id"], (None, set()))
+        if second != self.clock:
+            earlier = self.objects.get(obj["id"])
+            return earlier is None or self._fingerprint(self._render(copy.deepcopy(earlier))) != self._fingerprint(obj)
+        return self._fingerprint(obj) not in seen
+
+    def _render(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Stripe renders expanded objects as they are when the event is made."""
+        if obj.get("object") == "subscription":
+            for item in obj["items"]["data"]:
+                if "price" in item:
+                    item["price"] = copy.deepcopy(self.objects[item["price"]["id"]])
+                    if "plan" in item:
+                        item["plan"] = f.plan_from_price(item["price"])
+            if "plan" in obj and obj["items"]["data"]:
+                obj["plan"] = copy.deepcopy(obj["items"]["data"][0].get("plan"))
+        return obj
+
+    def emit(self, type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None,
+             api_version: str = f.NEW_API_VERSION) -> None:
+        obj = self._render(copy.deepcopy(obj))
+        self._remember(obj)
+        self.objects[obj["id"]] = copy.deepcopy(obj)
+        self.events.append(
+            f.event(type, copy.deepcopy(obj), created=self.clock, previous_attributes=copy.deepcopy(previous),
+                    api_version=api_version, id=f"evt_{self.rng.getrandbits(64):016x}")
+        )
+
+    def update(self, type: str, object_id: str, api_version: str, **changes: Any) -> dict[str, Any]:
+        """Emit a `*.updated`-like event for `changes`, in a later second if the new state
+        was already seen in this one."""
+        after, previous = f.changed(self.objects[object_id], **changes)
+        after = self._render(after)
+        if not self._fresh_in_this_second(after):
+            self.tick()
+        self.emit(type, after, previous, api_version)
+        return after
+
+    def notify(self, type: str, object_id: str, api_version: str, **changes: Any) -> dict[str, Any]:
+        """Emit an event without previous_attributes (finalized, paid, paused, ...)."""
+        after, _ = f.changed(self.objects[object_id], **changes)
+        after = self._render(after)
+        if changes and not self._fresh_in_this_second(after):
+            self.tick()
+        self.emit(type, after, None, api_version)
+        return after
+
+    # --- catalog --------------------------------------------------------------------------
+
+    def new_price(self, *, own_events: bool = True) -> str:
+        product = f.product_object(f"prod_{self._next()}_{self.rng.getrandbits(32):x}", name=f"Plan {self._next()}",
+                                   created=self.clock)
+        interval, count = self.rng.choice((("month", 1), ("month", 1), ("year", 1), ("week", 2), ("day", 30),
+                                           ("month", 3)))
+        price = f.price_object(f"price_{self._next()}_{self.rng.getrandbits(32):x}", product=product["id"],
+                               unit_amount=self.rng.choice((500, 999, 1000, 2900, 4900, 12000)), interval=interval,
+                               interval_count=count, nickname=f"nick {self._next()}", created=self.clock)
+        self.products.append(product["id"])
+        self.prices.append(price["id"])
+        if own_events:
+            self.emit("product.created", product)
+            self.emit("price.created", price)
+        else:
+            self.objects[product["id"]] = product
+            self.objects[price["id"]] = price
+        return price["id"]
+
+    def rename_price(self) -> None:
+        price_id = self.rng.choice(self.prices)
+        self.tick()  # one change per price per second: prices are ordered context-free
+        self.update("price.updated", price_id, f.NEW_API_VERSION, nickname=f"nick {self._next()}")
+
+    def rename_product(self) -> None:
+        product_id = self.rng.choice(self.products)
+        self.tick()
+        self.update("product.updated", product_id, f.NEW_API_VERSION, name=f"Plan {self._next()}")
+
+    # --- customers ------------------------------------------------------------------------
+
+    def new_customer(self) -> str:
+        version = self.rng.choice(self.api_versions)
+        n = self._next()
+        customer = f.customer_object(f"cus_{n}_{self.rng.getrandbits(40):x}", email=f"user{n}@example.com",
+                                     name=f"User {n}", created=self.clock, api_version=version,
+                                     address=f.address() if self.rng.random() < 0.5 else None)
+        self.customers.append(customer["id"])
+        self.version_of[customer["id"]] = version
+        self.emit("customer.created", customer, api_version=version)
+        return customer["id"]
+
+    def update_customer(self, customer_id: str) -> None:
+        version = self.version_of[customer_id]
+        n = self._next()
+        change = self.rng.choice(("email", "name", "phone", "metadata", "delinquent"))
+        current = self.objects[customer_id]
+        values = {
+            "email": f"user{n}@example.org",
+            "name": f"Renamed {n}",
+            "phone": f"+1555{n:07d}",
+            "metadata": {**current["metadata"], "crm": f"c{n}"},
+            "delinquent": not current["delinquent"],
+        }
+        self.update("customer.updated", customer_id, version, **{change: values[change]})
+
+    # --- subscriptions --------------------------------------------------------------------
+
+    def subscribe(self, customer_id: str) -> str:
+        version = self.version_of[customer_id]
+        if not self.prices:
+            self.new_price(own_events=self.rng.random() < 0.5)
+        price = self.objects[self.rng.choice(self.prices)]
+        trial = self.rng.random() < 0.4
+        n = self._next()
+        sub_id = f"sub_{n}_{self.rng.getrandbits(40):x}"
+        quantity = self.rng.randint(1, 5)
+        period = (self.clock, self.clock + MONTH)
+        sub = f.subscription_object(
+            customer_id, [(price, quantity)], id=sub_id, status="trialing" if trial else "incomplete",
+            created=self.clock, trial_start=self.clock if trial else None,
+            trial_end=self.clock + 14 * 86400 if trial else None, period=period, currency=price["currency"],
+            item_ids=[f"si_{n}_{self.rng.getrandbits(32):x}"], api_version=version,
+        )
+        self.subscriptions.append(sub_id)
+        self.owner[sub_id] = customer_id
+        self.emit("customer.subscription.created", sub, api_version=version)
+        if self.objects[customer_id].get("currency") is None:
+            self.update("customer.updated", customer_id, version, currency=price["currency"])
+        amount = 0 if trial else price["unit_amount"] * quantity
+        invoice_id = self._invoice(customer_id, sub_id, amount, version)
+        if not trial:
+            self._pay(customer_id, invoice_id, version)
+            self.update("customer.subscription.updated", sub_id, version, status="active")
+        return sub_id
+
+    def _invoice(self, customer_id: str, sub_id: str, amount: int, version: str) -> str:
+        n = self._next()
+        invoice = f.invoice_object(customer_id, subscription=sub_id, id=f"in_{n}_{self.rng.getrandbits(40):x}",
+                                   amount_due=amount, currency="usd", created=self.clock, api_version=version,
+                                   number=None, line_description=f"{amount} for {sub_id}")
+        self.emit("invoice.created", invoice, api_version=version)
+        self.notify("invoice.finalized", invoice["id"], version, status="open", number=f"INV-{n}",
+                    status_transitions={**invoice["status_transitions"], "finalized_at": self.clock})
+        if amount == 0:
+            self._mark_paid(invoice["id"], version, charge=None)
+        else:
+            self.open_invoice[sub_id] = invoice["id"]
+        return invoice["id"]
+
+    def _mark_paid(self, invoice_id: str, version: str, charge: str | None) -> None:
+        invoice = self.objects[invoice_id]
+        changes = {
+            "status": "paid",
+            "amount_paid": invoice["amount_due"],
+            "amount_remaining": 0,
+            "status_transitions": {**invoice["status_transitions"], "paid_at": self.clock},
+            "next_payment_attempt": None,
+        }
+        if not f.is_basil(version):
+            changes.update(paid=True, charge=charge)
+        after, previous = f.changed(invoice, **changes)
+        if not self._fresh_in_this_second(after):
+            self.tick()
+        # Both notifications carry the same state; sometimes Stripe reports it as
+        # invoice.updated too, anywhere among them.
+        kinds = ["invoice.paid", "invoice.payment_succeeded"]
+        self.rng.shuffle(kinds)
+        if self.rng.random() < 0.5:
+            kinds.insert(self.rng.randint(0, 2), "invoice.updated")
+        for kind in kinds:
+            self.emit(kind, after, previous if kind == "invoice.updated" else None, version)
+        for sub_id, open_id in list(self.open_invoice.items()):
+            if open_id == invoice_id:
+                del self.open_invoice[sub_id]
+
+    def _pay(self, customer_id: str, invoice_id: str, version: str) -> None:
+        invoice = self.objects[invoice_id]
+        n = self._next()
+        charge = f.charge_object(customer_id, amount=invoice["amount_due"], id=f"ch_{n}_{self.rng.getrandbits(40):x}",
+                                 invoice=invoice_id, created=self.clock, api_version=version,
+                                 description="Subscription update")
+        self.emit("charge.succeeded", charge, api_version=version)
+        self._mark_paid(invoice_id, version, charge["id"])
+        if f.is_basil(version):
+            payment = f.invoice_payment_object(invoice_id, amount=invoice["amount_due"], paid_at=self.clock,
+                                               id=f"inpay_{n}_{self.rng.getrandbits(40):x}", created=self.clock)
+            self.emit("invoice_payment.paid", payment, api_version=version)
+
+    def _live(self, statuses: tuple[str, ...]) -> list[str]:
+        return [s for s in self.subscriptions if self.objects[s]["status"] in statuses]
+
+    def change_subscription(self, sub_id: str) -> None:
+        sub = self.objects[sub_id]
+        version = self.version_of[self.owner[sub_id]]
+        what = self.rng.choice(("quantity", "price", "cancel_at_period_end", "metadata"))
+        if what in ("quantity", "price"):
+            items = copy.deepcopy(sub["items"])
+            item = items["data"][0]
+            if what == "quantity":
+                item["quantity"] = item.get("quantity", 1) + self.rng.randint(1, 3)
+            else:
+                if len(self.prices) < 2 or self.rng.random() < 0.3:
+                    self.new_price(own_events=self.rng.random() < 0.5)
+                price = self.objects[self.rng.choice([p for p in self.prices if p != _price_id(item)] or self.prices)]
+                item["price"] = copy.deepcopy(price)
+                item["plan"] = f.plan_from_price(price)
+            changes: dict[str, Any] = {"items": items}
+            if "plan" in sub:
+                changes.update(plan=item["plan"], quantity=item.get("quantity"))
+            self.update("customer.subscription.updated", sub_id, version, **changes)
+        elif what == "cancel_at_period_end":
+            flag = not sub["cancel_at_period_end"]
+            end = sub.get("current_period_end") or sub["items"]["data"][0].get("current_period_end")
+            self.update("customer.subscription.updated", sub_id, version, cancel_at_period_end=flag,
+                        cancel_at=end if flag else None)
+        else:
+            self.update("customer.subscription.updated", sub_id, version,
+                        metadata={**sub["metadata"], "seats": str(self._next())})
+
+    def end_trial(self, sub_id: str) -> None:
+        sub = self.objects[sub_id]
+        customer_id = self.owner[sub_id]
+        version = self.version_of[customer_id]
+        item = sub["items"]["data"][0]
+        price = self.objects.get(_price_id(item)) or item.get("price") or item["plan"]
+        amount = (price.get("unit_amount") or price.get("amount") or 0) * (item.get("quantity") or 1)
+        invoice_id = self._invoice(customer_id, sub_id, amount, version)
+        if amount:
+            self._pay(customer_id, invoice_id, version)
+        self.update("customer.subscription.updated", sub_id, version, status="active")
+
+    def fail_payment(self, sub_id: str) -> None:
+        customer_id = self.owner[sub_id]
+        version = self.version_of[customer_id]
+        sub = self.objects[sub_id]
+        item = sub["items"]["data"][0]
+        price = item.get("price") or item["plan"]
+        amount = (price.get("unit_amount") or price.get("amount") or 100) * (item.get("quantity") or 1)
+        invoice_id = self.open_invoice.get(sub_id) or self._invoice(customer_id, sub_id, amount or 100, version)
+        invoice = self.objects[invoice_id]
+        n = self._next()
+        charge = f.charge_object(customer_id, amount=invoice["amount_due"], status="failed",
+                                 id=f"ch_{n}_{self.rng.getrandbits(40):x}", invoice=invoice_id,
+                                 failure_code="card_declined", created=self.clock, api_version=version)
+        self.emit("charge.failed", charge, api_version=version)
+        changes = {"attempt_count": invoice["attempt_count"] + 1, "attempted": True,
+                   "next_payment_attempt": self.clock + 3 * 86400}
+        self.notify("invoice.payment_failed", invoice_id, version, **changes)
+        # ... and the same change as invoice.updated, with what it was before.
+        after = self.objects[invoice_id]
+        self.emit("invoice.updated", after, {k: invoice.get(k) for k in changes}, version)
+        if sub["status"] == "active":
+            self.update("customer.subscription.updated", sub_id, version, status="past_due")
+
+    def recover(self, sub_id: str) -> None:
+        customer_id = self.owner[sub_id]
+        version = self.version_of[customer_id]
+        invoice_id = self.open_invoice.get(sub_id)
+        if invoice_id:
+            self._pay(customer_id, invoice_id, version)
+        self.update("customer.subscription.updated", sub_id, version, status="active")
+
+    def pause(self, sub_id: str) -> None:
+        version = self.version_of[self.owner[sub_id]]
+        paused = self.objects[sub_id]["status"] != "paused"
+        status = "paused" if paused else "active"
+        self.update("customer.subscription.updated", sub_id, version, status=status)
+        self.emit("customer.subscription.paused" if paused else "customer.subscription.resumed",
+                  self.objects[sub_id], None, version)
+
+    def trial_will_end(self, sub_id: str) -> None:
+        version = self.version_of[self.owner[sub_id]]
+        self.emit("customer.subscription.trial_will_end", self.objects[sub_id], None, version)
+
+    def cancel(self, sub_id: str) -> None:
+        version = self.version_of[self.owner[sub_id]]
+        self.notify("customer.subscription.deleted", sub_id, version, status="canceled", canceled_at=self.clock,
+                    ended_at=self.clock)
+
+    def add_discount(self, sub_id: str) -> None:
+        customer_id = self.owner[sub_id]
+        version = self.version_of[customer_id]
+        n = self._next()
+        coupon = (f.coupon_object(f"co_{n}", percent_off=self.rng.choice((10, 25, 50)))
+                  if self.rng.random() < 0.6
+                  else f.coupon_object(f"co_{n}", amount_off=self.rng.choice((100, 500)), currency="usd"))
+        discount = f.discount_object(customer_id, coupon, subscription=sub_id,
+                                     id=f"di_{n}_{self.rng.getrandbits(40):x}", start=self.clock)
+        self.discount_of[sub_id] = discount["id"]
+        self.emit("customer.discount.created", discount, api_version=version)
+        changes: dict[str, Any] = {"discounts": [discount["id"]]}
+        if not f.is_basil(version):
+            changes["discount"] = discount
+        self.update("customer.subscription.updated", sub_id, version, **changes)
+
+    def remove_discount(self, sub_id: str) -> None:
+        customer_id = self.owner[sub_id]
+        version = self.version_of[customer_id]
+        discount_id = self.discount_of.pop(sub_id)
+        self.deleted.add(discount_id)
+        self.emit("customer.discount.deleted", self.objects[discount_id], api_version=version)
+        changes: dict[str, Any] = {"discounts": []}
+        if not f.is_basil(version):
+            changes["discount"] = None
+        self.update("customer.subscription.updated", sub_id, version, **changes)
+
+    def refund(self) -> None:
+        charges = [o for o in self.objects.values() if o.get("object") == "charge" and o["status"] == "succeeded"
+                   and not o["refunded"]]
+        if not charges:
+            return
+        charge = self.rng.choice(charges)
+        version = self.version_of[charge["customer"]]
+        self.notify("charge.refunded", charge["id"], version, amount_refunded=charge["amount"], refunded=True)
+
+    def draft_deleted(self, customer_id: str) -> None:
+        version = self.version_of[customer_id]
+        n = self._next()
+        invoice = f.invoice_object(customer_id, id=f"in_{n}_{self.rng.getrandbits(40):x}", amount_due=700,
+                                   created=self.clock, api_version=version, billing_reason="manual")
+        self.emit("invoice.created", invoice, api_version=version)
+        self.update("invoice.updated", invoice["id"], version, description=f"Consulting {n}")
+        self.maybe_tick()
+        self.notify("invoice.deleted", invoice["id"], version)
+        self.deleted.add(invoice["id"])
+
+    # --- a whole stream -------------------------------------------------------------------
+
+    def act(self) -> None:
+        """One random action of a random customer (or of the catalog)."""
+        self.maybe_tick()
+        roll = self.rng.random()
+        if not self.customers or (roll < 0.12 and len(self.customers) < self.max_customers):
+            customer_id = self.new_customer()
+            if self.rng.random() < 0.7:
+                self.subscribe(customer_id)
+            return
+        if roll < 0.16 and self.prices:
+            self.rng.choice((self.rename_price, self.rename_product))()
+            return
+        customer_id = self.rng.choice(self.customers)
+        subs = [s for s in self.subscriptions if self.owner[s] == customer_id]
+        live = [s for s in subs if self.objects[s]["status"] not in ("canceled", "incomplete_expired")]
+        if not live:
+            self.rng.choice((self.subscribe, self.update_customer, self.draft_deleted))(customer_id)
+            return
+        sub_id = self.rng.choice(live)
+        status = self.objects[sub_id]["status"]
+        options = [self.change_subscription, self.change_subscription, self.cancel, self.refund_for]
+        if status == "trialing":
+            options += [self.end_trial, self.end_trial, self.trial_will_end]
+        if status == "active":
+            options += [self.fail_payment, self.pause]
+        if status == "past_due":
+            options += [self.recover, self.recover, self.fail_payment]
+        if status == "paused":
+            options += [self.pause]
+        if status in ("active", "trialing", "past_due"):
+            options += [self.remove_discount if sub_id in self.discount_of else self.add_discount]
+        options += [lambda _: self.update_customer(customer_id)]
+        self.rng.choice(options)(sub_id)
+
+    def refund_for(self, sub_id: str) -> None:
+        self.refund()
+
+
+def _price_id(item: dict[str, Any]) -> str:
+    return (item.get("price") or item["plan"])["id"]
+
+
+def generate(seed: int, actions: int, *, start: int = 1_700_000_000, new_second: float = 0.4,
+             api_versions: tuple[str, ...] | None = None, max_customers: int = 10**9) -> Account:
+    """An account after `actions` random actions."""
+    account = Account(random.Random(seed), start, new_second=new_second, max_customers=max_customers)
+    if api_versions:
+        account.api_versions = api_versions
+    for _ in range(actions):
+        account.act()
+    return account
