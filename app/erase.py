@@ -21,42 +21,17 @@ from app.settings import Settings
 ERASED_TABLES = (
     "stripe_events", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
     "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
-    "segment_memberships", "segment_history", "outbox",
+    "segment_memberships", "segment_history", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
 )
 
-COUNT_ROWS = """
-SELECT 'stripe_events' AS name, count(*) AS n FROM stripe_events
-UNION ALL SELECT 'customers', count(*) FROM customers
-UNION ALL SELECT 'products', count(*) FROM products
-UNION ALL SELECT 'prices', count(*) FROM prices
-UNION ALL SELECT 'subscriptions', count(*) FROM subscriptions
-UNION ALL SELECT 'subscription_items', count(*) FROM subscription_items
-UNION ALL SELECT 'invoices', count(*) FROM invoices
-UNION ALL SELECT 'payments', count(*) FROM payments
-UNION ALL SELECT 'discounts', count(*) FROM discounts
-UNION ALL SELECT 'customer_attributes', count(*) FROM customer_attributes
-UNION ALL SELECT 'customer_tags', count(*) FROM customer_tags
-UNION ALL SELECT 'customer_activity', count(*) FROM customer_activity
-UNION ALL SELECT 'customer_tombstones', count(*) FROM customer_tombstones
-UNION ALL SELECT 'segment_memberships', count(*) FROM segment_memberships
-UNION ALL SELECT 'segment_history', count(*) FROM segment_history
-UNION ALL SELECT 'outbox', count(*) FROM outbox
-"""
+# Built once from the constant list above (identifiers, never user input), so that a new table
+# is added in one place.
+COUNT_ROWS = "\nUNION ALL ".join(f"SELECT '{name}' AS name, count(*) AS n FROM {name}" for name in ERASED_TABLES)
 
 # Taken before counting, so the counts are exactly what TRUNCATE removes.
-LOCK_TABLES = """
-LOCK TABLE stripe_events, customers, products, prices, subscriptions, subscription_items, invoices, payments,
-           discounts, customer_attributes, customer_tags, customer_activity, customer_tombstones,
-           segment_memberships, segment_history, outbox
-IN ACCESS EXCLUSIVE MODE
-"""
+LOCK_TABLES = f"LOCK TABLE {', '.join(ERASED_TABLES)} IN ACCESS EXCLUSIVE MODE"
 
-TRUNCATE_TABLES = """
-TRUNCATE stripe_events, customers, products, prices, subscriptions, subscription_items, invoices, payments,
-         discounts, customer_attributes, customer_tags, customer_activity, customer_tombstones,
-         segment_memberships, segment_history, outbox
-RESTART IDENTITY
-"""
+TRUNCATE_TABLES = f"TRUNCATE {', '.join(ERASED_TABLES)} RESTART IDENTITY"
 
 # A running worker or web process holds these tables briefly; wait for it, not forever.
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '15s'"
