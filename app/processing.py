@@ -165,7 +165,21 @@ async def _process_together(pool: asyncpg.Pool, event_ids: list[str], settings: 
 
 
 def _describe(error: BaseException) -> str:
-    # Messages from our handlers and from PostgreSQL name columns and constraints, not values.
+    """A last_error that helps an operator without repeating data from the payload.
+
+    PostgreSQL's and asyncpg's messages can quote the offending value (an email in a unique
+    violation, say), so for those we keep the class, SQLSTATE and the names of the schema
+    objects involved, never the message.
+    """
+    if isinstance(error, asyncpg.PostgresError):
+        names = [
+            f"{part}={value}"
+            for part in ("table_name", "column_name", "constraint_name")
+            if (value := getattr(error, part, None))
+        ]
+        return f"{type(error).__name__} (SQLSTATE {error.sqlstate}) {' '.join(names)}".strip()
+    if isinstance(error, asyncpg.InterfaceError):  # includes client-side encoding errors, which quote values
+        return type(error).__name__
     return f"{type(error).__name__}: {error}"[:1000]
 
 

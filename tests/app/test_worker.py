@@ -194,3 +194,17 @@ async def test_deferred_job_waits_its_turn(redis, settings):
     await enqueue_events(redis, settings.queue_name, ["evt_later"], defer_seconds=60)
     (job,) = await redis.queued_jobs(queue_name=settings.queue_name)
     assert job.score - job.enqueue_time.timestamp() * 1000 >= 59_000
+
+
+async def test_last_error_never_repeats_a_value_from_the_database_message():
+    import asyncpg
+
+    from app.processing import _describe
+
+    violation = asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+    violation.sqlstate = "23505"
+    violation.constraint_name = "customers_email_key"
+    violation.detail = "Key (email)=(jane@example.com) already exists."
+    described = _describe(violation)
+    assert "jane@example.com" not in described
+    assert "23505" in described and "customers_email_key" in described
