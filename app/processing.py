@@ -33,6 +33,8 @@ class ProcessingContext:
     touched: set[str] = field(default_factory=set)
     # The event being applied, recorded as the cause of segment changes.
     cause: str | None = None
+    # The last event of the batch that named each customer: the cause of its segment changes.
+    causes: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
@@ -118,6 +120,7 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
             continue
         if record.customer_id:
             ctx.touched.add(record.customer_id)
+            ctx.causes[record.customer_id] = record.id
         ctx.cause = record.id
         await handler(conn, record, ctx)
     if ctx.touched:

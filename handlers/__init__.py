@@ -8,8 +8,12 @@ calls the network. An event type missing here is stored and marked `ignored`.
 from __future__ import annotations
 
 from app.processing import Handler, Refresher
+from handlers import segments
 
 HANDLERS: dict[str, Handler] = {}
 
 # Run after the handlers of a batch, for every customer the batch touched, in this order.
-REFRESHERS: list[Refresher] = []
+REFRESHERS: list[Refresher] = [
+    # Last: segments read what every other refresher (MRR, ...) has written.
+    segments.refresh_customers,
+]
