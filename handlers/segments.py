@@ -141,8 +141,16 @@ def _facts(scoped: bool) -> str:
     )
 
 
-def _membership_values() -> str:
-    return ",\n        ".join(f"('{s.key}', {s.rule})" for s in SEGMENTS)
+def _segments_mask() -> str:
+    return "\n         | ".join(f"CASE WHEN {s.rule} THEN {1 << i}::bigint ELSE 0 END" for i, s in enumerate(SEGMENTS))
+
+
+def _segment_bits() -> str:
+    return ", ".join(f"('{s.key}', {1 << i}::bigint)" for i, s in enumerate(SEGMENTS))
+
+
+def _segment_keys() -> str:
+    return "ARRAY[" + ", ".join(f"'{s.key}'" for s in SEGMENTS) + "]"
 
 
 def _review_at() -> str:
@@ -154,7 +162,11 @@ def _review_at() -> str:
 
 
 def _refresh_statement(scoped: bool) -> str:
-    """The one statement that evaluates, diffs, applies and records every segment."""
+    """The one statement that evaluates, diffs, applies and records every segment.
+
+    The diff runs on one narrow row per customer (`segment_evaluations`: a bit per segment and
+    the next review time); only customers whose bits changed are expanded into membership rows.
+    """
     if scoped:
         scope = """
 scope AS (
@@ -162,45 +174,69 @@ scope AS (
     FROM unnest($4::text[], $5::text[]) AS given(customer_id, cause)
     ORDER BY customer_id
 ),"""
-        mine = "m.customer_id = ANY($4::text[]) AND "
-        cause_of = "(SELECT cause FROM scope WHERE scope.customer_id = changed.customer_id)"
+        known = "SELECT * FROM segment_evaluations WHERE customer_id = ANY($4::text[])"
+        cause_of = "(SELECT cause FROM scope WHERE scope.customer_id = changes.customer_id)"
+        restore = ",\n       set_config('plan_cache_mode', $6, true) AS plan_cache_mode"
     else:
-        scope, mine, cause_of = "", "", "$2"
+        scope, known, cause_of, restore = "", "SELECT * FROM segment_evaluations", "$2", ""
     return f"""
 WITH {scope}
 facts AS ({_facts(scoped)}),
-wanted AS (
-    SELECT m.segment, f.customer_id
-    FROM facts AS f
-    CROSS JOIN LATERAL (VALUES
-        {_membership_values()}
-    ) AS m(segment, member)
-    WHERE m.member
+evaluated AS (
+    SELECT customer_id,
+           {_segments_mask()} AS segments,
+           {_review_at()} AS review_at
+    FROM facts
+),
+differs AS (
+    SELECT coalesce(e.customer_id, k.customer_id) AS customer_id,
+           coalesce(e.segments, 0) AS segments,
+           coalesce(k.segments, 0) AS was,
+           e.review_at
+    FROM evaluated AS e
+    FULL JOIN ({known}) AS k ON k.customer_id = e.customer_id
+    WHERE coalesce(e.segments, 0) <> coalesce(k.segments, 0) OR e.review_at IS DISTINCT FROM k.review_at
+),
+saved AS (
+    INSERT INTO segment_evaluations (customer_id, segments, review_at)
+    SELECT customer_id, segments, review_at FROM differs WHERE segments <> 0 OR review_at IS NOT NULL
+    ON CONFLICT (customer_id) DO UPDATE SET segments = excluded.segments, review_at = excluded.review_at
+),
+forgotten AS (
+    DELETE FROM segment_evaluations AS s USING differs AS d
+    WHERE s.customer_id = d.customer_id AND d.segments = 0 AND d.review_at IS NULL
+),
+changed AS (
+    SELECT d.customer_id, b.segment, (d.segments & b.bit) <> 0 AS member
+    FROM differs AS d
+    CROSS JOIN (VALUES {_segment_bits()}) AS b(segment, bit)
+    WHERE ((d.segments # d.was) & b.bit) <> 0
 ),
 entered AS (
     INSERT INTO segment_memberships (segment, customer_id, entered_at)
-    SELECT w.segment, w.customer_id, $1 FROM wanted AS w
-    WHERE NOT EXISTS (
-        SELECT 1 FROM segment_memberships AS m WHERE m.segment = w.segment AND m.customer_id = w.customer_id
-    )
+    SELECT segment, customer_id, $1 FROM changed WHERE member
     ON CONFLICT DO NOTHING
     RETURNING segment, customer_id
 ),
 exited AS (
+    -- The array makes the planner look the few leavers up by index instead of hashing every
+    -- membership: it cannot estimate how few rows `changed` holds.
     DELETE FROM segment_memberships AS m
-    WHERE {mine}NOT EXISTS (
-        SELECT 1 FROM wanted AS w WHERE w.segment = m.segment AND w.customer_id = m.customer_id
-    )
-    RETURNING segment, customer_id
+    WHERE m.customer_id = ANY (ARRAY(SELECT customer_id FROM changed WHERE NOT member))
+      AND EXISTS (
+          SELECT 1 FROM changed AS c
+          WHERE NOT c.member AND c.segment = m.segment AND c.customer_id = m.customer_id
+      )
+    RETURNING m.segment, m.customer_id
 ),
-changed AS (
+changes AS (
     SELECT segment, customer_id, 'entered' AS change FROM entered
     UNION ALL
-    SELECT segment, customer_id, 'exited' AS change FROM exited
+    SELECT segment, customer_id, 'exited' FROM exited
 ),
 recorded AS (
     INSERT INTO segment_history (segment, customer_id, change, at, cause)
-    SELECT segment, customer_id, change, $1, {cause_of} FROM changed
+    SELECT segment, customer_id, change, $1, {cause_of} FROM changes
     RETURNING id, segment, customer_id, change, at, cause
 ),
 announced AS (
@@ -220,44 +256,41 @@ announced AS (
            $1, $1
     FROM recorded AS r
     WHERE $3::boolean
-),
-reviews AS (
-    SELECT customer_id, {_review_at()} AS review_at FROM facts
-),
-rescheduled AS (
-    INSERT INTO segment_reviews (customer_id, review_at)
-    SELECT r.customer_id, r.review_at
-    FROM reviews AS r LEFT JOIN segment_reviews AS old ON old.customer_id = r.customer_id
-    WHERE r.review_at IS NOT NULL AND old.review_at IS DISTINCT FROM r.review_at
-    ON CONFLICT (customer_id) DO UPDATE SET review_at = excluded.review_at
-),
-unscheduled AS (
-    DELETE FROM segment_reviews AS m
-    WHERE {mine}NOT EXISTS (
-        SELECT 1 FROM reviews AS r WHERE r.customer_id = m.customer_id AND r.review_at IS NOT NULL
-    )
 )
-SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited
+SELECT (SELECT count(*) FROM changes WHERE change = 'entered') AS entered,
+       (SELECT count(*) FROM changes WHERE change = 'exited') AS exited{restore}
 """
 
 
 REFRESH_CUSTOMERS = _refresh_statement(scoped=True)
 REFRESH_ALL = _refresh_statement(scoped=False)
 
-# What the rules say right now, without writing anything: for checks and tests.
-EVALUATE_CUSTOMERS = f"""
-WITH facts AS ({_facts(scoped=True)})
-SELECT m.segment, f.customer_id
-FROM facts AS f
-CROSS JOIN LATERAL (VALUES
-    {_membership_values()}
-) AS m(segment, member)
-WHERE m.member
-ORDER BY f.customer_id, m.segment
+# Segment definitions changed: members of a segment no longer defined leave it, and every
+# customer's bits are rebuilt from its memberships (the bit of a segment is its position in
+# SEGMENTS), so that the full refresh that follows diffs against the truth.
+RETIRE_UNDEFINED_SEGMENTS = f"""
+WITH retired AS (
+    DELETE FROM segment_memberships WHERE segment <> ALL ({_segment_keys()})
+    RETURNING segment, customer_id
+)
+INSERT INTO segment_history (segment, customer_id, change, at, cause)
+SELECT segment, customer_id, 'exited', $1, $2 FROM retired
+"""
+CLEAR_EVALUATED_SEGMENTS = "UPDATE segment_evaluations SET segments = 0 WHERE segments <> 0"
+REBUILD_EVALUATED_SEGMENTS = f"""
+INSERT INTO segment_evaluations (customer_id, segments)
+SELECT m.customer_id, bit_or(b.bit)
+FROM segment_memberships AS m
+JOIN (VALUES {_segment_bits()}) AS b(segment, bit) ON b.segment = m.segment
+GROUP BY m.customer_id
+ON CONFLICT (customer_id) DO UPDATE SET segments = excluded.segments
 """
 
 DUE_FOR_REVIEW = """
-SELECT customer_id FROM segment_reviews WHERE review_at <= $1 ORDER BY review_at LIMIT $2
+SELECT customer_id FROM segment_evaluations
+WHERE review_at <= $1
+ORDER BY review_at
+LIMIT $2
 """
 
 # Skip customers an event is being applied to right now: that transaction re-evaluates them.
@@ -266,10 +299,31 @@ SELECT customer_id FROM unnest($1::text[]) AS given(customer_id)
 WHERE pg_try_advisory_xact_lock(hashtextextended(customer_id, 0))
 """
 
+# Evaluations of single customers (events, activity, reviews) share this lock; a full refresh
+# takes it alone, so that it never diffs against a customer another transaction is changing.
+REFRESH_LOCK = 0x7365676D656E7473  # "segments"
+TAKE_REFRESH_LOCK = "SELECT pg_advisory_xact_lock($1)"
+
+# Planning REFRESH_CUSTOMERS costs several times more than running it for one customer, and
+# PostgreSQL would re-plan it on every call: its generic plan, costed for an unknown number of
+# customers, looks dearer than a plan for one. So each evaluation forces the cached generic
+# plan (good from 1 to 1000s of customers) and the statement itself restores the setting ($6).
+BEGIN_EVALUATION = """
+SELECT pg_advisory_xact_lock_shared($1),
+       current_setting('plan_cache_mode') AS plan_cache_mode,
+       set_config('plan_cache_mode', 'force_generic_plan', true)
+"""
+
 SEGMENTS_OF_CUSTOMER = "SELECT segment FROM segment_memberships WHERE customer_id = $1"
 
-# Hash joins over every customer want more memory than a typical default work_mem (4 MB).
-FULL_REFRESH_WORK_MEM = "SET LOCAL work_mem = '256MB'"
+# Over every customer, merge joins in customer order beat hashing a million text keys, and
+# the plan is too big for JIT compilation to pay for itself.
+FULL_REFRESH_SETTINGS = (
+    "SET LOCAL work_mem = '256MB'",
+    "SET LOCAL jit = off",
+    "SET LOCAL enable_hashagg = off",
+    "SET LOCAL enable_hashjoin = off",
+)
 
 
 @dataclass(frozen=True)
@@ -297,19 +351,40 @@ async def evaluate(
     causes: list[str | None] | None = None,
     cause: str | None = None,
 ) -> Changes:
-    """Re-evaluate every segment for these customers; changes are recorded with their cause."""
+    """Re-evaluate every segment for these customers; changes are recorded with their cause.
+
+    Runs in the caller's transaction (required: the locks and settings it takes are
+    transaction-scoped). `causes` gives each customer's own cause, else `cause`.
+    """
     if not customer_ids:
         return Changes(0, 0)
     causes = causes if causes is not None else [None] * len(customer_ids)
+    plan_cache_mode = await conn.fetchval(BEGIN_EVALUATION, REFRESH_LOCK, column=1)
     row = await conn.fetchrow(
-        REFRESH_CUSTOMERS, now, cause or REFRESH_CAUSE, announces(settings), list(customer_ids), causes
+        REFRESH_CUSTOMERS, now, cause or REFRESH_CAUSE, announces(settings), list(customer_ids), causes, plan_cache_mode
     )
     return Changes(row["entered"], row["exited"])
 
 
-async def refresh_all(conn: asyncpg.Connection, now: datetime, settings: Settings, cause: str = REFRESH_CAUSE) -> Changes:
-    """Re-evaluate every segment for every customer: one statement. Run it in a transaction."""
-    await conn.execute(FULL_REFRESH_WORK_MEM)
+async def refresh_all(
+    conn: asyncpg.Connection,
+    now: datetime,
+    settings: Settings,
+    cause: str = REFRESH_CAUSE,
+    definitions_changed: bool = False,
+) -> Changes:
+    """Re-evaluate every segment for every customer: one statement. Run it in a transaction.
+
+    After the segment definitions changed, pass `definitions_changed` so that each customer's
+    stored bits are first rebuilt from its memberships under the new numbering.
+    """
+    await conn.execute(TAKE_REFRESH_LOCK, REFRESH_LOCK)
+    for setting in FULL_REFRESH_SETTINGS:
+        await conn.execute(setting)
+    if definitions_changed:
+        await conn.execute(RETIRE_UNDEFINED_SEGMENTS, now, cause)
+        await conn.execute(CLEAR_EVALUATED_SEGMENTS)
+        await conn.execute(REBUILD_EVALUATED_SEGMENTS)
     row = await conn.fetchrow(REFRESH_ALL, now, cause, announces(settings))
     return Changes(row["entered"], row["exited"])
 

@@ -23,13 +23,22 @@ CREATE TABLE segment_history (
 CREATE INDEX segment_history_segment_idx ON segment_history (segment, at, id);
 CREATE INDEX segment_history_customer_idx ON segment_history (customer_id);
 
--- When a customer's time-based segments may next change with no event at all (a trial ends,
--- activity grows 2 or 15 days old). The scheduled refresh re-evaluates only the customers due.
-CREATE TABLE segment_reviews (
-    customer_id text PRIMARY KEY,
-    review_at timestamptz NOT NULL
+-- The last evaluation of each customer: the segments it is in, as a bit mask over the
+-- definitions in handlers/segments.py (bit i = the i-th segment), and when its time-based
+-- segments may next change with no event at all (a trial ends, activity grows 2 or 15 days
+-- old). Full refreshes diff against this one narrow row per customer, and the scheduled
+-- refresh re-evaluates just the customers due. Written only with segment_memberships, by
+-- the same statement. No row: in no segment, nothing due.
+CREATE TABLE segment_evaluations (
+    customer_id text NOT NULL,
+    segments bigint NOT NULL DEFAULT 0,
+    review_at timestamptz,
+    PRIMARY KEY (customer_id) INCLUDE (segments, review_at)
 );
-CREATE INDEX segment_reviews_due_idx ON segment_reviews (review_at);
+CREATE INDEX segment_evaluations_review_idx ON segment_evaluations (review_at) WHERE review_at IS NOT NULL;
+
+-- A full refresh reads every subscription's status and trial end in customer order.
+CREATE INDEX subscriptions_segment_facts_idx ON subscriptions (customer_id) INCLUDE (status, trial_end);
 
 -- One row: the segment definitions last evaluated for everyone, and when the scheduled refresh
 -- last ran. New or changed definitions trigger one full refresh.
