@@ -272,9 +272,12 @@ RETIRE_UNDEFINED_SEGMENTS = f"""
 WITH retired AS (
     DELETE FROM segment_memberships WHERE segment <> ALL ({_segment_keys()})
     RETURNING segment, customer_id
+),
+recorded AS (
+    INSERT INTO segment_history (segment, customer_id, change, at, cause)
+    SELECT segment, customer_id, 'exited', $1, $2 FROM retired
 )
-INSERT INTO segment_history (segment, customer_id, change, at, cause)
-SELECT segment, customer_id, 'exited', $1, $2 FROM retired
+SELECT count(*) FROM retired
 """
 CLEAR_EVALUATED_SEGMENTS = "UPDATE segment_evaluations SET segments = 0 WHERE segments <> 0"
 REBUILD_EVALUATED_SEGMENTS = f"""
@@ -381,12 +384,13 @@ async def refresh_all(
     await conn.execute(TAKE_REFRESH_LOCK, REFRESH_LOCK)
     for setting in FULL_REFRESH_SETTINGS:
         await conn.execute(setting)
+    retired = 0
     if definitions_changed:
-        await conn.execute(RETIRE_UNDEFINED_SEGMENTS, now, cause)
+        retired = await conn.fetchval(RETIRE_UNDEFINED_SEGMENTS, now, cause)
         await conn.execute(CLEAR_EVALUATED_SEGMENTS)
         await conn.execute(REBUILD_EVALUATED_SEGMENTS)
     row = await conn.fetchrow(REFRESH_ALL, now, cause, announces(settings))
-    return Changes(row["entered"], row["exited"])
+    return Changes(row["entered"], row["exited"] + retired)
 
 
 async def due_for_review(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
