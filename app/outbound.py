@@ -41,7 +41,7 @@ MAX_BACKOFF_SECONDS = 3600
 MAX_ATTEMPTS = 80
 
 CLAIM_DUE = """
-UPDATE outbox SET next_attempt_at = $1 + make_interval(secs => $3)
+UPDATE outbox SET next_attempt_at = $1::timestamptz + make_interval(secs => $3)
 WHERE id IN (
     SELECT id FROM outbox
     WHERE kind = 'segment_webhook' AND delivered_at IS NULL AND next_attempt_at <= $1
@@ -59,8 +59,8 @@ RECORD_FAILURES = """
 UPDATE outbox AS o
 SET attempts = o.attempts + 1,
     last_error = failed.error,
-    next_attempt_at = CASE WHEN o.attempts + 1 >= $4 THEN 'infinity'
-                           ELSE $3 + make_interval(secs => least($5 * power(2, o.attempts), $6)) END
+    next_attempt_at = CASE WHEN o.attempts + 1 >= $4 THEN 'infinity'::timestamptz
+                           ELSE $3::timestamptz + make_interval(secs => least($5 * power(2, o.attempts), $6)) END
 FROM unnest($1::bigint[], $2::text[]) AS failed(id, error)
 WHERE o.id = failed.id
 """
