@@ -69,6 +69,7 @@ SELECT count(*) FROM recorded
 """
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_UNIX_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]+)?")
 # In a query string "+" arrives as a space: "...T12:00:00 01:00" meant "+01:00".
 _SPACED_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
 
@@ -90,14 +91,17 @@ def _text(value: Any, name: str) -> str:
 
 
 def parse_time(value: Any, name: str) -> datetime:
-    """An ISO 8601 time (UTC when it names no offset) or Unix seconds."""
+    """An ISO 8601 time (UTC when it names no offset) or Unix seconds, as a UTC datetime."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise BadInput(f"{name} must be an ISO 8601 time or Unix seconds")
     try:
-        if isinstance(value, str):
+        if isinstance(value, str) and not _UNIX_SECONDS.fullmatch(value.strip()):
             parsed = datetime.fromisoformat(value.strip())
-            return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
-        return datetime.fromtimestamp(value, timezone.utc)
+            parsed = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+        else:
+            parsed = datetime.fromtimestamp(float(value), timezone.utc)
+        # Year 1 at +14:00 is still year 0 in UTC, which neither Python nor we can hold.
+        return parsed.astimezone(timezone.utc)
     except (ValueError, OverflowError, OSError):
         raise BadInput(f"{name} must be an ISO 8601 time or Unix seconds, got {str(value)[:40]!r}") from None
 

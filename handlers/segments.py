@@ -8,9 +8,15 @@ configured, writes them to the outbox. The clock is always a parameter (`now`), 
 now(), so tests freeze and advance time and replay is deterministic.
 
 Time-based segments change with no event (a trial ends, activity grows old). Each segment
-names its `wakes`: the instants at which its answer may flip. The earliest future one is kept
-per customer in `segment_reviews`, and the scheduled refresh re-evaluates just the customers
-that are due, instead of scanning everyone every minute.
+names its `wakes`: the instants at which its answer may flip. The earliest one still ahead is
+kept per customer in `segment_evaluations.review_at`, and the scheduled refresh
+(app/segment_jobs.py) re-evaluates just the customers that are due, instead of scanning
+everyone every minute.
+
+Concurrency: evaluations of single customers run under the per-customer lock of event
+processing (app.processing.lock_customers) and share REFRESH_LOCK; a full refresh takes
+REFRESH_LOCK alone. So one customer is never evaluated by two transactions at once, and
+`segment_evaluations` (the diff's base) always agrees with `segment_memberships`.
 
 Deleted customers: a customer deleted in Stripe leaves `syncing_with_stripe` and every
 segment that promises a live relation (current and slipping trials, customers, slipping
@@ -39,7 +45,7 @@ from app.settings import Settings
 class Segment:
     key: str
     name: str
-    # A SQL boolean over one row of facts (columns listed at FACTS).
+    # A SQL boolean over one row of FACTS (the columns are listed below).
     rule: str
     # SQL timestamps over the same row at which the rule's answer may change with no event.
     wakes: tuple[str, ...] = ()
@@ -126,19 +132,13 @@ _IN_SCOPE = " WHERE customer_id = ANY($4::text[])"
 
 
 def _facts(scoped: bool) -> str:
+    """FACTS for the customers listed in $4, or for every customer."""
     where = _IN_SCOPE if scoped else ""
-    return (
-        _FACTS_COLUMNS
-        + "    LEFT JOIN ("
-        + _SUBSCRIPTION_FACTS
-        + where
-        + " GROUP BY customer_id) AS s ON s.customer_id = c.id\n"
-        + "    LEFT JOIN ("
-        + _ACTIVITY_FACTS
-        + where
-        + " GROUP BY customer_id) AS a ON a.customer_id = c.id\n"
-        + ("    WHERE c.id = ANY($4::text[])\n" if scoped else "")
-    )
+    return f"""{_FACTS_COLUMNS}
+    LEFT JOIN ({_SUBSCRIPTION_FACTS}{where} GROUP BY customer_id) AS s ON s.customer_id = c.id
+    LEFT JOIN ({_ACTIVITY_FACTS}{where} GROUP BY customer_id) AS a ON a.customer_id = c.id
+    {"WHERE c.id = ANY($4::text[])" if scoped else ""}
+"""
 
 
 def _segments_mask() -> str:

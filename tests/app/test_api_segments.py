@@ -155,8 +155,16 @@ async def test_history_pages_chain_by_cursor(client, conn, settings):
     assert seen == ids
 
 
+async def test_history_accepts_any_valid_time_as_since(client):
+    for since in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59+01:00", "2024-02-29", "1700000000", "1700000000.5"):
+        answer = await client.get("/api/segments/customers/history", params={"since": since})
+        assert answer.status_code == 200, since
+        assert answer.json()["history"] == []
+
+
 async def test_bad_history_parameters_are_400(client):
-    for params in ({"since": "yesterday"}, {"since": "2024-13-01"}, {"after": "x"}, {"after": "999999"}, {"limit": 0}):
+    bad = ["yesterday", "2024-13-01", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "99999999999999"]
+    for params in [*({"since": since} for since in bad), {"after": "x"}, {"after": "999999"}, {"limit": 0}]:
         answer = await client.get("/api/segments/customers/history", params=params)
         assert answer.status_code == 400, params
         assert answer.json()["error"]
