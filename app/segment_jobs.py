@@ -50,11 +50,13 @@ async def refresh_segments(ctx: dict[str, Any]) -> dict[str, int]:
             if state is None:
                 return {"skipped": 1}
             if state["definitions"] != segments.DEFINITIONS:
-                changes = await segments.refresh_all(conn, now, settings, definitions_changed=True)
+                renumber = segments.renumbered(state["definitions"])
+                changes = await segments.refresh_all(conn, now, settings, renumber=renumber)
                 await conn.execute(SAVE_REFRESH_STATE, segments.DEFINITIONS, now)
                 log.info(
                     "segments_refreshed_all",
                     reason="definitions_changed",
+                    renumbered=renumber,
                     entered=changes.entered,
                     exited=changes.exited,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),

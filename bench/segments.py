@@ -5,6 +5,8 @@ million), their subscriptions and activity, then times:
   - the first full refresh (every membership is new),
   - a full refresh with nothing to change, and one an hour later (time-based changes only),
   - the scheduled refresh of the customers due a minute later,
+  - the segment counts of GET /api/segments,
+  - a full refresh after the segment list was reordered (bits rebuilt from memberships),
   - the recompute for one customer, as every event pays it (inside a rolled-back transaction).
 Drops the database at the end. Targets: full refresh under 10 s, recompute under 1 ms.
 
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from app.api_segments import COUNT_MEMBERS
 from app.db import connect
 from app.migrate import migrate
 from app.settings import Settings
@@ -155,9 +158,17 @@ async def bench(conn: asyncpg.Connection, customers: int, samples: int) -> None:
     await timed("full refresh, nothing changed", full_refresh(conn, now, settings))
     an_hour_later = now + timedelta(hours=1)
     await timed("full refresh, an hour later", full_refresh(conn, an_hour_later, settings))
-    members = await conn.fetch("SELECT segment, count(*) FROM segment_memberships GROUP BY 1 ORDER BY 1")
-    print("members:", ", ".join(f"{row['segment']}={row['count']:,}" for row in members))
+    started = time.perf_counter()
+    members = await conn.fetch(COUNT_MEMBERS)
+    print(f"segment counts (GET /api/segments): {time.perf_counter() - started:.2f} s")
+    print("members:", ", ".join(f"{row['segment']}={row['members']:,}" for row in members))
     await timed("scheduled refresh, a minute after that", scheduled_refresh(conn, an_hour_later + timedelta(minutes=1), settings))
+
+    async def renumbered_refresh() -> segments.Changes:
+        async with conn.transaction():
+            return await segments.refresh_all(conn, an_hour_later, settings, renumber=True)
+
+    await timed("full refresh after segments were removed or reordered (bits rebuilt)", renumbered_refresh())
 
     timings = await per_event(conn, customers, samples, an_hour_later + timedelta(minutes=1), settings)
     timings.sort()

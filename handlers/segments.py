@@ -83,6 +83,18 @@ for _segment in SEGMENTS:
 # What a full refresh must be re-run for: a new, removed or changed definition.
 DEFINITIONS = "\n".join(f"{s.key}|{s.rule}|{','.join(s.wakes)}" for s in SEGMENTS)
 
+
+def renumbered(previous_definitions: str | None) -> bool:
+    """Whether stored segment bits mean other segments now: one was removed or moved.
+
+    A segment appended at the end, or a changed rule, keeps every existing bit's meaning.
+    """
+    if previous_definitions is None:
+        return True
+    previous = [line.split("|", 1)[0] for line in previous_definitions.splitlines()]
+    return previous != [s.key for s in SEGMENTS][: len(previous)]
+
+
 # Cause recorded for changes made by the scheduled refresh and by a full refresh.
 REFRESH_CAUSE = "refresh"
 
@@ -265,7 +277,7 @@ SELECT (SELECT count(*) FROM changes WHERE change = 'entered') AS entered,
 REFRESH_CUSTOMERS = _refresh_statement(scoped=True)
 REFRESH_ALL = _refresh_statement(scoped=False)
 
-# Segment definitions changed: members of a segment no longer defined leave it, and every
+# Segments removed or moved: members of a segment no longer defined leave it, and every
 # customer's bits are rebuilt from its memberships (the bit of a segment is its position in
 # SEGMENTS), so that the full refresh that follows diffs against the truth.
 RETIRE_UNDEFINED_SEGMENTS = f"""
@@ -374,18 +386,19 @@ async def refresh_all(
     now: datetime,
     settings: Settings,
     cause: str = REFRESH_CAUSE,
-    definitions_changed: bool = False,
+    renumber: bool = False,
 ) -> Changes:
     """Re-evaluate every segment for every customer: one statement. Run it in a transaction.
 
-    After the segment definitions changed, pass `definitions_changed` so that each customer's
-    stored bits are first rebuilt from its memberships under the new numbering.
+    After a segment was removed or moved in SEGMENTS, pass `renumber`: members of removed
+    segments leave them, and each customer's stored bits are first rebuilt from its
+    memberships under the new numbering.
     """
     await conn.execute(TAKE_REFRESH_LOCK, REFRESH_LOCK)
     for setting in FULL_REFRESH_SETTINGS:
         await conn.execute(setting)
     retired = 0
-    if definitions_changed:
+    if renumber:
         retired = await conn.fetchval(RETIRE_UNDEFINED_SEGMENTS, now, cause)
         await conn.execute(CLEAR_EVALUATED_SEGMENTS)
         await conn.execute(REBUILD_EVALUATED_SEGMENTS)

@@ -346,6 +346,16 @@ async def test_new_segment_definitions_trigger_one_full_refresh(pool, conn, sett
     assert await conn.fetchval("SELECT definitions FROM segment_refresh_state") == segments.DEFINITIONS
 
 
+def test_only_a_removed_or_moved_segment_renumbers_the_stored_bits():
+    current = segments.DEFINITIONS.splitlines()
+    assert not segments.renumbered(segments.DEFINITIONS)
+    assert not segments.renumbered("\n".join(current[:-1]))  # a segment appended
+    assert not segments.renumbered("\n".join([*current[:-1], "past_due|an older rule|"]))  # a rule changed
+    assert segments.renumbered("\n".join([current[1], current[0], *current[2:]]))  # two swapped
+    assert segments.renumbered("\n".join([*current, "vips|true|"]))  # one removed
+    assert segments.renumbered(None)
+
+
 async def test_full_refresh_after_a_bit_renumbering_records_only_real_changes(conn, settings):
     customer = await add_customer(conn)
     await add_subscription(conn, customer, "past_due")
@@ -353,7 +363,7 @@ async def test_full_refresh_after_a_bit_renumbering_records_only_real_changes(co
     # As if the stored bits came from an older numbering of the segments.
     await conn.execute("UPDATE segment_evaluations SET segments = 1 WHERE customer_id = $1", customer)
     async with conn.transaction():
-        changes = await segments.refresh_all(conn, NOW, settings, definitions_changed=True)
+        changes = await segments.refresh_all(conn, NOW, settings, renumber=True)
     assert changes == segments.Changes(0, 0)
     assert await members_of(conn, customer) == {SYNCING, "customers", "past_due"}
 
