@@ -22,6 +22,8 @@ from handlers import segments
 REVIEW_BATCH = 500
 REVIEW_LIMIT = 50_000
 
+# The row is created by the migration; recreate it if something emptied the table.
+ENSURE_REFRESH_STATE = "INSERT INTO segment_refresh_state DEFAULT VALUES ON CONFLICT DO NOTHING"
 # Serialises refresh runs across workers; a run that finds the row locked has nothing to do.
 LOCK_REFRESH_STATE = "SELECT definitions, refreshed_at FROM segment_refresh_state FOR UPDATE SKIP LOCKED"
 SAVE_REFRESH_STATE = "UPDATE segment_refresh_state SET definitions = $1, refreshed_at = $2"
@@ -45,6 +47,7 @@ async def refresh_segments(ctx: dict[str, Any]) -> dict[str, int]:
     started = time.perf_counter()
     now = clock()
     async with ctx["pool"].acquire() as conn:
+        await conn.execute(ENSURE_REFRESH_STATE)
         async with conn.transaction():
             state = await conn.fetchrow(LOCK_REFRESH_STATE)
             if state is None:

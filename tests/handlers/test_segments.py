@@ -356,6 +356,13 @@ def test_only_a_removed_or_moved_segment_renumbers_the_stored_bits():
     assert segments.renumbered(None)
 
 
+async def test_refresh_recovers_when_its_state_row_was_emptied(pool, conn, settings):
+    customer = await add_customer(conn)
+    await conn.execute("DELETE FROM segment_refresh_state")
+    await refresh_segments(job_context(pool, settings, Clock(NOW)))
+    assert await members_of(conn, customer) == {SYNCING}
+
+
 async def test_full_refresh_after_a_bit_renumbering_records_only_real_changes(conn, settings):
     customer = await add_customer(conn)
     await add_subscription(conn, customer, "past_due")
