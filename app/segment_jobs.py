@@ -74,8 +74,8 @@ async def refresh_segments(ctx: dict[str, Any]) -> dict[str, int]:
         for start in range(0, len(due), REVIEW_BATCH):
             async with conn.transaction():
                 idle = await segments.lock_idle_customers(conn, due[start : start + REVIEW_BATCH])
-                # The clock is read once the locks are held, so it never runs behind an event
-                # that committed while we waited.
+                # Read the clock once the locks are held: a customer an event has just
+                # evaluated must not get a result computed for an earlier time.
                 changes = await segments.evaluate(conn, idle, clock(), settings)
             reviewed += len(idle)
             entered += changes.entered
