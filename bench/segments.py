@@ -106,7 +106,9 @@ async def scheduled_refresh(conn: asyncpg.Connection, now: datetime, settings: S
     return f"{len(due)} due, {changes}"
 
 
-async def per_event(conn: asyncpg.Connection, customers: int, samples: int, now: datetime, settings: Settings) -> list[float]:
+async def per_event(
+    conn: asyncpg.Connection, customers: int, samples: int, now: datetime, settings: Settings
+) -> list[float]:
     """The recompute one event adds: one customer, inside the event's transaction (rolled back)."""
     timings = []
     rng = random.Random(7)

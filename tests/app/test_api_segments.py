@@ -17,6 +17,10 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def zulu(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
 async def slipping_trial(conn, settings, **customer) -> str:
     """A customer 10 days old in a trial with 5 days left, never active since it signed up."""
     now = utc_now()
@@ -123,13 +127,8 @@ async def test_history_lists_entries_and_exits_with_time_and_cause(client, conn,
     assert answer.json() == {
         "segment": "past_due",
         "history": [
-            {"customer": customer, "change": "entered", "at": start.isoformat().replace("+00:00", "Z"), "cause": "evt_past_due"},
-            {
-                "customer": customer,
-                "change": "exited",
-                "at": (start + timedelta(minutes=5)).isoformat().replace("+00:00", "Z"),
-                "cause": "evt_paid",
-            },
+            {"customer": customer, "change": "entered", "at": zulu(start), "cause": "evt_past_due"},
+            {"customer": customer, "change": "exited", "at": zulu(start + timedelta(minutes=5)), "cause": "evt_paid"},
         ],
         "next": None,
     }

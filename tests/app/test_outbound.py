@@ -109,7 +109,8 @@ async def test_failed_delivery_is_retried_with_exponential_backoff_until_it_land
     clock.now = NOW + timedelta(seconds=5)
     assert await outbound.deliver_segment_webhooks(ctx) == {"delivered": 0, "failed": 1}
     row = await conn.fetchrow("SELECT attempts, next_attempt_at, last_error FROM outbox")
-    assert (row["attempts"], row["next_attempt_at"], row["last_error"]) == (2, clock.now + timedelta(seconds=10), "HTTP 503")
+    expected = (2, clock.now + timedelta(seconds=10), "HTTP 503")
+    assert (row["attempts"], row["next_attempt_at"], row["last_error"]) == expected
 
     clock.now += timedelta(seconds=10)
     assert await outbound.deliver_segment_webhooks(ctx) == {"delivered": 1, "failed": 0}
