@@ -45,6 +45,8 @@ class ProcessingContext:
     # Row snapshots staged by the handlers, written in one flush before the refreshers run
     # (handlers/writes.py). A handler that writes SQL itself may flush it first.
     writes: Any = field(default_factory=_write_buffer)
+    # The last event of the batch that named each customer: the cause of its segment changes.
+    causes: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
@@ -137,6 +139,7 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
             continue
         if record.customer_id:
             ctx.touched.add(record.customer_id)
+            ctx.causes[record.customer_id] = record.id
         ctx.cause = record.id
         await handler(conn, record, ctx)
     await ctx.writes.flush(conn, ctx)

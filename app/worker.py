@@ -11,7 +11,9 @@ from arq import cron
 from app import queue
 from app.db import create_pool
 from app.logging import configure_logging, log
+from app.outbound import check_segment_webhook, deliver_segment_webhooks
 from app.processing import process_events as process_stored_events
+from app.segment_jobs import refresh_segments
 from app.settings import Settings
 
 # Pending events older than this were probably never enqueued (Redis was down at ingest).
@@ -78,11 +80,16 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 # Extra start-up steps (e.g. an HTTP client for outbound webhooks) register here.
-WORKER_STARTUP: list = []
+WORKER_STARTUP: list = [check_segment_webhook]
 
 # Periodic jobs beyond the sweeper register here (e.g. the segment refresh).
-CRON_JOBS: list = [cron(requeue_stale_events, second=set(range(0, 60, 10)), run_at_startup=True, unique=True)]
-FUNCTIONS: list = [process_events]
+CRON_JOBS: list = [
+    cron(requeue_stale_events, second=set(range(0, 60, 10)), run_at_startup=True, unique=True),
+    # Ticks every 5 s; runs at most once per STRIPELINE_SEGMENT_REFRESH_SECONDS (see the job).
+    cron(refresh_segments, second=set(range(0, 60, 5)), run_at_startup=True, unique=True),
+    cron(deliver_segment_webhooks, second=set(range(2, 60, 5)), unique=True),
+]
+FUNCTIONS: list = [process_events, refresh_segments, deliver_segment_webhooks]
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ flush per batch (handlers/writes.py) before the refreshers run.
 from __future__ import annotations
 
 from app.processing import Handler, Refresher
-from handlers import billing, catalog, customers, discounts, invoices, payments, subscriptions
+from handlers import billing, catalog, customers, discounts, invoices, payments, segments, subscriptions
 from handlers.deletion import on_customer_deleted
 
 HANDLERS: dict[str, Handler] = {
@@ -71,4 +71,6 @@ HANDLERS: dict[str, Handler] = {
 REFRESHERS: list[Refresher] = [
     # MRR and last payment first: other derived state may read them.
     billing.refresh_billing,
+    # Last: segments read what every other refresher (MRR, ...) has written.
+    segments.refresh_customers,
 ]
