@@ -221,7 +221,7 @@ async def record_activity(request: Request) -> Response:
     state = request.app.state
     now = utc_now()
     try:
-        body = await read_body(request)
+        body = await read_body(request.scope, request.receive)
     except BodyTooLarge:
         return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:

@@ -21,7 +21,7 @@ from app.settings import Settings
 ERASED_TABLES = (
     "stripe_events", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
     "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
-    "segment_memberships", "segment_history", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
+    "segment_memberships", "segment_history", "segment_evaluations", "segment_refresh_state", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
 )
 
 # Built once from the constant list above (identifiers, never user input), so that a new table

@@ -52,7 +52,7 @@ SCRUB_BATCH = 500
 # Tables whose rows belong to one customer through a `customer_id` column and go with it in
 # `delete` mode (customer_tombstones and stripe_events are handled on their own).
 OWNED_TABLES = (
-    "subscriptions", "invoices", "payments", "discounts", "segment_memberships", "segment_history",
+    "subscriptions", "invoices", "payments", "discounts", "segment_memberships", "segment_history", "segment_evaluations",
     "customer_attributes", "customer_tags", "customer_activity",
 )
 
@@ -132,6 +132,7 @@ WITH items AS (
 ), gone_discounts AS (DELETE FROM discounts WHERE customer_id = $1 RETURNING 1
 ), gone_memberships AS (DELETE FROM segment_memberships WHERE customer_id = $1 RETURNING 1
 ), gone_history AS (DELETE FROM segment_history WHERE customer_id = $1 RETURNING 1
+), gone_evaluations AS (DELETE FROM segment_evaluations WHERE customer_id = $1 RETURNING 1
 ), gone_attributes AS (DELETE FROM customer_attributes WHERE customer_id = $1 RETURNING 1
 ), gone_tags AS (DELETE FROM customer_tags WHERE customer_id = $1 RETURNING 1
 ), gone_activity AS (DELETE FROM customer_activity WHERE customer_id = $1 RETURNING 1
@@ -140,7 +141,8 @@ WITH items AS (
 SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM gone_subscriptions)
      + (SELECT count(*) FROM gone_invoices) + (SELECT count(*) FROM gone_payments)
      + (SELECT count(*) FROM gone_discounts) + (SELECT count(*) FROM gone_memberships)
-     + (SELECT count(*) FROM gone_history) + (SELECT count(*) FROM gone_attributes)
+     + (SELECT count(*) FROM gone_history) + (SELECT count(*) FROM gone_evaluations)
+     + (SELECT count(*) FROM gone_attributes)
      + (SELECT count(*) FROM gone_tags) + (SELECT count(*) FROM gone_activity)
      + (SELECT count(*) FROM gone_customer)
 """

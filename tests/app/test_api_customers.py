@@ -67,20 +67,20 @@ async def test_customer_answer_has_every_contract_field_with_subscriptions(clien
     assert item["price"] == {"id": price["id"], "unit_amount": 1200, "currency": "usd", "interval": "month",
                              "interval_count": 1, "nickname": "Team monthly"}
     assert item["product"] == {"id": product["id"], "name": "Team"}
-    assert (body["segments"], body["tags"], body["attributes"]) == ([], [], {})
+    # Paying since T, long ago, with no activity since: a customer, and a slipping one.
+    assert body["segments"] == ["customers", "slipping_customers", "syncing_with_stripe"]
+    assert (body["tags"], body["attributes"]) == ([], {})
 
 
 async def test_customer_answer_shows_segments_tags_attributes_and_latest_activity(client, conn, settings):
     customer, *_ = await _customer_with_history(conn, settings, api_version=f.OLD_API_VERSION)
-    await conn.execute("INSERT INTO segment_memberships (segment, customer_id, entered_at) VALUES "
-                       "('customers', $1, now()), ('syncing_with_stripe', $1, now())", customer["id"])
     await conn.execute("INSERT INTO customer_tags (customer_id, tag) VALUES ($1, 'vip'), ($1, 'beta')", customer["id"])
     await conn.execute("INSERT INTO customer_attributes (customer_id, attributes) VALUES ($1, $2)", customer["id"],
                        {"plan_seats": 5})
     await conn.execute("INSERT INTO customer_activity (customer_id, at) VALUES ($1, to_timestamp($2)), "
                        "($1, to_timestamp($3))", customer["id"], T + 500, T + 900)
     body = (await client.get(f"/api/customers/{customer['id']}")).json()
-    assert body["segments"] == ["customers", "syncing_with_stripe"]
+    assert body["segments"] == ["customers", "slipping_customers", "syncing_with_stripe"]
     assert body["tags"] == ["beta", "vip"]
     assert body["attributes"] == {"plan_seats": 5}
     assert body["last_activity_at"] == _iso(T + 900)
