@@ -45,6 +45,9 @@ class ProcessingContext:
     # Row snapshots staged by the handlers, written in one flush before the refreshers run
     # (handlers/writes.py). A handler that writes SQL itself may flush it first.
     writes: Any = field(default_factory=_write_buffer)
+    # A `replay --rebuild` is refilling the model: derived state that compares before and after
+    # (segment entries and exits) waits for the rebuild's end, which settles it in one pass.
+    rebuilding: bool = False
     # The last event of the batch that named each customer: the cause of its segment changes.
     causes: dict[str, str] = field(default_factory=dict)
 
@@ -167,7 +170,7 @@ async def _process_together(pool: asyncpg.Pool, event_ids: list[str], settings: 
     return outcome
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """A last_error that helps an operator without repeating data from the payload.
 
     PostgreSQL's and asyncpg's messages can quote the offending value (an email in a unique
@@ -190,7 +193,7 @@ async def _record_failure(pool: asyncpg.Pool, event_id: str, error: BaseExceptio
     outcome = Outcome()
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            RECORD_FAILURE, event_id, _describe(error), settings.max_attempts, float(settings.retry_base_seconds)
+            RECORD_FAILURE, event_id, describe_error(error), settings.max_attempts, float(settings.retry_base_seconds)
         )
     if row is None:
         return outcome

@@ -35,9 +35,10 @@ import asyncpg
 from app.events import EVENT_COLUMNS, EventRecord, record_from_row
 from app.intake import import_command  # noqa: F401 - app.cli runs `stripeline import` from here
 from app.logging import log
-from app.processing import ProcessingContext, apply_events, lock_customers
+from app.processing import ProcessingContext, apply_events, describe_error, lock_customers
 from app.progress import CommandError, Progress, Tally, refuse, run_command
 from app.settings import Settings
+from handlers import segments
 
 BATCH_SIZE = 1000
 # Each distinct customer in a batch holds an advisory lock until commit, and PostgreSQL's lock
@@ -63,8 +64,9 @@ DERIVED_TABLES = (
     "invoices",
     "payments",
     "discounts",
-    "segment_memberships",
 )
+# Segment memberships are not wiped: batches of a rebuild skip the segment refresher and the
+# rebuild ends with one full refresh, so history and segment webhooks see only real changes.
 
 # Held for a whole rebuild so that two rebuilds never refill the model at once.
 REBUILD_LOCK = 0x7374726970726562  # "stripreb" as an integer, like the migration lock
@@ -83,6 +85,8 @@ SELECT started_at, through_received_at, after_created, after_id, events_done, ev
 """
 ADVANCE_REBUILD = "UPDATE replay_rebuilds SET after_created = $1, after_id = $2, events_done = events_done + $3"
 FINISH_REBUILD = "DELETE FROM replay_rebuilds"
+# The cause recorded in segment history for what a rebuild changed.
+REBUILD_CAUSE = "rebuild"
 
 # The selection: after the cursor ($1, $2), received by the snapshot ($3), created before $4,
 # of a type matching the regular expression $5, of customer $6; in Stripe order.
@@ -194,16 +198,12 @@ def selection_from_args(args: Any) -> Selection:
     return selection
 
 
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:1000]
-
-
 async def _apply_together(
     pool: asyncpg.Pool, records: list[EventRecord], statuses: list[str], settings: Settings, rebuilding: bool
 ) -> Tally:
     async with pool.acquire() as conn, conn.transaction():
         await lock_customers(conn, (r.customer_id for r in records))
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), rebuilding=rebuilding)
         ignored = set(await apply_events(conn, records, ctx))
         outcomes = ["ignored" if r.id in ignored else "processed" for r in records]
         changed = [(r.id, o) for r, o, s in zip(records, outcomes, statuses) if s in FINISHED and s != o]
@@ -216,11 +216,11 @@ async def _apply_together(
 
 async def _mark_failed(pool: asyncpg.Pool, record: EventRecord, error: BaseException, rebuilding: bool) -> Tally:
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(MARK_FAILED, record.id, _describe(error))
+        await conn.execute(MARK_FAILED, record.id, describe_error(error))
         if rebuilding:
             await conn.execute(ADVANCE_REBUILD, record.created, record.id, 1)
     log.warning("event_replay_failed", event_id=record.id, event_type=record.type, error=type(error).__name__)
-    return Tally(failed=1, failures=[f"{record.id} ({record.type}): {_describe(error)}"])
+    return Tally(failed=1, failures=[f"{record.id} ({record.type}): {describe_error(error)}"])
 
 
 async def apply_batch(
@@ -343,7 +343,9 @@ async def _rebuild(run: _Run) -> None:
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
             await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
             if not run.tally.interrupted:
-                await guard.execute(FINISH_REBUILD)
+                async with guard.transaction():
+                    await segments.refresh_all(guard, datetime.now(timezone.utc), run.settings, cause=REBUILD_CAUSE)
+                    await guard.execute(FINISH_REBUILD)
                 tally = run.tally
                 log.info("rebuild_finished", applied=tally.applied, skipped=tally.skipped, failed=tally.failed)
         finally:

@@ -40,6 +40,9 @@ def _is_recent(refreshed_at: datetime | None, now: datetime, settings: Settings)
     return refreshed_at <= now < refreshed_at + timedelta(seconds=settings.segment_refresh_seconds)
 
 
+REBUILD_IN_PROGRESS = "SELECT EXISTS (SELECT FROM replay_rebuilds)"
+
+
 async def refresh_segments(ctx: dict[str, Any]) -> dict[str, int]:
     """Apply what time changed to segment memberships; a no-op until the refresh period has passed."""
     settings: Settings = ctx["settings"]
@@ -47,6 +50,9 @@ async def refresh_segments(ctx: dict[str, Any]) -> dict[str, int]:
     started = time.perf_counter()
     now = clock()
     async with ctx["pool"].acquire() as conn:
+        if await conn.fetchval(REBUILD_IN_PROGRESS):
+            # The model is partial until the rebuild ends with its own full refresh.
+            return {"skipped": 1}
         await conn.execute(ENSURE_REFRESH_STATE)
         async with conn.transaction():
             state = await conn.fetchrow(LOCK_REFRESH_STATE)

@@ -354,6 +354,10 @@ def announces(settings: Settings) -> bool:
 
 async def refresh_customers(conn: asyncpg.Connection, customer_ids: list[str], ctx: ProcessingContext) -> None:
     """Refresher: recompute the segments of the customers an event batch touched, in its transaction."""
+    if ctx.rebuilding:
+        # Mid-rebuild the model is partial: entries and exits now would be noise. The rebuild
+        # ends with refresh_all, which records only what really changed.
+        return
     causes = [ctx.causes.get(c) for c in customer_ids]
     await evaluate(conn, customer_ids, ctx.now, ctx.settings, causes, ctx.cause)
 

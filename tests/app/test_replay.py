@@ -93,6 +93,19 @@ async def test_rebuild_in_batches_reproduces_one_at_a_time_processing(pool, conn
     assert await replay_module.rebuild_status(conn) is None
 
 
+async def test_rebuild_records_no_segment_entries_or_exits_when_nothing_changed(pool, conn, settings, handlers_under_test):
+    records = await store(pool, generated_history(seed=11, customers=30))
+    await process_live(pool, settings, records)
+    history = await conn.fetch("SELECT segment, customer_id, change, at FROM segment_history ORDER BY id")
+    members = await conn.fetch("SELECT segment, customer_id FROM segment_memberships ORDER BY 1, 2")
+    assert history and members
+
+    await replay(pool, settings, rebuild=True, batch_size=50)
+
+    assert await conn.fetch("SELECT segment, customer_id, change, at FROM segment_history ORDER BY id") == history
+    assert await conn.fetch("SELECT segment, customer_id FROM segment_memberships ORDER BY 1, 2") == members
+
+
 async def test_the_order_sensitive_stand_in_sees_every_event_once_in_stripe_order(pool, conn, settings, billing_doubles):
     records = await store(pool, generated_history(seed=2, customers=10))
 

@@ -199,12 +199,12 @@ async def test_deferred_job_waits_its_turn(redis, settings):
 async def test_last_error_never_repeats_a_value_from_the_database_message():
     import asyncpg
 
-    from app.processing import _describe
+    from app.processing import describe_error
 
     violation = asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
     violation.sqlstate = "23505"
     violation.constraint_name = "customers_email_key"
     violation.detail = "Key (email)=(jane@example.com) already exists."
-    described = _describe(violation)
+    described = describe_error(violation)
     assert "jane@example.com" not in described
     assert "23505" in described and "customers_email_key" in described
