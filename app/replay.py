@@ -13,7 +13,7 @@ new handler now applies it, so that a repair by replay does not leave stale fail
 resumable rebuild over one big transaction: the wipe and a rebuild marker commit together,
 then batches commit one by one, each advancing the marker's cursor. A crash before the wipe
 commits leaves the old state; after it, the marker says the model is incomplete (/api/sync
-answers "rebuilding") and the next `replay` resumes after the last committed batch. One big
+answers "lagging" with a `rebuild` key) and the next `replay` resumes after the last committed batch. One big
 transaction would hold a lock per customer until the end, which PostgreSQL's lock table
 cannot hold for large accounts, and would stall the live worker for the whole rebuild.
 """

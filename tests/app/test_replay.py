@@ -200,7 +200,7 @@ async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_b
     assert marker is not None and 0 < marker["events_done"] < len(records)
     assert await derived_state(conn) != live
     sync = (await client.get("/api/sync")).json()
-    assert sync["status"] == "rebuilding"
+    assert sync["status"] == "lagging"
     assert sync["rebuild"]["events_done"] == marker["events_done"]
 
     handlers_under_test.HANDLERS.update(originals)
