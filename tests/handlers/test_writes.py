@@ -164,6 +164,6 @@ async def test_flushing_twice_writes_once(conn, settings):
     customer = f.customer_object()
     payload = f.event("customer.created", customer)
     ctx = await apply(conn, settings, [payload, payload])
-    assert ctx.writes.rows_written == 1
+    assert ctx.writes.rows_flushed == 1
     await apply(conn, settings, [payload])
     assert (await row(conn, "customers", customer["id"]))["event_id"] == payload["id"]
