@@ -29,6 +29,8 @@ WITH incoming AS (
          AS i(id, account, livemode, email, name, phone, description, address, delinquent, currency, metadata,
               created_at, event_created, event_rank, event_id)
     WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.id)
+      -- a placeholder only for a customer not stored yet (skipping it here takes no row lock)
+      AND (i.event_created IS NOT NULL OR NOT EXISTS (SELECT 1 FROM customers AS c WHERE c.id = i.id))
 ),
 stored AS (
     SELECT c.id, c.event_created, c.event_rank, c.event_id FROM customers AS c JOIN incoming USING (id)
@@ -51,10 +53,9 @@ written AS (
                AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
                         ELSE $16::bool AND excluded.event_id <> c.event_id END))
 )
--- Same second and rank, another event: left for the flush to settle by evidence.
-SELECT i.id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $16::bool AND i.event_rank > 0
-  AND (i.event_created, i.event_rank) = (s.event_created, s.event_rank) AND i.event_id <> s.event_id
+-- Rows stored from the same second as the incoming event: the flush may settle them by evidence.
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $16::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

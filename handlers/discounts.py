@@ -47,9 +47,8 @@ written AS (
                AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > d.event_id
                         ELSE $12::bool AND excluded.event_id <> d.event_id END))
 )
-SELECT i.id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $12::bool AND i.event_rank > 0
-  AND (i.event_created, i.event_rank) = (s.event_created, s.event_rank) AND i.event_id <> s.event_id
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $12::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

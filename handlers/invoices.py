@@ -78,9 +78,8 @@ written AS (
            OR ((excluded.event_created, excluded.event_rank) = (inv.event_created, inv.event_rank)
                AND $25::bool AND excluded.event_id <> inv.event_id))
 )
-SELECT i.id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $25::bool
-  AND (i.event_created, i.event_rank) = (s.event_created, s.event_rank) AND i.event_id <> s.event_id
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $25::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

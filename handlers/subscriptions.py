@@ -93,10 +93,14 @@ replaced AS (
         subscription_id = excluded.subscription_id, price_id = excluded.price_id, product_id = excluded.product_id,
         quantity = excluded.quantity, current_period_start = excluded.current_period_start,
         current_period_end = excluded.current_period_end
+    WHERE (subscription_items.subscription_id, subscription_items.price_id, subscription_items.product_id,
+           subscription_items.quantity, subscription_items.current_period_start,
+           subscription_items.current_period_end)
+          IS DISTINCT FROM (excluded.subscription_id, excluded.price_id, excluded.product_id, excluded.quantity,
+                            excluded.current_period_start, excluded.current_period_end)
 )
-SELECT i.id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $27::bool
-  AND (i.event_created, i.event_rank) = (s.event_created, s.event_rank) AND i.event_id <> s.event_id
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $27::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

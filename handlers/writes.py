@@ -10,13 +10,13 @@ a row changes only for a newer version. event_rank (see handlers/ordering.py) or
 events of one object inside one second; a placeholder has event_created '-infinity'; rank 0
 marks a snapshot embedded in another object's payload, so an object's own event beats it.
 
-Ties. For tables with `evidence`, the events of one object in one second with the top rank
-are ordered by handlers/ordering.py. Inside a batch that needs no reading. When the stored
-row's version has the same second and rank as the batch's winner but another event id, the
-upsert leaves it and reports it; the flush then orders every stored event of that object in
-that second (pending ones included) with the batch's, and writes the winner's snapshot, even
-when the winner is an event processed earlier. Either way the row ends as a function of the
-set of events seen, so every arrival order converges. Other tables (prices, products,
+Ties. For tables with `evidence`, the events of one object in one second are ordered by
+handlers/ordering.py. Inside a batch that needs no reading. When the stored row comes from
+the same second as the batch's snapshot (and the batch brings more than that very event),
+the upsert reports it; the flush then orders every stored event of that object in that second
+(pending ones included) with the batch's, and writes the winner's snapshot, even when the
+winner is an event processed earlier. Once all of a second's events are in, the row is a
+function of that set, whatever the order and grouping they came in. Other tables (prices, products,
 payments) use the context-free order (created, rank, event id). Rows of a customer are only
 written under that customer's advisory lock (taken by app.processing); shared rows are
 upserted in key order, table by table, with the version guard inside the statement.
@@ -175,9 +175,14 @@ class WriteBuffer:
         ties: list[tuple[Table, list[Snapshot]]] = []
         for table in sorted(staged, key=lambda t: t.order):
             chosen = {key: _choose(table, held) for key, held in staged[table].items()}
-            tied = await _write(conn, table, list(chosen.values()), settled=False)
+            same_second = await _write(conn, table, list(chosen.values()), settled=False)
             self.rows_flushed += len(chosen)
-            ties += [(table, staged[table][key]) for key in tied]
+            for key, stored_event_id in same_second:
+                held = staged[table][key]
+                # The stored row was decided from the events of this second seen then; unless
+                # this batch only repeats that very event, decide again from all of them.
+                if stored_event_id != chosen[key].event_id or sum(1 for s in held if s.rank > 0) > 1:
+                    ties.append((table, held))
         if ties:
             await _settle_ties(conn, ties)
         if invoices:
@@ -202,10 +207,13 @@ def _choose(table: Table, held: list[Snapshot]) -> Snapshot:
     """The batch's snapshot for one row: by evidence among the object's own events of its
     newest second, else the newest version."""
     own = [s for s in held if s.rank > 0] if table.evidence else []
-    if len(own) > 1:
-        winner = last_of([s.candidate() for s in own]).id
-        return next(s for s in own if s.event_id == winner)
-    return own[0] if own else max(held, key=lambda s: s.version)
+    if not own:
+        return max(held, key=lambda s: s.version)
+    top = max(s.rank for s in own)
+    if sum(1 for s in own if s.rank == top) == 1:  # rank alone decides: no evidence to read
+        return next(s for s in own if s.rank == top)
+    winner = last_of([s.candidate() for s in own]).id
+    return next(s for s in own if s.event_id == winner)
 
 
 async def _settle_ties(conn: asyncpg.Connection, ties: list[tuple[Table, list[Snapshot]]]) -> None:
@@ -241,8 +249,11 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-async def _write(conn: asyncpg.Connection, table: Table, snapshots: list[Snapshot], *, settled: bool) -> list[str]:
-    """One upsert for the table; returns the keys whose stored version ties (evidence tables)."""
+async def _write(
+    conn: asyncpg.Connection, table: Table, snapshots: list[Snapshot], *, settled: bool
+) -> list[tuple[str, str]]:
+    """One upsert for the table; for evidence tables, returns (key, stored event id) of the
+    rows stored from the same second as their incoming snapshot."""
     snapshots.sort(key=lambda s: s.key)
     columns = [list(column) for column in zip(*(s.row for s in snapshots))]
     for position in table.jsonb_columns:
@@ -259,4 +270,4 @@ async def _write(conn: asyncpg.Connection, table: Table, snapshots: list[Snapsho
     if not table.evidence:
         await conn.execute(table.upsert, *columns)
         return []
-    return [row[0] for row in await conn.fetch(table.upsert, *columns, settled)]
+    return [(row[0], row[1]) for row in await conn.fetch(table.upsert, *columns, settled)]
