@@ -103,6 +103,9 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "queue_name": settings.queue_name,
         "ctx": {"settings": settings},
         "max_jobs": 8,
+        # arq starts new jobs only when it polls; at its default 0.5 s a busy worker ran at most
+        # 16 jobs/s (about 300 events/s) while idle in between (bench/pipeline.py).
+        "poll_delay": 0.02,
         "keep_result": 0,
         "job_timeout": 300,
         "max_tries": 1,  # retries are ours: attempts and backoff live on the event row

@@ -43,6 +43,27 @@ amounts AS (
       AND p.currency = coalesce(c.currency, s.currency, p.currency)
     GROUP BY s.id
 ),
+applicable AS (
+    -- the discounts a subscription names ...
+    SELECT a.id AS subscription_id, a.currency, dc.coupon
+    FROM amounts AS a
+    CROSS JOIN LATERAL jsonb_array_elements_text(a.discount_ids) AS named(id)
+    JOIN discounts AS dc ON dc.id = named.id AND NOT dc.deleted
+    UNION ALL
+    -- ... or, when its payload names none, the live ones pointing at it
+    SELECT a.id, a.currency, dc.coupon
+    FROM amounts AS a
+    JOIN discounts AS dc ON dc.subscription_id = a.id AND NOT dc.deleted
+    WHERE a.discount_ids IS NULL
+),
+discount_terms AS (
+    SELECT subscription_id,
+           sum((coupon->>'percent_off')::numeric) AS percent_off,
+           sum((coupon->>'amount_off')::bigint)
+               FILTER (WHERE coalesce(coupon->>'currency', currency) = currency) AS amount_off
+    FROM applicable
+    GROUP BY subscription_id
+),
 discounted AS (
     SELECT a.id, a.customer_id, a.status,
            -- Division by 12 is inexact in numeric: round to 10 places first, so that an exact
@@ -50,15 +71,7 @@ discounted AS (
            greatest(0, round(round(a.monthly * (1 - least(coalesce(d.percent_off, 0), 100) / 100)
                                    - coalesce(d.amount_off, 0) * a.invoices_per_month, 10)))::bigint AS mrr
     FROM amounts AS a
-    LEFT JOIN LATERAL (
-        SELECT sum((dc.coupon->>'percent_off')::numeric) AS percent_off,
-               sum((dc.coupon->>'amount_off')::bigint)
-                   FILTER (WHERE coalesce(dc.coupon->>'currency', a.currency) = a.currency) AS amount_off
-        FROM discounts AS dc
-        WHERE NOT dc.deleted
-          AND (dc.id IN (SELECT jsonb_array_elements_text(a.discount_ids))
-               OR (a.discount_ids IS NULL AND dc.subscription_id = a.id))
-    ) AS d ON true
+    LEFT JOIN discount_terms AS d ON d.subscription_id = a.id
 ),
 subscription_amounts AS (
     SELECT s.id, coalesce(d.mrr, 0) AS mrr
@@ -72,7 +85,7 @@ updated_subscriptions AS (
     WHERE s.id = sa.id AND s.mrr <> sa.mrr
 ),
 customer_amounts AS (
-    SELECT t.id, coalesce(sum(d.mrr) FILTER (WHERE d.status IN ('active', 'past_due')), 0) AS mrr
+    SELECT t.id, coalesce(sum(d.mrr) FILTER (WHERE d.status IN ('active', 'past_due')), 0)::bigint AS mrr
     FROM target AS t
     LEFT JOIN discounted AS d ON d.customer_id = t.id
     GROUP BY t.id

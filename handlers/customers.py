@@ -22,28 +22,40 @@ CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated"})
 ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
 
 UPSERT_CUSTOMERS = """
-INSERT INTO customers AS c (id, account, livemode, email, name, phone, description, address, delinquent,
-                            currency, metadata, created_at, event_created, event_rank, event_id)
-SELECT i.id, i.account, i.livemode, i.email, i.name, i.phone, i.description, i.address::jsonb, i.delinquent,
-       i.currency, i.metadata::jsonb, i.created_at, coalesce(i.event_created, '-infinity'), i.event_rank, i.event_id
-FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::bool[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int2[], $15::text[])
-     AS i(id, account, livemode, email, name, phone, description, address, delinquent, currency, metadata,
-          created_at, event_created, event_rank, event_id)
-WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.id)
-ORDER BY i.id
-ON CONFLICT (id) DO UPDATE SET
-    account = excluded.account, livemode = excluded.livemode, email = excluded.email, name = excluded.name,
-    phone = excluded.phone, description = excluded.description, address = excluded.address,
-    delinquent = excluded.delinquent, currency = excluded.currency, metadata = excluded.metadata,
-    created_at = excluded.created_at, event_created = excluded.event_created, event_rank = excluded.event_rank,
-    event_id = excluded.event_id, last_synced_at = now()
-WHERE NOT c.deleted_in_stripe
-  AND ((excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
-       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
-       OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
-           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
-                    ELSE excluded.event_id <> c.event_id END))
+WITH incoming AS (
+    SELECT i.*
+    FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::bool[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int2[], $15::text[])
+         AS i(id, account, livemode, email, name, phone, description, address, delinquent, currency, metadata,
+              created_at, event_created, event_rank, event_id)
+    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.id)
+      -- a placeholder only for a customer not stored yet (skipping it here takes no row lock)
+      AND (i.event_created IS NOT NULL OR NOT EXISTS (SELECT 1 FROM customers AS c WHERE c.id = i.id))
+),
+stored AS (
+    SELECT c.id, c.event_created, c.event_rank, c.event_id FROM customers AS c JOIN incoming USING (id)
+),
+written AS (
+    INSERT INTO customers AS c (id, account, livemode, email, name, phone, description, address, delinquent,
+                                currency, metadata, created_at, event_created, event_rank, event_id)
+    SELECT id, account, livemode, email, name, phone, description, address::jsonb, delinquent, currency,
+           metadata::jsonb, created_at, coalesce(event_created, '-infinity'), event_rank, event_id
+    FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        account = excluded.account, livemode = excluded.livemode, email = excluded.email, name = excluded.name,
+        phone = excluded.phone, description = excluded.description, address = excluded.address,
+        delinquent = excluded.delinquent, currency = excluded.currency, metadata = excluded.metadata,
+        created_at = excluded.created_at, event_created = excluded.event_created,
+        event_rank = excluded.event_rank, event_id = excluded.event_id, last_synced_at = now()
+    WHERE NOT c.deleted_in_stripe
+      AND ((excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
+           OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
+               AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
+                        ELSE $16::bool AND excluded.event_id <> c.event_id END))
+)
+-- Rows stored from the same second as the incoming event: the flush may settle them by evidence.
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $16::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

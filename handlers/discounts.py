@@ -19,27 +19,36 @@ from handlers.writes import Snapshot, Table, embedded_snapshot, own_snapshot
 DISCOUNT_EVENTS = frozenset({"customer.discount.created", "customer.discount.updated", "customer.discount.deleted"})
 
 UPSERT_DISCOUNTS = """
-INSERT INTO discounts AS d (id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
-                            event_created, event_rank, event_id)
-SELECT i.id, i.account, i.customer_id, i.subscription_id, i.coupon::jsonb, i.start_at, i.end_at, i.deleted,
-       coalesce(i.event_created, '-infinity'), i.event_rank, i.event_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-            $8::bool[], $9::timestamptz[], $10::int2[], $11::text[])
-     AS i(id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
-          event_created, event_rank, event_id)
-WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
-ORDER BY i.id
-ON CONFLICT (id) DO UPDATE SET
-    account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
-    coupon = excluded.coupon, start_at = excluded.start_at, end_at = excluded.end_at, deleted = excluded.deleted,
-    event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
-    last_synced_at = now()
-WHERE NOT d.deleted
-  AND ((excluded.event_created, excluded.event_rank) > (d.event_created, d.event_rank)
-       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
-       OR ((excluded.event_created, excluded.event_rank) = (d.event_created, d.event_rank)
-           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(d.event_id, '')
-                    ELSE excluded.event_id <> d.event_id END))
+WITH incoming AS (
+    SELECT i.*
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+                $8::bool[], $9::timestamptz[], $10::int2[], $11::text[])
+         AS i(id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
+              event_created, event_rank, event_id)
+    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
+),
+stored AS (
+    SELECT d.id, d.event_created, d.event_rank, d.event_id FROM discounts AS d JOIN incoming USING (id)
+),
+written AS (
+    INSERT INTO discounts AS d (id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
+                                event_created, event_rank, event_id)
+    SELECT id, account, customer_id, subscription_id, coupon::jsonb, start_at, end_at, deleted,
+           event_created, event_rank, event_id
+    FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
+        coupon = excluded.coupon, start_at = excluded.start_at, end_at = excluded.end_at, deleted = excluded.deleted,
+        event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
+        last_synced_at = now()
+    WHERE NOT d.deleted
+      AND ((excluded.event_created, excluded.event_rank) > (d.event_created, d.event_rank)
+           OR ((excluded.event_created, excluded.event_rank) = (d.event_created, d.event_rank)
+               AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > d.event_id
+                        ELSE $12::bool AND excluded.event_id <> d.event_id END))
+)
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $12::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

@@ -25,11 +25,19 @@ def ref(value: Any) -> str | None:
     return None
 
 
+_TIMES: dict[int, datetime] = {}
+
+
 def ts(value: Any) -> datetime | None:
-    """A Unix time as an aware datetime."""
+    """A Unix time as an aware datetime (memoised: a batch repeats the same seconds)."""
     if isinstance(value, bool) or not isinstance(value, int):
         return None
-    return datetime.fromtimestamp(value, timezone.utc)
+    found = _TIMES.get(value)
+    if found is None:
+        if len(_TIMES) > 100_000:
+            _TIMES.clear()
+        found = _TIMES[value] = datetime.fromtimestamp(value, timezone.utc)
+    return found
 
 
 def integer(value: Any) -> int | None:

@@ -43,36 +43,43 @@ ENTERING_EVENTS = frozenset(
 )
 
 UPSERT_INVOICES = """
-INSERT INTO invoices AS inv (id, account, customer_id, subscription_id, status, number, billing_reason, currency,
-                             amount_due, amount_paid, amount_remaining, total, description, created_at,
-                             period_start, period_end, due_date, paid_at, attempt_count, next_payment_attempt,
-                             deleted, event_created, event_rank, event_id)
-SELECT i.*
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[], $14::timestamptz[], $15::timestamptz[],
-            $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[], $20::timestamptz[],
-            $21::bool[], $22::timestamptz[], $23::int2[], $24::text[])
-     AS i(id, account, customer_id, subscription_id, status, number, billing_reason, currency, amount_due,
-          amount_paid, amount_remaining, total, description, created_at, period_start, period_end, due_date,
-          paid_at, attempt_count, next_payment_attempt, deleted, event_created, event_rank, event_id)
-WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
-ORDER BY i.id
-ON CONFLICT (id) DO UPDATE SET
-    account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
-    status = excluded.status, number = excluded.number, billing_reason = excluded.billing_reason,
-    currency = excluded.currency, amount_due = excluded.amount_due, amount_paid = excluded.amount_paid,
-    amount_remaining = excluded.amount_remaining, total = excluded.total, description = excluded.description,
-    created_at = excluded.created_at, period_start = excluded.period_start, period_end = excluded.period_end,
-    due_date = excluded.due_date, paid_at = excluded.paid_at, attempt_count = excluded.attempt_count,
-    next_payment_attempt = excluded.next_payment_attempt, deleted = excluded.deleted,
-    event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
-    last_synced_at = now()
-WHERE NOT inv.deleted
-  AND ((excluded.event_created, excluded.event_rank) > (inv.event_created, inv.event_rank)
-       -- an equal version: a tie settled by evidence (handlers/writes.py), or by id when embedded
-       OR ((excluded.event_created, excluded.event_rank) = (inv.event_created, inv.event_rank)
-           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(inv.event_id, '')
-                    ELSE excluded.event_id <> inv.event_id END))
+WITH incoming AS (
+    SELECT i.*
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[], $14::timestamptz[],
+                $15::timestamptz[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[],
+                $20::timestamptz[], $21::bool[], $22::timestamptz[], $23::int2[], $24::text[])
+         AS i(id, account, customer_id, subscription_id, status, number, billing_reason, currency, amount_due,
+              amount_paid, amount_remaining, total, description, created_at, period_start, period_end, due_date,
+              paid_at, attempt_count, next_payment_attempt, deleted, event_created, event_rank, event_id)
+    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
+),
+stored AS (
+    SELECT inv.id, inv.event_created, inv.event_rank, inv.event_id FROM invoices AS inv JOIN incoming USING (id)
+),
+written AS (
+    INSERT INTO invoices AS inv (id, account, customer_id, subscription_id, status, number, billing_reason, currency,
+                                 amount_due, amount_paid, amount_remaining, total, description, created_at,
+                                 period_start, period_end, due_date, paid_at, attempt_count, next_payment_attempt,
+                                 deleted, event_created, event_rank, event_id)
+    SELECT * FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
+        status = excluded.status, number = excluded.number, billing_reason = excluded.billing_reason,
+        currency = excluded.currency, amount_due = excluded.amount_due, amount_paid = excluded.amount_paid,
+        amount_remaining = excluded.amount_remaining, total = excluded.total, description = excluded.description,
+        created_at = excluded.created_at, period_start = excluded.period_start, period_end = excluded.period_end,
+        due_date = excluded.due_date, paid_at = excluded.paid_at, attempt_count = excluded.attempt_count,
+        next_payment_attempt = excluded.next_payment_attempt, deleted = excluded.deleted,
+        event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
+        last_synced_at = now()
+    WHERE NOT inv.deleted
+      AND ((excluded.event_created, excluded.event_rank) > (inv.event_created, inv.event_rank)
+           OR ((excluded.event_created, excluded.event_rank) = (inv.event_created, inv.event_rank)
+               AND $25::bool AND excluded.event_id <> inv.event_id))
+)
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $25::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

@@ -49,6 +49,9 @@ WITH incoming AS (
               event_created, event_rank, event_id)
     WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
 ),
+stored AS (
+    SELECT s.id, s.event_created, s.event_rank, s.event_id FROM subscriptions AS s JOIN incoming USING (id)
+),
 written AS (
     INSERT INTO subscriptions AS s (id, account, customer_id, status, currency, created_at, trial_start, trial_end,
                                     canceled_at, ended_at, cancel_at, cancel_at_period_end, current_period_start,
@@ -66,9 +69,9 @@ written AS (
         discount_ids = excluded.discount_ids, metadata = excluded.metadata, event_created = excluded.event_created,
         event_rank = excluded.event_rank, event_id = excluded.event_id, last_synced_at = now()
     WHERE (excluded.event_created, excluded.event_rank) > (s.event_created, s.event_rank)
-       -- an equal version: a tie settled by evidence (handlers/writes.py)
+       -- an equal version with another event: replaced only once settled by evidence
        OR ((excluded.event_created, excluded.event_rank) = (s.event_created, s.event_rank)
-           AND excluded.event_id <> s.event_id)
+           AND $27::bool AND excluded.event_id <> s.event_id)
     RETURNING id
 ),
 items AS (
@@ -81,14 +84,23 @@ items AS (
 removed AS (
     DELETE FROM subscription_items AS si USING written AS w
     WHERE si.subscription_id = w.id AND NOT (si.id = ANY($20::text[]))
+),
+replaced AS (
+    INSERT INTO subscription_items (id, subscription_id, price_id, product_id, quantity, current_period_start,
+                                    current_period_end)
+    SELECT * FROM items ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET
+        subscription_id = excluded.subscription_id, price_id = excluded.price_id, product_id = excluded.product_id,
+        quantity = excluded.quantity, current_period_start = excluded.current_period_start,
+        current_period_end = excluded.current_period_end
+    WHERE (subscription_items.subscription_id, subscription_items.price_id, subscription_items.product_id,
+           subscription_items.quantity, subscription_items.current_period_start,
+           subscription_items.current_period_end)
+          IS DISTINCT FROM (excluded.subscription_id, excluded.price_id, excluded.product_id, excluded.quantity,
+                            excluded.current_period_start, excluded.current_period_end)
 )
-INSERT INTO subscription_items (id, subscription_id, price_id, product_id, quantity, current_period_start,
-                                current_period_end)
-SELECT * FROM items ORDER BY id
-ON CONFLICT (id) DO UPDATE SET
-    subscription_id = excluded.subscription_id, price_id = excluded.price_id, product_id = excluded.product_id,
-    quantity = excluded.quantity, current_period_start = excluded.current_period_start,
-    current_period_end = excluded.current_period_end
+SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
+WHERE NOT $27::bool AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 

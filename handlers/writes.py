@@ -1,24 +1,25 @@
 """The write buffer: handlers stage row snapshots, one flush per batch writes them.
 
 Handlers are projections: an event becomes row snapshots (pure Python), staged on
-`ctx.writes`. The buffer keeps, per (table, key), the snapshots of the newest version seen.
-`flush` (run by `apply_events` before the refreshers) settles same-second ties and writes
-each table with one multi-row upsert, so a batch of hundreds of events costs a handful of
-round trips, not several per event.
+`ctx.writes`. `flush` (run by `apply_events` before the refreshers) chooses one snapshot per
+(table, key) and writes each table with one multi-row upsert, so a batch of hundreds of
+events costs a handful of round trips, not several per event.
 
 Versions. Every row keeps (event_created, event_rank, event_id) of the event that wrote it;
 a row changes only for a newer version. event_rank (see handlers/ordering.py) orders the
 events of one object inside one second; a placeholder has event_created '-infinity'; rank 0
 marks a snapshot embedded in another object's payload, so an object's own event beats it.
 
-Ties. For tables with `evidence`, events of one object with equal (created, rank) are
-ordered by handlers/ordering.py over every stored event of that object in that second
-(pending ones included), and the winner's snapshot is written, even when the winner is an
-event processed earlier. Other tables (prices, products, payments) use the context-free
-order (created, rank, event id). Rows of a customer are only written under that customer's
-advisory lock (taken by app.processing), so the stored versions read here cannot change
-before the write; shared rows (prices, products) are upserted in key order with a guard that
-compares versions inside the statement.
+Ties. For tables with `evidence`, the events of one object in one second are ordered by
+handlers/ordering.py. Inside a batch that needs no reading. When the stored row comes from
+the same second as the batch's snapshot (and the batch brings more than that very event),
+the upsert reports it; the flush then orders every stored event of that object in that second
+(pending ones included) with the batch's, and writes the winner's snapshot, even when the
+winner is an event processed earlier. Once all of a second's events are in, the row is a
+function of that set, whatever the order and grouping they came in. Other tables (prices, products,
+payments) use the context-free order (created, rank, event id). Rows of a customer are only
+written under that customer's advisory lock (taken by app.processing); shared rows are
+upserted in key order, table by table, with the version guard inside the statement.
 
 Tombstones. A deleted row keeps its version and a terminal flag; no later or older event
 revives it. Rows of a customer in customer_tombstones are never written again.
@@ -41,22 +42,6 @@ from handlers.ordering import Candidate, last_of, restore
 
 # The version of a placeholder row (written as '-infinity').
 NEG_INFINITY = datetime.min.replace(tzinfo=timezone.utc)
-
-# Stored versions of the rows a flush is about to write, for the tables settled by evidence.
-READ_VERSIONS = """
-SELECT 'customers' AS tbl, id, NULLIF(event_created, '-infinity') AS created, event_rank, event_id
-FROM customers WHERE id = ANY($1::text[])
-UNION ALL
-SELECT 'discounts', id, NULLIF(event_created, '-infinity'), event_rank, event_id
-FROM discounts WHERE id = ANY($2::text[])
-UNION ALL
-SELECT 'subscriptions', id, NULLIF(event_created, '-infinity'), event_rank, event_id
-FROM subscriptions WHERE id = ANY($3::text[])
-UNION ALL
-SELECT 'invoices', id, NULLIF(event_created, '-infinity'), event_rank, event_id
-FROM invoices WHERE id = ANY($4::text[])
-"""
-EVIDENCE_TABLES = ("customers", "discounts", "subscriptions", "invoices")
 
 # Every stored event of the tied objects in the tied seconds, but those already in hand.
 LOAD_TIES = """
@@ -88,7 +73,9 @@ class Table:
     # Fixed flush order: concurrent batches lock shared rows table by table, in key order.
     order: int
     # One array parameter per row column, then event_created, event_rank, event_id, then one
-    # per child column (subscription items).
+    # per child column (subscription items); evidence tables then take `settled` (a boolean:
+    # an equal version with another event id may be replaced) and return the keys whose
+    # stored version ties with the incoming one.
     upsert: str
     jsonb_columns: tuple[int, ...] = ()
     child_width: int = 0
@@ -153,7 +140,7 @@ class WriteBuffer:
     _staged: dict[Table, dict[str, list[Snapshot]]] = field(default_factory=dict)
     # Invoices whose customer must be touched (named by payloads that lack the customer).
     _invoice_customers: set[str] = field(default_factory=set)
-    rows_written: int = 0
+    rows_flushed: int = 0
 
     def note(self, event: EventRecord, ctx: Any) -> None:
         """Touch the customer an event names (app.processing holds its lock)."""
@@ -165,19 +152,16 @@ class WriteBuffer:
             self._invoice_customers.add(invoice_id)
 
     def stage(self, snapshot: Snapshot | None) -> None:
+        """Keep the snapshot if it is of the newest second seen for its row (all of that
+        second's: the evidence rule reads them together)."""
         if snapshot is None:
             return
         entries = self._staged.setdefault(snapshot.table, {})
         held = entries.get(snapshot.key)
-        if held is None:
+        if held is None or snapshot.created > held[0].created:
             entries[snapshot.key] = [snapshot]
-            return
-        head = held[0]
-        if (snapshot.created, snapshot.rank) > (head.created, head.rank):
-            entries[snapshot.key] = [snapshot]
-        elif (snapshot.created, snapshot.rank) == (head.created, head.rank):
-            if all(s.event_id != snapshot.event_id for s in held):
-                held.append(snapshot)
+        elif snapshot.created == held[0].created and all(s.event_id != snapshot.event_id for s in held):
+            held.append(snapshot)
 
     def stage_all(self, snapshots: Iterable[Snapshot | None]) -> None:
         for snapshot in snapshots:
@@ -188,21 +172,26 @@ class WriteBuffer:
         staged, self._staged = self._staged, {}
         invoices, self._invoice_customers = self._invoice_customers, set()
         started = time.perf_counter()
-        winners: dict[Table, list[Snapshot]] = {}
-        ties = 0
-        if staged:
-            winners, ties = await _decide(conn, staged)
-            for table in sorted(winners, key=lambda t: t.order):
-                if winners[table]:
-                    await _write(conn, table, winners[table])
-                    self.rows_written += len(winners[table])
+        ties: list[tuple[Table, list[Snapshot]]] = []
+        for table in sorted(staged, key=lambda t: t.order):
+            chosen = {key: _choose(table, held) for key, held in staged[table].items()}
+            same_second = await _write(conn, table, list(chosen.values()), settled=False)
+            self.rows_flushed += len(chosen)
+            for key, stored_event_id in same_second:
+                held = staged[table][key]
+                # The stored row was decided from the events of this second seen then; unless
+                # this batch only repeats that very event, decide again from all of them.
+                if stored_event_id != chosen[key].event_id or sum(1 for s in held if s.rank > 0) > 1:
+                    ties.append((table, held))
+        if ties:
+            await _settle_ties(conn, ties)
         if invoices:
             await self._touch_invoice_customers(conn, ctx, invoices)
         if staged:
             log.debug(
                 "billing_rows_flushed",
-                rows=sum(len(w) for w in winners.values()),
-                ties=ties,
+                rows=sum(len(entries) for entries in staged.values()),
+                ties=len(ties),
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
 
@@ -214,55 +203,32 @@ class WriteBuffer:
                 ctx.touched.add(row["customer_id"])
 
 
-async def _decide(
-    conn: asyncpg.Connection, staged: dict[Table, dict[str, list[Snapshot]]]
-) -> tuple[dict[Table, list[Snapshot]], int]:
-    """Choose, per row, the snapshot to write: nothing when the stored row is newer."""
-    keys = {name: [] for name in EVIDENCE_TABLES}
-    for table, entries in staged.items():
-        if table.evidence:
-            keys[table.name].extend(key for key, held in entries.items() if held[0].rank > 0)
-    stored: dict[tuple[str, str], tuple[datetime, int, str | None]] = {}
-    if any(keys.values()):
-        for row in await conn.fetch(READ_VERSIONS, *(keys[name] for name in EVIDENCE_TABLES)):
-            stored[(row["tbl"], row["id"])] = (row["created"] or NEG_INFINITY, row["event_rank"], row["event_id"])
-    winners: dict[Table, list[Snapshot]] = {table: [] for table in staged}
-    ties: list[tuple[Table, str, list[Snapshot], str | None]] = []
-    for table, entries in staged.items():
-        chosen = winners[table]
-        for key, held in entries.items():
-            head = held[0]
-            if not table.evidence or head.rank == 0:
-                chosen.append(max(held, key=lambda s: s.version))
-                continue
-            version = stored.get((table.name, key))
-            if version is not None and version[:2] > (head.created, head.rank):
-                continue
-            if len(held) > 1 or (version is not None and version[:2] == (head.created, head.rank)):
-                ties.append((table, key, held, version[2] if version else None))
-                continue
-            chosen.append(head)
-    if ties:
-        await _settle_ties(conn, ties, winners)
-    return winners, len(ties)
+def _choose(table: Table, held: list[Snapshot]) -> Snapshot:
+    """The batch's snapshot for one row: by evidence among the object's own events of its
+    newest second, else the newest version."""
+    own = [s for s in held if s.rank > 0] if table.evidence else []
+    if not own:
+        return max(held, key=lambda s: s.version)
+    top = max(s.rank for s in own)
+    if sum(1 for s in own if s.rank == top) == 1:  # rank alone decides: no evidence to read
+        return next(s for s in own if s.rank == top)
+    winner = last_of([s.candidate() for s in own]).id
+    return next(s for s in own if s.event_id == winner)
 
 
-async def _settle_ties(
-    conn: asyncpg.Connection,
-    ties: list[tuple[Table, str, list[Snapshot], str | None]],
-    winners: dict[Table, list[Snapshot]],
-) -> None:
-    """Order each tied object's events of that second by evidence and keep the last one."""
-    types = sorted({t for table, *_ in ties for t in table.evidence_types})
-    in_hand = [s.event_id for _, _, held, _ in ties for s in held]
-    rows = await conn.fetch(
-        LOAD_TIES, [key for _, key, _, _ in ties], [held[0].created for _, _, held, _ in ties], types, in_hand
-    )
+async def _settle_ties(conn: asyncpg.Connection, ties: list[tuple[Table, list[Snapshot]]]) -> None:
+    """Order each tied object's events of that second by evidence and write the last one."""
+    types = sorted({t for table, _ in ties for t in table.evidence_types})
+    in_hand = [s.event_id for _, held in ties for s in held]
+    rows = await conn.fetch(LOAD_TIES, [held[0].key for _, held in ties], [held[0].created for _, held in ties],
+                            types, in_hand)
     loaded: dict[tuple[str, datetime], list[EventRecord]] = {}
     for row in rows:
         loaded.setdefault((row["object_id"], row["created"]), []).append(record_from_row(row))
-    for table, key, held, stored_event_id in ties:
-        snapshots = {s.event_id: s for s in held}
+    winners: dict[Table, list[Snapshot]] = {}
+    for table, held in ties:
+        key = held[0].key
+        snapshots = {s.event_id: s for s in held if s.rank > 0}
         for event in loaded.get((key, held[0].created), ()):
             if event.type not in table.evidence_types:
                 continue
@@ -273,16 +239,21 @@ async def _settle_ties(
                 continue
             if snapshot is not None and snapshot.key == key:
                 snapshots[event.id] = snapshot
-        winner_id = last_of([s.candidate() for s in snapshots.values()]).id
-        if winner_id != stored_event_id:
-            winners[table].append(snapshots[winner_id])
+        winner = last_of([s.candidate() for s in snapshots.values()]).id
+        winners.setdefault(table, []).append(snapshots[winner])
+    for table in sorted(winners, key=lambda t: t.order):
+        await _write(conn, table, winners[table], settled=True)
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-async def _write(conn: asyncpg.Connection, table: Table, snapshots: list[Snapshot]) -> None:
+async def _write(
+    conn: asyncpg.Connection, table: Table, snapshots: list[Snapshot], *, settled: bool
+) -> list[tuple[str, str]]:
+    """One upsert for the table; for evidence tables, returns (key, stored event id) of the
+    rows stored from the same second as their incoming snapshot."""
     snapshots.sort(key=lambda s: s.key)
     columns = [list(column) for column in zip(*(s.row for s in snapshots))]
     for position in table.jsonb_columns:
@@ -296,4 +267,7 @@ async def _write(conn: asyncpg.Connection, table: Table, snapshots: list[Snapsho
             columns.extend(list(column) for column in zip(*children))
         else:
             columns.extend([] for _ in range(table.child_width))
-    await conn.execute(table.upsert, *columns)
+    if not table.evidence:
+        await conn.execute(table.upsert, *columns)
+        return []
+    return [(row[0], row[1]) for row in await conn.fetch(table.upsert, *columns, settled)]

@@ -34,6 +34,8 @@ class Account:
     # Probability that an action starts a new second (else it shares the current one).
     new_second: float = 0.4
     max_customers: int = 10**9
+    # How far the clock jumps when it moves (seconds).
+    jumps: tuple[int, ...] = (1, 1, 1, 2, 5, 3600)
     api_versions: tuple[str, ...] = (f.OLD_API_VERSION, f.NEW_API_VERSION)
     events: list[dict[str, Any]] = field(default_factory=list)
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -61,7 +63,7 @@ class Account:
 
     def maybe_tick(self) -> None:
         if self.rng.random() < self.new_second:
-            self.tick(self.rng.choice((1, 1, 1, 2, 5, 3600)))
+            self.tick(self.rng.choice(self.jumps))
 
     def _fingerprint(self, obj: dict[str, Any]) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
