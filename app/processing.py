@@ -78,6 +78,18 @@ ORDER BY created, id
 FOR UPDATE SKIP LOCKED
 """
 
+# Other pending events that are due, oldest arrival first, to fill up a small batch: the
+# worker's jobs carry the few events one web flush stored, and one transaction over hundreds
+# of events costs little more than one over a handful. Their own jobs then find them done.
+LOCK_MORE_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM stripe_events
+WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND NOT (id = ANY($1::text[]))
+ORDER BY received_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
 LOCK_CUSTOMERS = """
 SELECT pg_advisory_xact_lock(hashtextextended(customer_id, 0))
 FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
@@ -153,10 +165,17 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
     return ignored
 
 
-async def _process_together(pool: asyncpg.Pool, event_ids: list[str], settings: Settings) -> Outcome:
+async def _process_together(
+    pool: asyncpg.Pool, event_ids: list[str], settings: Settings, fill_up_to: int, joined: list[str]
+) -> Outcome:
     outcome = Outcome()
     async with pool.acquire() as conn, conn.transaction():
-        records = [record_from_row(row) for row in await conn.fetch(LOCK_EVENTS, event_ids)]
+        rows = await conn.fetch(LOCK_EVENTS, event_ids)
+        if len(rows) < fill_up_to:
+            more = await conn.fetch(LOCK_MORE_EVENTS, event_ids, fill_up_to - len(rows))
+            joined.extend(row["id"] for row in more)
+            rows += more
+        records = sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id))
         if not records:
             return outcome
         await lock_customers(conn, (r.customer_id for r in records))
@@ -205,12 +224,21 @@ async def _record_failure(pool: asyncpg.Pool, event_id: str, error: BaseExceptio
     return outcome
 
 
-async def process_events(pool: asyncpg.Pool, event_ids: list[str], settings: Settings) -> Outcome:
-    """Process stored events (those still pending); safe to call any number of times."""
+async def process_events(
+    pool: asyncpg.Pool, event_ids: list[str], settings: Settings, *, fill_up_to: int = 0
+) -> Outcome:
+    """Process stored events (those still pending); safe to call any number of times.
+
+    With `fill_up_to`, other due pending events join the batch up to that many in all.
+    """
     started = time.perf_counter()
+    joined: list[str] = []
     try:
-        outcome = await _process_together(pool, event_ids, settings)
+        outcome = await _process_together(pool, event_ids, settings, fill_up_to, joined)
     except Exception as error:
+        if joined:
+            # The culprit may be an event that only joined to fill up: go back to the named ones.
+            return await process_events(pool, event_ids, settings)
         if len(event_ids) > 1:
             outcome = Outcome()
             for event_id in event_ids:

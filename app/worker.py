@@ -19,6 +19,8 @@ from app.settings import Settings
 # Pending events older than this were probably never enqueued (Redis was down at ingest).
 STALE_AFTER_SECONDS = 5
 SWEEP_BATCH = 500
+# A job also takes other due pending events, up to this many in one transaction.
+FILL_BATCH_UP_TO = 500
 # While the queue is this deep the worker is simply behind: pending events are expected.
 BUSY_QUEUE_DEPTH = 100
 
@@ -34,7 +36,7 @@ LIMIT $2
 
 async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
     settings: Settings = ctx["settings"]
-    outcome = await process_stored_events(ctx["pool"], event_ids, settings)
+    outcome = await process_stored_events(ctx["pool"], event_ids, settings, fill_up_to=FILL_BATCH_UP_TO)
     for event_id, delay in outcome.retry:
         await queue.enqueue_events(
             ctx["redis"], settings.queue_name, [event_id], defer_seconds=delay, job_id=f"retry:{event_id}:{time.time_ns()}"

@@ -208,3 +208,43 @@ async def test_last_error_never_repeats_a_value_from_the_database_message():
     described = describe_error(violation)
     assert "jane@example.com" not in described
     assert "23505" in described and "customers_email_key" in described
+
+
+async def test_a_job_takes_other_due_pending_events_into_its_batch(client, conn, pool, settings, monkeypatch):
+    from app.processing import process_events
+
+    seen = []
+
+    async def on_test_happened(conn, record, ctx):
+        seen.append(record.id)
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payloads = [handled_event() for _ in range(3)]
+    for payload in payloads:
+        await deliver(client, payload)
+
+    outcome = await process_events(pool, [payloads[0]["id"]], settings, fill_up_to=10)
+
+    assert sorted(outcome.processed) == sorted(p["id"] for p in payloads)
+    for payload in payloads:
+        assert (await status_of(conn, payload["id"]))["status"] == "processed"
+
+
+async def test_an_event_that_only_joined_a_batch_is_not_blamed_for_its_failure(client, conn, pool, settings, monkeypatch):
+    from app.processing import process_events
+
+    named, joined = handled_event(), handled_event()
+
+    async def on_test_happened(conn, record, ctx):
+        if record.id == joined["id"]:
+            raise RuntimeError("broken")
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    for payload in (named, joined):
+        await deliver(client, payload)
+
+    await process_events(pool, [named["id"]], settings, fill_up_to=10)
+
+    assert (await status_of(conn, named["id"]))["status"] == "processed"
+    untouched = await status_of(conn, joined["id"])
+    assert (untouched["status"], untouched["attempts"]) == ("pending", 0)
