@@ -68,12 +68,17 @@ def free_port() -> int:
 
 
 def generate(events: int, customers: int, per_second: int, seed: int) -> Account:
-    """A stream of about `events` events, `per_second` of them per second of created time."""
-    # About 1.1 events per action on average: the clock moves on one action in (per_second / 1.1).
-    account = Account(random.Random(seed), int(time.time()) - events // per_second - 60,
-                      new_second=min(1.0, 1.1 / per_second), max_customers=customers, jumps=(1,))
-    while len(account.events) < events:
-        account.act()
+    """A stream of about `events` events, about `per_second` of them per second of created time."""
+    new_second = 1 / per_second
+    for _ in range(6):  # how many events an action makes varies: measure, then adjust
+        account = Account(random.Random(seed), int(time.time()) - 2 * events // per_second - 60,
+                          new_second=new_second, max_customers=customers, jumps=(1,))
+        while len(account.events) < events:
+            account.act()
+        rate = len(account.events) / (account.events[-1]["created"] - account.events[0]["created"] + 1)
+        if abs(rate - per_second) < per_second * 0.1:
+            break
+        new_second = min(1.0, new_second * (rate / per_second) ** 1.5)
     return account
 
 
@@ -149,6 +154,27 @@ async def in_order_state(admin: asyncpg.Connection, name: str, account: Account,
         await conn.close()
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time used by a process (user + system), or by the whole machine when pid is None."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    if pid is None:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        return (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / ticks  # not idle, not iowait
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def backend_cpu(conn: asyncpg.Connection, database: str) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend connected to the database."""
+    found = {}
+    for row in await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database):
+        try:
+            found[row["pid"]] = cpu_seconds(row["pid"])
+        except (FileNotFoundError, PermissionError):
+            pass
+    return found
+
+
 def stale_rows(got: dict, want: dict) -> int:
     stale = 0
     for table in want:
@@ -205,10 +231,14 @@ async def main(args: argparse.Namespace) -> None:
             except OSError:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # let the worker connect too
+        cpu_before = [cpu_seconds(p.pid) for p in processes] + [cpu_seconds(os.getpid()), cpu_seconds()]
+        backends_before = await backend_cpu(conn, name)
         started = time.perf_counter()
         statuses = await send_all(port, bodies, args.concurrency)
         sent = time.perf_counter()
         finished = await wait_until_processed(conn, len(events), args.timeout)
+        cpu_after = [cpu_seconds(p.pid) for p in processes] + [cpu_seconds(os.getpid()), cpu_seconds()]
+        backends_after = await backend_cpu(conn, name)
         bad = len([s for s in statuses if s != 200])
         lag = await conn.fetchrow(
             """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)) AS p50,
@@ -220,6 +250,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"end to end: {len(events) / (finished - started):.0f} events/s "
               f"({finished - started:.2f}s from first send to last processed)")
         print(f"processing lag: p50 {lag['p50'] * 1000:.0f} ms, p99 {lag['p99'] * 1000:.0f} ms")
+        web, worker, client, machine = (after - before for after, before in zip(cpu_after, cpu_before))
+        postgres = sum(backends_after.get(pid, 0.0) - used for pid, used in backends_before.items())
+        postgres += sum(used for pid, used in backends_after.items() if pid not in backends_before)
+        print(f"CPU seconds: web {web:.1f}, worker {worker:.1f}, this client {client:.1f}, "
+              f"PostgreSQL backends of this run {postgres:.1f}, everything else on the machine "
+              f"{machine - web - worker - client - postgres:.1f}; {2 * (finished - started):.1f} on 2 cores")
         final = await model_state(conn, account.customers, account.prices, account.products)
     finally:
         for process in processes:

@@ -27,84 +27,64 @@ REFRESH_BILLING = """
 WITH target AS (
     SELECT DISTINCT unnest($1::text[]) AS id
 ),
-amounts AS (
-    SELECT s.id, s.customer_id, s.status, s.currency, s.discount_ids,
-           sum(p.unit_amount * si.quantity * m.months::numeric / (m.per * p.interval_count)) AS monthly,
-           min(m.months::numeric / (m.per * p.interval_count)) AS invoices_per_month
-    FROM target AS t
-    JOIN customers AS c ON c.id = t.id
-    JOIN subscriptions AS s ON s.customer_id = t.id
-    JOIN subscription_items AS si ON si.subscription_id = s.id
-    JOIN prices AS p ON p.id = si.price_id
-    JOIN (VALUES ('day', 365, 12), ('week', 52, 12), ('month', 1, 1), ('year', 1, 12)) AS m(interval, months, per)
-      ON m.interval = p.interval
-    WHERE p.unit_amount IS NOT NULL
-      AND p.usage_type IS DISTINCT FROM 'metered'
-      AND p.currency = coalesce(c.currency, s.currency, p.currency)
-    GROUP BY s.id
-),
-applicable AS (
-    -- the discounts a subscription names ...
-    SELECT a.id AS subscription_id, a.currency, dc.coupon
-    FROM amounts AS a
-    CROSS JOIN LATERAL jsonb_array_elements_text(a.discount_ids) AS named(id)
-    JOIN discounts AS dc ON dc.id = named.id AND NOT dc.deleted
-    UNION ALL
-    -- ... or, when its payload names none, the live ones pointing at it
-    SELECT a.id, a.currency, dc.coupon
-    FROM amounts AS a
-    JOIN discounts AS dc ON dc.subscription_id = a.id AND NOT dc.deleted
-    WHERE a.discount_ids IS NULL
-),
-discount_terms AS (
-    SELECT subscription_id,
-           sum((coupon->>'percent_off')::numeric) AS percent_off,
-           sum((coupon->>'amount_off')::bigint)
-               FILTER (WHERE coalesce(coupon->>'currency', currency) = currency) AS amount_off
-    FROM applicable
-    GROUP BY subscription_id
-),
-discounted AS (
-    SELECT a.id, a.customer_id, a.status,
-           -- Division by 12 is inexact in numeric: round to 10 places first, so that an exact
-           -- half (1000/12 x 75% = 62.5) rounds up as it does in exact arithmetic.
-           greatest(0, round(round(a.monthly * (1 - least(coalesce(d.percent_off, 0), 100) / 100)
-                                   - coalesce(d.amount_off, 0) * a.invoices_per_month, 10)))::bigint AS mrr
-    FROM amounts AS a
-    LEFT JOIN discount_terms AS d ON d.subscription_id = a.id
-),
+-- Per subscription of a target customer, by index lookups only (LATERAL fixes the order, so
+-- that no plan, however stale its statistics, visits customers outside the target).
 subscription_amounts AS (
-    SELECT s.id, coalesce(d.mrr, 0) AS mrr
+    SELECT s.id, s.customer_id, s.status, s.mrr AS stored_mrr,
+           CASE WHEN items.monthly IS NULL THEN 0
+                -- Division by 12 is inexact in numeric: round to 10 places first, so that an
+                -- exact half (1000/12 x 75% = 62.5) rounds up as in exact arithmetic.
+                ELSE greatest(0, round(round(items.monthly * (1 - least(coalesce(terms.percent_off, 0), 100) / 100)
+                                             - coalesce(terms.amount_off, 0) * items.invoices_per_month, 10)))
+           END::bigint AS mrr
     FROM target AS t
-    JOIN subscriptions AS s ON s.customer_id = t.id
-    LEFT JOIN discounted AS d ON d.id = s.id
+    CROSS JOIN LATERAL (
+        SELECT sub.*, (SELECT c.currency FROM customers AS c WHERE c.id = sub.customer_id) AS customer_currency
+        FROM subscriptions AS sub
+        WHERE sub.customer_id = t.id
+    ) AS s
+    CROSS JOIN LATERAL (
+        -- Filters as FILTER clauses, so that the plan goes from the items to their prices.
+        SELECT sum(p.unit_amount * si.quantity * m.months::numeric / (m.per * p.interval_count)) FILTER (WHERE counted)
+                   AS monthly,
+               min(m.months::numeric / (m.per * p.interval_count)) FILTER (WHERE counted) AS invoices_per_month
+        FROM subscription_items AS si
+        JOIN prices AS p ON p.id = si.price_id
+        JOIN (VALUES ('day', 365, 12), ('week', 52, 12), ('month', 1, 1), ('year', 1, 12)) AS m(interval, months, per)
+          ON m.interval = p.interval
+        CROSS JOIN LATERAL (
+            SELECT p.unit_amount IS NOT NULL AND p.usage_type IS DISTINCT FROM 'metered'
+                   AND p.currency = coalesce(s.customer_currency, s.currency, p.currency) AS counted
+        ) AS rule
+        WHERE si.subscription_id = s.id
+    ) AS items
+    CROSS JOIN LATERAL (
+        SELECT sum((applicable.coupon->>'percent_off')::numeric) AS percent_off,
+               sum((applicable.coupon->>'amount_off')::bigint)
+                   FILTER (WHERE coalesce(applicable.coupon->>'currency', s.currency) = s.currency) AS amount_off
+        FROM (
+            -- the discounts the subscription names ...
+            SELECT dc.coupon
+            FROM discounts AS dc
+            WHERE dc.id = ANY (ARRAY(SELECT jsonb_array_elements_text(s.discount_ids))) AND NOT dc.deleted
+            UNION ALL
+            -- ... or, when its payload names none, the live ones pointing at it
+            SELECT dc.coupon
+            FROM discounts AS dc
+            WHERE s.discount_ids IS NULL AND dc.subscription_id = s.id AND NOT dc.deleted
+        ) AS applicable
+    ) AS terms
 ),
 updated_subscriptions AS (
     UPDATE subscriptions AS s SET mrr = sa.mrr
     FROM subscription_amounts AS sa
-    WHERE s.id = sa.id AND s.mrr <> sa.mrr
+    WHERE s.id = sa.id AND sa.stored_mrr <> sa.mrr
 ),
 customer_amounts AS (
-    SELECT t.id, coalesce(sum(d.mrr) FILTER (WHERE d.status IN ('active', 'past_due')), 0)::bigint AS mrr
+    SELECT t.id, coalesce(sum(sa.mrr) FILTER (WHERE sa.status IN ('active', 'past_due')), 0)::bigint AS mrr
     FROM target AS t
-    LEFT JOIN discounted AS d ON d.customer_id = t.id
+    LEFT JOIN subscription_amounts AS sa ON sa.customer_id = t.id
     GROUP BY t.id
-),
-payments_made AS (
-    SELECT i.customer_id, i.id, i.amount_paid AS amount, i.currency, i.description, i.paid_at AS at, 1 AS preference
-    FROM target AS t
-    JOIN invoices AS i ON i.customer_id = t.id
-    WHERE i.status = 'paid' AND i.amount_paid > 0 AND i.paid_at IS NOT NULL AND NOT i.deleted
-    UNION ALL
-    SELECT p.customer_id, p.id, p.amount, p.currency, p.description, p.paid_at, 0
-    FROM target AS t
-    JOIN payments AS p ON p.customer_id = t.id
-    WHERE p.kind = 'charge' AND p.status = 'succeeded' AND p.paid_at IS NOT NULL AND p.invoice_id IS NULL
-),
-latest_payments AS (
-    SELECT DISTINCT ON (customer_id) *
-    FROM payments_made
-    ORDER BY customer_id, at DESC, preference DESC, id DESC
 )
 UPDATE customers AS c
 SET mrr = ca.mrr,
@@ -114,7 +94,26 @@ SET mrr = ca.mrr,
     last_payment_description = lp.description,
     last_payment_at = lp.at
 FROM customer_amounts AS ca
-LEFT JOIN latest_payments AS lp ON lp.customer_id = ca.id
+LEFT JOIN LATERAL (
+    SELECT made.*
+    FROM (
+        (SELECT i.id, i.amount_paid AS amount, i.currency, i.description, i.paid_at AS at, 1 AS preference
+         FROM invoices AS i
+         WHERE i.customer_id = ca.id AND i.status = 'paid' AND i.amount_paid > 0 AND i.paid_at IS NOT NULL
+           AND NOT i.deleted
+         ORDER BY i.paid_at DESC, i.id DESC
+         LIMIT 1)
+        UNION ALL
+        (SELECT p.id, p.amount, p.currency, p.description, p.paid_at, 0
+         FROM payments AS p
+         WHERE p.customer_id = ca.id AND p.kind = 'charge' AND p.status = 'succeeded' AND p.paid_at IS NOT NULL
+           AND p.invoice_id IS NULL
+         ORDER BY p.paid_at DESC, p.id DESC
+         LIMIT 1)
+    ) AS made
+    ORDER BY made.at DESC, made.preference DESC, made.id DESC
+    LIMIT 1
+) AS lp ON true
 WHERE c.id = ca.id
   AND (c.mrr, c.last_payment_id, c.last_payment_amount, c.last_payment_currency, c.last_payment_description,
        c.last_payment_at)

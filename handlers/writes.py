@@ -185,6 +185,7 @@ class WriteBuffer:
                     ties.append((table, held))
         if ties:
             await _settle_ties(conn, ties)
+        await _replan_as_tables_grow(conn, sum(len(entries) for entries in staged.values()))
         if invoices:
             await self._touch_invoice_customers(conn, ctx, invoices)
         if staged:
@@ -243,6 +244,25 @@ async def _settle_ties(conn: asyncpg.Connection, ties: list[tuple[Table, list[Sn
         winners.setdefault(table, []).append(snapshots[winner])
     for table in sorted(winners, key=lambda t: t.order):
         await _write(conn, table, winners[table], settled=True)
+
+
+# PostgreSQL caches a prepared statement's plan, and the plan made while the model was a few
+# rows big (a fresh install, a `replay --rebuild`) scans whole tables once they are large:
+# replay went quadratic. Each connection drops its cached plans whenever the rows it has
+# written double (from REPLAN_FROM on), so plans are always made for tables of about the
+# size they run on, at a cost of a few replannings in all.
+REPLAN_FROM = 1024
+_rows_by_connection: dict[int, int] = {}
+
+
+async def _replan_as_tables_grow(conn: asyncpg.Connection, rows: int) -> None:
+    if not rows:
+        return
+    pid = conn.get_server_pid()
+    before = _rows_by_connection.get(pid, 0)
+    after = _rows_by_connection[pid] = before + rows
+    if after >= REPLAN_FROM and after.bit_length() > before.bit_length():
+        await conn.execute("DISCARD PLANS")
 
 
 def _json(value: Any) -> str | None:
