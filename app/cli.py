@@ -35,7 +35,8 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _web(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.web import create_app, quiet_garbage_collector
+    from app.garbage import quiet_garbage_collector
+    from app.web import create_app
 
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
     app = create_app(settings)

@@ -21,6 +21,7 @@ from typing import TextIO
 import asyncpg
 
 from app.db import create_pool
+from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging
 from app.settings import Settings
 
@@ -221,6 +222,7 @@ async def run_command(command: str, settings: Settings, work: Work, summary: Cal
     """Run `work` with a pool, progress and a clean Ctrl-C; print the summary line; return the exit code."""
     progress = Progress(command)
     quiet_logs_under_progress(settings, progress)
+    quiet_garbage_collector()
     tally = Tally()
     error: CommandError | None = None
     pool = None

@@ -38,7 +38,7 @@ from app.logging import log
 from app.processing import ProcessingContext, apply_events, describe_error, lock_customers
 from app.progress import CommandError, Progress, Tally, refuse, run_command
 from app.settings import Settings
-from handlers import segments
+from handlers import billing, segments
 
 BATCH_SIZE = 1000
 # Each distinct customer in a batch holds an advisory lock until commit, and PostgreSQL's lock
@@ -67,6 +67,10 @@ DERIVED_TABLES = (
 )
 # Segment memberships are not wiped: batches of a rebuild skip the segment refresher and the
 # rebuild ends with one full refresh, so history and segment webhooks see only real changes.
+# Batches skip the billing refresher too (MRR, last payment): the rebuild ends by refreshing
+# every customer once, a thousand at a time under their locks, as a batch of the worker would.
+BILLING_CHUNK = 1000
+CUSTOMERS_AFTER = "SELECT id FROM customers WHERE id > $1 ORDER BY id LIMIT $2"
 
 # Held for a whole rebuild so that two rebuilds never refill the model at once.
 REBUILD_LOCK = 0x7374726970726562  # "stripreb" as an integer, like the migration lock
@@ -337,6 +341,20 @@ async def rebuild_status(conn: asyncpg.Connection) -> dict[str, Any] | None:
     return {key: marker[key] for key in ("started_at", "events_done", "events_total")}
 
 
+async def _refresh_billing_of_everyone(pool: asyncpg.Pool) -> None:
+    """The billing refresh that the rebuild's batches skipped, once per customer."""
+    after = ""
+    async with pool.acquire() as conn:
+        while True:
+            async with conn.transaction():
+                ids = [row["id"] for row in await conn.fetch(CUSTOMERS_AFTER, after, BILLING_CHUNK)]
+                if not ids:
+                    return
+                await lock_customers(conn, ids)
+                await billing.refresh_customers(conn, ids)
+            after = ids[-1]
+
+
 async def _rebuild(run: _Run) -> None:
     async with run.pool.acquire() as guard:
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
@@ -352,6 +370,7 @@ async def _rebuild(run: _Run) -> None:
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
             await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
             if not run.tally.interrupted:
+                await _refresh_billing_of_everyone(run.pool)
                 async with guard.transaction():
                     await segments.refresh_all(guard, datetime.now(timezone.utc), run.settings, cause=REBUILD_CAUSE)
                     await guard.execute(FINISH_REBUILD)

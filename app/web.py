@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -185,18 +184,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
     app.state.settings = settings
     app.state.counters = metrics.IngestCounters()
     return app
-
-
-def quiet_garbage_collector() -> None:
-    """Keep the cyclic garbage collector from costing a fifth of the web process's CPU.
-
-    Each webhook allocates dozens of containers, all freed by reference counting; under load
-    the batches in flight trip the default threshold (700) hundreds of times a second, and
-    the passes also walk everything imported at start. bench/ingest.py measured 45 µs of
-    collection per webhook with the defaults, and next to none with these.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:

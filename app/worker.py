@@ -10,6 +10,7 @@ from arq import cron
 
 from app import queue
 from app.db import create_pool
+from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging, log
 from app.outbound import check_segment_webhook, deliver_segment_webhooks
 from app.processing import process_events as process_stored_events
@@ -133,4 +134,5 @@ async def run_worker(settings: Settings) -> None:
 
 def main(settings: Settings) -> None:
     configure_logging(settings)
+    quiet_garbage_collector()
     asyncio.run(run_worker(settings))

@@ -25,6 +25,8 @@ import asyncpg
 
 from app.db import connect, create_pool
 from app.events import event_from_payload, insert_events
+from app.garbage import quiet_garbage_collector
+from app.logging import configure_logging
 from app.migrate import migrate
 from app.replay import replay
 from app.settings import Settings
@@ -327,6 +329,10 @@ async def main(args: argparse.Namespace) -> None:
         gc.collect()
 
         settings = Settings(database_url=url)
+        # As `stripeline replay` runs: JSON logs at info (not structlog's unconfigured debug
+        # console) and the garbage collector tuned by app.garbage.
+        configure_logging(settings)
+        quiet_garbage_collector()
         began, cpu_began = time.perf_counter(), time.process_time()
         tally = await replay(pool, settings, rebuild=True, batch_size=args.batch_size)
         seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
