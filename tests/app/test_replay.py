@@ -83,9 +83,14 @@ async def test_rebuild_in_batches_reproduces_one_at_a_time_processing(pool, conn
     live = await derived_state(conn)
     live_statuses = await statuses(conn)
     assert live["customers"] and live["invoices"]
+    # The rebuild refreshes MRR and last payment once at its end rather than after each batch.
+    billed = "SELECT id, mrr, last_payment_id FROM customers WHERE mrr > 0 OR last_payment_id IS NOT NULL ORDER BY id"
+    live_billing = await conn.fetch(billed)
+    assert live_billing
 
     tally = await replay(pool, settings, rebuild=True, batch_size=batch_size)
 
+    assert await conn.fetch(billed) == live_billing
     assert await derived_state(conn) == live
     assert await statuses(conn) == live_statuses
     ignored = sum(1 for status in live_statuses.values() if status == "ignored")
