@@ -46,6 +46,8 @@ def _web(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port or settings.port,
         log_level=settings.log_level,
+        # Our logging (app.logging) renders uvicorn's lines too, as JSON by default.
+        log_config=None,
         access_log=False,
         proxy_headers=True,
         forwarded_allow_ips="*",

@@ -25,11 +25,11 @@ def configure_logging(settings: Settings) -> None:
         if settings.log_format == "console"
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    stamped = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -37,10 +37,27 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
-    # Libraries (uvicorn, arq) log through the standard library; keep their lines on stderr
-    # at our level, and silence uvicorn's per-request access lines (we log our own).
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Libraries (uvicorn, arq, asyncpg) log through the standard library: render their lines
+    # the same way, on the same stream, with the logger's name, so that a log drain gets one
+    # format. uvicorn must be started with log_config=None, or it installs its own handlers.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Our own lines say what each webhook and job did; these would repeat it once per request
+    # or job (arq logs every job and cron run at info, several times a second under load).
+    for chatty in ("uvicorn.access", "arq.worker", "arq.jobs"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
 
 
 log = structlog.get_logger("stripeline")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -97,3 +98,29 @@ def test_migrate_from_any_directory_applies_everything_once(empty_db_url, tmp_pa
     assert first.returncode == 0, first.stderr
     assert f"migrations: {len(load_migrations())} applied" in first.stdout
     assert second.returncode == 0 and "migrations: 0 applied" in second.stdout
+
+
+def test_web_and_library_lines_are_json_on_stdout_with_nothing_on_stderr(db_url, redis_url):
+    """A log drain gets one format: uvicorn's own lines are rendered like ours."""
+    import httpx
+
+    from tests.app.test_dev import wait_until
+    from tests.services import closed_port
+
+    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
+    command = [script] if script else [sys.executable, "-m", "app.cli"]
+    port = closed_port()
+    env = {**CONFIGURED, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PORT": str(port),
+           "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    server = subprocess.Popen([*command, "web"], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(line.get("logger", "").startswith("uvicorn") for line in lines)
+    assert all({"event", "level", "timestamp"} <= set(line) for line in lines)
+    assert err.strip() == ""
+
