@@ -19,7 +19,7 @@ from app.settings import Settings
 
 # Every table but schema_migrations (tests/app/test_erase.py checks that none is missed).
 ERASED_TABLES = (
-    "stripe_events", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
+    "stripe_events", "stripe_event_counts", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
     "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
     "segment_memberships", "segment_history", "segment_evaluations", "segment_refresh_state", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
 )

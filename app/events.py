@@ -183,7 +183,15 @@ WHERE id = $1 AND status = 'failed'
 RETURNING id
 """
 
-COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM stripe_events GROUP BY status"
+# Kept by triggers on stripe_events (sql/0006_event_counts.sql): deltas, summed here.
+COUNT_BY_STATUS = "SELECT status, sum(n)::bigint AS n FROM stripe_event_counts GROUP BY status"
+# Fold the deltas into one row per status. Deltas committed meanwhile are not in the
+# DELETE's snapshot and stay; two folds at once each move only the rows they deleted.
+FOLD_COUNTS = """
+WITH folded AS (DELETE FROM stripe_event_counts RETURNING status, n)
+INSERT INTO stripe_event_counts (status, n)
+SELECT status, sum(n) FROM folded GROUP BY status HAVING sum(n) <> 0
+"""
 
 SYNC_SUMMARY = """
 SELECT
@@ -198,3 +206,8 @@ async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     for row in await conn.fetch(COUNT_BY_STATUS):
         counts[row["status"]] = row["n"]
     return counts
+
+
+async def fold_counts(conn: asyncpg.Connection) -> None:
+    """Keep the count deltas few (the worker's sweeper calls this)."""
+    await conn.execute(FOLD_COUNTS)

@@ -8,7 +8,7 @@ from typing import Any
 
 from arq import cron
 
-from app import queue
+from app import events, queue
 from app.db import create_pool
 from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging, log
@@ -51,8 +51,13 @@ async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str,
 
 
 async def requeue_stale_events(ctx: dict[str, Any]) -> int:
-    """Enqueue pending events that no job is carrying, so nothing stored is ever stranded."""
+    """Enqueue pending events that no job is carrying, so nothing stored is ever stranded.
+
+    Also folds the event count deltas (app.events), busy or not: every statement adds one.
+    """
     settings: Settings = ctx["settings"]
+    async with ctx["pool"].acquire() as conn:
+        await events.fold_counts(conn)
     if await ctx["redis"].zcard(settings.queue_name) > BUSY_QUEUE_DEPTH:
         return 0
     total = 0
