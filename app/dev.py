@@ -130,6 +130,7 @@ def _banner(port: int, env: dict[str, str], generated: set[str], services: list[
     say(f"  webhook URL     {url}/webhooks/stripe")
     say(f"  webhook secret  {secret}{kept if 'STRIPE_WEBHOOK_SECRET' in generated else ''}")
     say(f"  API token       {env['STRIPELINE_API_TOKEN']}{kept if 'STRIPELINE_API_TOKEN' in generated else ''}")
+    say(f"  dashboard       {url}/dashboard (sign in with the API token)")
     say(f"  sync health     curl -H 'Authorization: Bearer {env['STRIPELINE_API_TOKEN']}' {url}/api/sync")
     say()
     say("  Forward Stripe's test events with the Stripe CLI:")

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app import api, events, metrics
+from app import api, dashboard, events, metrics
 from app.db import create_pool
 from app.ingest import Ingestor, StoreUnavailable
 from app.logging import log
@@ -178,6 +178,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             *api.routes(),
+            *dashboard.ROUTES,
         ],
         lifespan=lifespan,
     )
