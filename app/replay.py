@@ -341,10 +341,12 @@ async def rebuild_status(conn: asyncpg.Connection) -> dict[str, Any] | None:
     return {key: marker[key] for key in ("started_at", "events_done", "events_total")}
 
 
-async def _refresh_billing_of_everyone(pool: asyncpg.Pool) -> None:
+async def _refresh_billing_of_everyone(pool: asyncpg.Pool, progress: Progress | None) -> None:
     """The billing refresh that the rebuild's batches skipped, once per customer."""
     after = ""
     async with pool.acquire() as conn:
+        if progress is not None:
+            progress.phase("billing", total=await conn.fetchval("SELECT count(*) FROM customers"))
         while True:
             async with conn.transaction():
                 ids = [row["id"] for row in await conn.fetch(CUSTOMERS_AFTER, after, BILLING_CHUNK)]
@@ -353,6 +355,8 @@ async def _refresh_billing_of_everyone(pool: asyncpg.Pool) -> None:
                 await lock_customers(conn, ids)
                 await billing.refresh_customers(conn, ids)
             after = ids[-1]
+            if progress is not None:
+                progress.advance(len(ids))
 
 
 async def _rebuild(run: _Run) -> None:
@@ -370,7 +374,9 @@ async def _rebuild(run: _Run) -> None:
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
             await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
             if not run.tally.interrupted:
-                await _refresh_billing_of_everyone(run.pool)
+                await _refresh_billing_of_everyone(run.pool, run.progress)
+                if run.progress is not None:
+                    run.progress.phase("segments")
                 async with guard.transaction():
                     await segments.refresh_all(guard, datetime.now(timezone.utc), run.settings, cause=REBUILD_CAUSE)
                     await guard.execute(FINISH_REBUILD)
