@@ -18,10 +18,15 @@ from app.migrate import load_migrations
 from tests.services import unreachable_postgres, unreachable_redis, with_database
 
 
+def stripeline_command() -> list[str]:
+    """The installed console script (or the module, when it is not installed)."""
+    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "app.cli"]
+
+
 def stripeline(*args: str, env: dict[str, str], cwd: str = "/") -> subprocess.CompletedProcess:
     """Run the installed console script from outside the source tree, with only `env` set."""
-    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
-    command = [script] if script else [sys.executable, "-m", "app.cli"]
+    command = stripeline_command()
     base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
     return subprocess.run(
         [*command, *args], env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
@@ -107,8 +112,7 @@ def test_web_and_library_lines_are_json_on_stdout_with_nothing_on_stderr(db_url,
     from tests.app.test_dev import wait_until
     from tests.services import closed_port
 
-    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
-    command = [script] if script else [sys.executable, "-m", "app.cli"]
+    command = stripeline_command()
     port = closed_port()
     env = {**CONFIGURED, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PORT": str(port),
            "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
