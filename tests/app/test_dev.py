@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from app.signature import sign
+from tests.app.test_cli import stripeline_command
 from tests.factories import body_of, ping_event
 from tests.services import closed_port
 
 
 def start_dev(cwd: Path, env: dict[str, str], port: int) -> subprocess.Popen:
-    script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
-    command = [script] if script else [sys.executable, "-m", "app.cli"]
+    command = stripeline_command()
     base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
     return subprocess.Popen(
         [*command, "dev", "--port", str(port)],
