@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from app import api_input
 from app.api_input import BadInput, parse_time
+from app.metrics import COUNT_MEMBERS
 from app.processing import lock_customers
 from app.responses import JSONResponse, error, iso
 from app.web import MAX_BODY_BYTES, BodyTooLarge, read_body
@@ -28,8 +29,6 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 ACTIVITY_CAUSE = "activity"
 ACTIVITY_FIELDS = ("customer", "email", "at")
 BEGINNING = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-COUNT_MEMBERS = "SELECT segment, count(*) AS members FROM segment_memberships GROUP BY segment"
 
 # Keyset pagination: a page starts after the last customer id of the previous one, so members
 # who join or leave meanwhile never shift, repeat or hide the others.
