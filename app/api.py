@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import events, queue, replay
-from app.api_input import MAX_TEXT, is_digits
+from app.api_input import BadInput, check_request, is_digits
 from app.logging import log
 from app.responses import JSONResponse, error, iso
 
@@ -28,8 +28,13 @@ LAGGING_AFTER_SECONDS = 60
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
-def authorized(endpoint: Endpoint) -> Endpoint:
-    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down."""
+def authorized(endpoint: Endpoint, accepts: frozenset[str] | None = None) -> Endpoint:
+    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down.
+
+    Ids in the path are checked, and with `accepts` (the query parameters the route takes, as
+    its OpenAPI description lists them) an unknown parameter is refused, as Stripe's API does:
+    a typo such as `?stauts=failed` must not quietly list everything.
+    """
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
@@ -37,9 +42,10 @@ def authorized(endpoint: Endpoint) -> Endpoint:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             return error(401, "missing or wrong bearer token")
-        for name, value in request.path_params.items():
-            if len(value) > MAX_TEXT or "\x00" in value:
-                return error(400, f"{name} is too long or holds a NUL character")
+        try:
+            check_request(request, accepts)
+        except BadInput as problem:
+            return error(400, str(problem))
         try:
             return await endpoint(request)
         except DB_ERRORS as problem:
@@ -140,11 +146,11 @@ def routes() -> list[Route]:
     from app import api_customers, api_events, api_segments, api_user_data, openapi
 
     own = [
-        Route("/api/sync", authorized(sync_health)),
-        Route("/api/sync/history", authorized(sync_history)),
-        Route("/api/openapi.json", authorized(openapi.serve)),
-        Route("/api/events/{event_id}", authorized(get_event)),
-        Route("/api/events/{event_id}/retry", authorized(retry_event), methods=["POST"]),
+        Route("/api/sync", sync_health),
+        Route("/api/sync/history", sync_history),
+        Route("/api/openapi.json", openapi.serve),
+        Route("/api/events/{event_id}", get_event),
+        Route("/api/events/{event_id}/retry", retry_event, methods=["POST"]),
     ]
-    gathered = [*api_events.ROUTES, *api_customers.ROUTES, *api_segments.ROUTES, *api_user_data.ROUTES]
-    return own + [Route(r.path, authorized(r.endpoint), methods=r.methods) for r in gathered]
+    every = [*own, *api_events.ROUTES, *api_customers.ROUTES, *api_segments.ROUTES, *api_user_data.ROUTES]
+    return [Route(r.path, authorized(r.endpoint, openapi.query_names(r.endpoint)), methods=r.methods) for r in every]

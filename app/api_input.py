@@ -99,3 +99,16 @@ def decode_cursor(value: str) -> tuple[datetime, str]:
         return EPOCH + int(micros) * MICROSECOND, key
     except OverflowError:
         raise problem from None
+
+
+def check_request(request: Request, accepts: frozenset[str] | None) -> None:
+    """Path ids PostgreSQL can hold, and (with `accepts`) no query parameter the route does not take."""
+    for name, value in request.path_params.items():
+        if len(value) > MAX_TEXT or "\x00" in value:
+            raise BadInput(f"{name} is too long or holds a NUL character")
+    if accepts is None:
+        return
+    unknown = sorted(set(request.query_params) - accepts)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(accepts))}" if accepts else "it takes none"
+        raise BadInput(f"unknown query parameter {unknown[0][:40]!r}; {takes}")

@@ -280,3 +280,11 @@ async def test_sync_history_counts_received_processed_and_failed_per_minute(clie
 async def test_bad_history_window_is_400(client, minutes):
     answer = await client.get("/api/sync/history", params={"minutes": minutes})
     assert answer.status_code == 400 and answer.json()["error"]
+
+
+async def test_an_unknown_query_parameter_is_400_naming_it_not_ignored(client, conn):
+    await store_typed(conn, "invoice.paid", T, status="processed")
+    answer = await client.get("/api/events", params={"stauts": "failed"})
+    assert answer.status_code == 400
+    assert "'stauts'" in answer.json()["error"] and "status" in answer.json()["error"]
+    assert (await client.get("/api/sync", params={"verbose": "1"})).status_code == 400
