@@ -80,7 +80,7 @@ TIMELINE_TYPES = [
 # The cursor is the id of the last event of the previous page.
 TIMELINE = """
 WITH timeline AS (
-    SELECT e.id, e.type, e.created, e.payload,
+    SELECT e.id, e.type, e.created, e.payload, e.status,
            CASE WHEN e.type LIKE '%.created' THEN 1 WHEN e.type LIKE '%.deleted' THEN 3 ELSE 2 END AS step
     FROM stripe_events AS e
     WHERE e.customer_id = $1 AND e.type = ANY($2::text[])
@@ -88,7 +88,7 @@ WITH timeline AS (
                AND EXISTS (SELECT 1 FROM stripe_events AS paid
                            WHERE paid.object_id = e.object_id AND paid.type = 'invoice.paid'))
 )
-SELECT id, type, created, payload, step
+SELECT id, type, created, payload, status, step
 FROM timeline
 WHERE $3::text IS NULL OR (created, step, id) < (SELECT created, step, id FROM timeline WHERE id = $3)
 ORDER BY created DESC, step DESC, id DESC
@@ -267,7 +267,9 @@ def timeline_entries(rows: list[Any]) -> list[dict[str, Any]]:
             found = _charge_entries(row["type"], obj)
         # Derived entries (trial started/ended) follow their event: newest first, they lead.
         for entry in reversed(found):
-            entries.append({"event_id": row["id"], "type": row["type"], "at": row["created"], **entry})
+            entries.append(
+                {"event_id": row["id"], "type": row["type"], "event_status": row["status"], "at": row["created"], **entry}
+            )
     return entries
 
 

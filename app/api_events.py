@@ -32,23 +32,29 @@ MAX_RETRY_BODY_BYTES = 4096
 # Events per enqueued job when many are retried at once, as the sweeper enqueues them.
 RETRY_JOB_SIZE = 500
 
-LIST_COLUMNS = "id, type, status, attempts, last_error, created, received_at, processed_at, customer_id, object_id"
+# The customer's name and email come along, so that a list of events reads without lookups.
+LIST_EVENTS = """
+SELECT e.id, e.type, e.status, e.attempts, e.last_error, e.created, e.received_at, e.processed_at, e.customer_id,
+       e.object_id, c.name AS customer_name, c.email AS customer_email
+FROM stripe_events AS e
+LEFT JOIN customers AS c ON c.id = e.customer_id
+"""
 
 # Each filter is a constant clause; a query holds the clauses its request names, so that
 # PostgreSQL plans each combination for what it is (the customer index for one customer's
 # events, the partial index of unfinished events for failed ones) rather than one generic
 # plan for all. Values only ever travel as parameters.
 CLAUSES = {
-    "statuses": "status = ANY(${}::text[])",
-    "type_regex": "type ~ ${}",
-    "customer": "customer_id = ${}",
-    "since": "created >= ${}",
-    "until": "created < ${}",
+    "statuses": "e.status = ANY(${}::text[])",
+    "type_regex": "e.type ~ ${}",
+    "customer": "e.customer_id = ${}",
+    "since": "e.created >= ${}",
+    "until": "e.created < ${}",
 }
-AFTER_CLAUSE = "(created, id) < (${}, ${})"
+AFTER_CLAUSE = "(e.created, e.id) < (${}, ${})"
 
 # Put failed events matching a filter back in line, as POST /api/events/{id}/retry does for one.
-RETRY_WHERE = "status = 'failed'"
+RETRY_EVENTS = "UPDATE stripe_events AS e SET status = 'pending', next_attempt_at = NULL WHERE e.status = 'failed'"
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,8 @@ def _listing(row: Any) -> dict[str, Any]:
         "received_at": row["received_at"],
         "processed_at": row["processed_at"],
         "customer": row["customer_id"],
+        "customer_name": row["customer_name"],
+        "customer_email": row["customer_email"],
         "object_id": row["object_id"],
     }
 
@@ -135,7 +143,7 @@ async def list_events(request: Request) -> Response:
         conditions.append(AFTER_CLAUSE.format(len(values) + 1, len(values) + 2))
         values += list(cursor)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = f"SELECT {LIST_COLUMNS} FROM stripe_events {where} ORDER BY created DESC, id DESC LIMIT ${len(values) + 1}"
+    sql = f"{LIST_EVENTS} {where} ORDER BY e.created DESC, e.id DESC LIMIT ${len(values) + 1}"
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(sql, *values, limit + 1)
     page = rows[:limit]
@@ -178,8 +186,7 @@ async def retry_events(request: Request) -> Response:
     except BadInput as problem:
         return error(400, str(problem))
     conditions, values = selected.where()
-    where = " AND ".join([RETRY_WHERE, *conditions])
-    sql = f"UPDATE stripe_events SET status = 'pending', next_attempt_at = NULL WHERE {where} RETURNING id"
+    sql = " AND ".join([RETRY_EVENTS, *conditions]) + " RETURNING e.id"
     async with state.pool.acquire() as conn:
         ids = [row["id"] for row in await conn.fetch(sql, *values)]
     enqueued = True

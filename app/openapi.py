@@ -76,7 +76,8 @@ SCHEMAS: dict[str, Schema] = {
     "EventSummary": obj(
         ("id", "type", "status", "attempts", "last_error", "created", "received_at", "customer"),
         id=STRING, type=STRING, status=STATUS, attempts=INTEGER, last_error=maybe(STRING), created=TIME,
-        received_at=TIME, processed_at=maybe(TIME), customer=maybe(STRING), object_id=maybe(STRING),
+        received_at=TIME, processed_at=maybe(TIME), customer=maybe(STRING), customer_name=maybe(STRING),
+        customer_email=maybe(STRING), object_id=maybe(STRING),
     ),
     "EventPage": obj(("events", "next"), events={"type": "array", "items": ref("EventSummary")}, next=NEXT),
     "Event": obj(
@@ -183,7 +184,7 @@ OPERATIONS: dict[Any, Operation] = {
         "A customer's billing timeline, newest first",
         obj(("events", "next"), events={"type": "array", "items": obj(("event_id", "type", "at", "kind"),
                                                                       event_id=STRING, type=STRING, at=TIME,
-                                                                      kind=STRING)}, next=NEXT),
+                                                                      kind=STRING, event_status=STATUS)}, next=NEXT),
         parameters=(limit(api_customers.MAX_LIMIT), AFTER), errors=(400, 404),
     ),
     api_segments.list_segments: Operation(
