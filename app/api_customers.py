@@ -268,7 +268,13 @@ def timeline_entries(rows: list[Any]) -> list[dict[str, Any]]:
         # Derived entries (trial started/ended) follow their event: newest first, they lead.
         for entry in reversed(found):
             entries.append(
-                {"event_id": row["id"], "type": row["type"], "event_status": row["status"], "at": row["created"], **entry}
+                {
+                    "event_id": row["id"],
+                    "type": row["type"],
+                    "event_status": row["status"],
+                    "at": row["created"],
+                    **entry,
+                }
             )
     return entries
 

@@ -82,7 +82,9 @@ def type_regex(pattern: str | None) -> str | None:
     try:
         return glob_to_regex(api_input.text(pattern, "type"))
     except ReplayRefused:
-        raise BadInput("type must be an event type or a glob of them, such as invoice.* or customer.subscription.*") from None
+        raise BadInput(
+            "type must be an event type or a glob of them, such as invoice.* or customer.subscription.*"
+        ) from None
 
 
 def _statuses(raw: str | None) -> list[str] | None:

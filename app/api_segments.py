@@ -75,6 +75,7 @@ WITH recorded AS (
 SELECT count(*) FROM recorded
 """
 
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 

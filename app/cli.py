@@ -116,13 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     command(
-        "migrate", "apply the SQL migrations (idempotent, safe to run concurrently)",
+        "migrate",
+        "apply the SQL migrations (idempotent, safe to run concurrently)",
         "DATABASE_URL=postgres://user:pass@host/db stripeline migrate",
         "DATABASE_URL (required)",
     ).set_defaults(run=_migrate)
 
     web = command(
-        "web", "serve webhooks, the API, the dashboard and /metrics",
+        "web",
+        "serve webhooks, the API, the dashboard and /metrics",
         "stripeline web --port 8000",
         "DATABASE_URL, REDIS_URL, STRIPE_WEBHOOK_SECRET, STRIPELINE_API_TOKEN (required); PORT, LOG_LEVEL, LOG_FORMAT",
     )
@@ -131,13 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(run=_web)
 
     command(
-        "worker", "process events, retry failures and run periodic jobs (segment refresh, segment webhooks)",
+        "worker",
+        "process events, retry failures and run periodic jobs (segment refresh, segment webhooks)",
         "stripeline worker",
         "DATABASE_URL, REDIS_URL (required); STRIPELINE_DELETED_CUSTOMERS, STRIPELINE_SEGMENT_WEBHOOK_URL, LOG_LEVEL",
     ).set_defaults(run=_worker)
 
     dev = command(
-        "dev", "migrate, web and worker together, with embedded PostgreSQL and Redis if needed",
+        "dev",
+        "migrate, web and worker together, with embedded PostgreSQL and Redis if needed",
         "stripeline dev --port 8000",
         "none required; DATABASE_URL and REDIS_URL to use your own servers, STRIPE_WEBHOOK_SECRET for the Stripe CLI's",
     )
@@ -145,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(run=_dev)
 
     replay = command(
-        "replay", "re-apply stored events in Stripe order",
+        "replay",
+        "re-apply stored events in Stripe order",
         "stripeline replay --since 2024-05-01 --type 'invoice.*'",
         "DATABASE_URL (required); STRIPELINE_DELETED_CUSTOMERS",
     )
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=_replay)
 
     load = command(
-        "import", "store and process a JSON Lines file of Stripe events",
+        "import",
+        "store and process a JSON Lines file of Stripe events",
         "stripe events list --limit 100 > events.json && stripeline import events.json",
         "DATABASE_URL (required); STRIPELINE_DELETED_CUSTOMERS",
     )
@@ -166,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=_import)
 
     backfill = command(
-        "backfill", "pull current objects and recent events from the Stripe API",
+        "backfill",
+        "pull current objects and recent events from the Stripe API",
         "STRIPE_API_KEY=rk_live_... stripeline backfill",
         "DATABASE_URL, STRIPE_API_KEY (required; a restricted, read-only key)",
     )
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.set_defaults(run=_backfill)
 
     erase = command(
-        "erase", "delete every row the Stripe data source produced (attributes and tags included)",
+        "erase",
+        "delete every row the Stripe data source produced (attributes and tags included)",
         "stripeline erase --yes",
         "DATABASE_URL (required)",
     )

@@ -132,11 +132,18 @@ def _age(now: datetime, then: datetime | None) -> float:
 
 
 def store_families(facts: StoreFacts) -> Iterator[Metric]:
-    yield _gauge("stripeline_database_up", "1 when PostgreSQL answered this scrape, else 0.", int(facts.counts is not None))
-    yield _gauge("stripeline_redis_up", "1 when Redis answered this scrape, else 0.", int(facts.queue_depth is not None))
+    yield _gauge(
+        "stripeline_database_up", "1 when PostgreSQL answered this scrape, else 0.", int(facts.counts is not None)
+    )
+    yield _gauge(
+        "stripeline_redis_up", "1 when Redis answered this scrape, else 0.", int(facts.queue_depth is not None)
+    )
     if facts.queue_depth is not None:
-        yield _gauge("stripeline_queue_depth", "Jobs waiting in the arq queue (each names one or more events).",
-                     facts.queue_depth)
+        yield _gauge(
+            "stripeline_queue_depth",
+            "Jobs waiting in the arq queue (each names one or more events).",
+            facts.queue_depth,
+        )
     if facts.counts is None:
         return
     now = facts.summary["now"]
@@ -145,20 +152,34 @@ def store_families(facts: StoreFacts) -> Iterator[Metric]:
         by_status.add_metric([status], facts.counts.get(status, 0))
     yield by_status
     yield _gauge("stripeline_events_received", "Unique Stripe events stored.", sum(facts.counts.values()))
-    yield _gauge("stripeline_oldest_pending_age_seconds", "Age of the oldest event waiting to be processed (0: none).",
-                 _age(now, facts.summary["oldest_pending_at"]))
+    yield _gauge(
+        "stripeline_oldest_pending_age_seconds",
+        "Age of the oldest event waiting to be processed (0: none).",
+        _age(now, facts.summary["oldest_pending_at"]),
+    )
     last = facts.summary["last_event_at"]
     if last is not None:
-        yield _gauge("stripeline_last_event_received_timestamp_seconds", "When the latest event was stored (Unix time).",
-                     last.timestamp())
-    outbox = GaugeMetricFamily("stripeline_outbox_depth", "Segment webhooks not yet delivered: waiting (being tried) "
-                               "or given_up (after about three days of failures).", labels=["state"])
+        yield _gauge(
+            "stripeline_last_event_received_timestamp_seconds",
+            "When the latest event was stored (Unix time).",
+            last.timestamp(),
+        )
+    outbox = GaugeMetricFamily(
+        "stripeline_outbox_depth",
+        "Segment webhooks not yet delivered: waiting (being tried) or given_up (after about three days of failures).",
+        labels=["state"],
+    )
     outbox.add_metric(["waiting"], facts.outbox["waiting"])
     outbox.add_metric(["given_up"], facts.outbox["given_up"])
     yield outbox
-    yield _gauge("stripeline_outbox_oldest_age_seconds", "Age of the oldest segment webhook still being tried (0: none).",
-                 _age(now, facts.outbox["oldest_waiting_at"]))
-    sizes = GaugeMetricFamily("stripeline_segment_customers", "Customers in each lifecycle segment.", labels=["segment"])
+    yield _gauge(
+        "stripeline_outbox_oldest_age_seconds",
+        "Age of the oldest segment webhook still being tried (0: none).",
+        _age(now, facts.outbox["oldest_waiting_at"]),
+    )
+    sizes = GaugeMetricFamily(
+        "stripeline_segment_customers", "Customers in each lifecycle segment.", labels=["segment"]
+    )
     for segment, members in sorted(facts.segments.items()):
         sizes.add_metric([segment], members)
     yield sizes
@@ -170,8 +191,11 @@ def worker_families(rows: Iterable[Any], now: datetime) -> Iterator[Metric]:
     merged: dict[str, Metric] = {}
     fresh = 0
     last_refresh = 0.0
-    push_age = GaugeMetricFamily("stripeline_worker_push_age_seconds", "Seconds since each live worker last pushed "
-                                 "its metrics (every 10 s).", labels=["worker"])
+    push_age = GaugeMetricFamily(
+        "stripeline_worker_push_age_seconds",
+        "Seconds since each live worker last pushed its metrics (every 10 s).",
+        labels=["worker"],
+    )
     for row in rows:
         age = _age(now, row["pushed_at"])
         for family in row["metrics"]:
@@ -191,8 +215,12 @@ def worker_families(rows: Iterable[Any], now: datetime) -> Iterator[Metric]:
     yield _gauge("stripeline_workers", "Workers that pushed their metrics in the last minute.", fresh)
     yield push_age
     if last_refresh:
-        yield _gauge("stripeline_segment_refresh_age_seconds", "Seconds since a worker last finished the scheduled "
-                     "segment refresh (it runs every STRIPELINE_SEGMENT_REFRESH_SECONDS).", now.timestamp() - last_refresh)
+        yield _gauge(
+            "stripeline_segment_refresh_age_seconds",
+            "Seconds since a worker last finished the scheduled "
+            "segment refresh (it runs every STRIPELINE_SEGMENT_REFRESH_SECONDS).",
+            now.timestamp() - last_refresh,
+        )
     yield from merged.values()
 
 

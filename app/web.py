@@ -96,7 +96,9 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         event = events.parse_event(body)
         duplicate = await state.ingestor.submit(event)
     except (SignatureError, events.InvalidEvent) as refused:
-        state.metrics.webhook_answered("rejected", started, "signature" if isinstance(refused, SignatureError) else "not_an_event")
+        state.metrics.webhook_answered(
+            "rejected", started, "signature" if isinstance(refused, SignatureError) else "not_an_event"
+        )
         log.info("webhook_refused", reason=str(refused))
         return await _refuse(send, 400, str(refused))
     except StoreUnavailable:

@@ -103,7 +103,7 @@ FUNCTIONS: list = [process_events, refresh_segments, deliver_segment_webhooks]
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for arq's Worker, built from our settings."""
-    return worker_metrics.instrument({
+    options = {
         "functions": FUNCTIONS,
         "cron_jobs": CRON_JOBS,
         "on_startup": startup,
@@ -119,7 +119,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "job_timeout": 300,
         "max_tries": 1,  # retries are ours: attempts and backoff live on the event row
         "handle_signals": True,
-    })
+    }
+    return worker_metrics.instrument(options)
 
 
 async def run_worker(settings: Settings) -> None:

@@ -226,7 +226,8 @@ async def test_retry_by_filter_requeues_only_matching_failed_events(client, conn
     queued = await redis.queued_jobs(queue_name=settings.queue_name)
     assert sorted(i for job in queued for i in job.args[0]) == sorted(chosen)
     # Nothing left to retry for that filter; every other failed event with an empty one.
-    assert (await client.post("/api/events/retry", json={"type": "invoice.paid", "customer": "cus_a"})).json()["retried"] == 0
+    again = await client.post("/api/events/retry", json={"type": "invoice.paid", "customer": "cus_a"})
+    assert again.json()["retried"] == 0
     assert (await client.post("/api/events/retry", content=b"")).json()["retried"] == 2
 
 

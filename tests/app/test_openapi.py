@@ -85,12 +85,21 @@ def fuzz(schema, base_url: str) -> list[str]:
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @hypothesis_settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @hypothesis_settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def call(case):
-                case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {API_TOKEN}"},
-                                       excluded_checks=[positive_data_acceptance])
+                case.call_and_validate(
+                    base_url=base_url,
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                    excluded_checks=[positive_data_acceptance],
+                )
 
             try:
                 call()

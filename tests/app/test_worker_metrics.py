@@ -63,7 +63,9 @@ async def test_a_finished_segment_refresh_sets_its_age(client, pool, redis, sett
     assert 0 <= found["stripeline_segment_refresh_age_seconds"] < 60
 
 
-async def test_a_worker_that_stopped_pushing_is_left_out_but_its_last_refresh_counts(client, pool, conn, redis, settings):
+async def test_a_worker_that_stopped_pushing_is_left_out_but_its_last_refresh_counts(
+    client, pool, conn, redis, settings
+):
     await redis.enqueue_job("refresh_segments", _queue_name=settings.queue_name)
     await run_worker_until_idle(settings, pool)
     await conn.execute("UPDATE worker_metrics SET pushed_at = now() - interval '5 minutes'")

@@ -39,11 +39,14 @@ def stream(now: int) -> list[dict]:
     """What Stripe sends for a few customers of a small SaaS, in order."""
     team = f.product_object(name="Team", created=now - 90 * DAY)
     monthly = f.price_object(product=team["id"], unit_amount=4900, interval="month", nickname="Team monthly")
-    yearly = f.price_object(product=team["id"], unit_amount=49000, interval="year", nickname="Team yearly",
-                            currency="eur")
-    events = [f.event("product.created", team, created=now - 90 * DAY),
-              f.event("price.created", monthly, created=now - 90 * DAY),
-              f.event("price.created", yearly, created=now - 90 * DAY)]
+    yearly = f.price_object(
+        product=team["id"], unit_amount=49000, interval="year", nickname="Team yearly", currency="eur"
+    )
+    events = [
+        f.event("product.created", team, created=now - 90 * DAY),
+        f.event("price.created", monthly, created=now - 90 * DAY),
+        f.event("price.created", yearly, created=now - 90 * DAY),
+    ]
 
     customers = {}
 
@@ -56,30 +59,54 @@ def stream(now: int) -> list[dict]:
     def subscribe(customer_id, price, days_ago, **kwargs):
         length = 365 if price["recurring"]["interval"] == "year" else 30
         start = now - (days_ago % length) * DAY
-        sub = f.subscription_object(customer_id, [(price, kwargs.pop("quantity", 1))], created=now - days_ago * DAY,
-                                    period=(start, start + length * DAY), **kwargs)
+        sub = f.subscription_object(
+            customer_id,
+            [(price, kwargs.pop("quantity", 1))],
+            created=now - days_ago * DAY,
+            period=(start, start + length * DAY),
+            **kwargs,
+        )
         events.append(f.event("customer.subscription.created", sub, created=now - days_ago * DAY))
         # Stripe sets the customer's currency with its first subscription, and says so.
         if customers[customer_id]["currency"] is None:
             updated, previous = f.changed(customers[customer_id], currency=price["currency"])
             customers[customer_id] = updated
-            events.append(f.event("customer.updated", updated, created=now - days_ago * DAY, previous_attributes=previous))
+            events.append(
+                f.event("customer.updated", updated, created=now - days_ago * DAY, previous_attributes=previous)
+            )
         return sub
 
     def pay(customer_id, sub, amount, days_ago, currency="usd"):
-        invoice = f.invoice_object(customer_id, subscription=sub["id"], status="paid", amount_due=amount,
-                                   amount_paid=amount, paid_at=now - days_ago * DAY, created=now - days_ago * DAY,
-                                   currency=currency, number=f"INV-{len(events):04d}")
-        charge = f.charge_object(customer_id, amount=amount, currency=currency, created=now - days_ago * DAY,
-                                 invoice=invoice["id"])
-        events.extend([f.event("invoice.created", {**invoice, "status": "draft"}, created=now - days_ago * DAY),
-                       f.event("charge.succeeded", charge, created=now - days_ago * DAY),
-                       f.event("invoice.paid", invoice, created=now - days_ago * DAY)])
+        invoice = f.invoice_object(
+            customer_id,
+            subscription=sub["id"],
+            status="paid",
+            amount_due=amount,
+            amount_paid=amount,
+            paid_at=now - days_ago * DAY,
+            created=now - days_ago * DAY,
+            currency=currency,
+            number=f"INV-{len(events):04d}",
+        )
+        charge = f.charge_object(
+            customer_id, amount=amount, currency=currency, created=now - days_ago * DAY, invoice=invoice["id"]
+        )
+        events.extend(
+            [
+                f.event("invoice.created", {**invoice, "status": "draft"}, created=now - days_ago * DAY),
+                f.event("charge.succeeded", charge, created=now - days_ago * DAY),
+                f.event("invoice.paid", invoice, created=now - days_ago * DAY),
+            ]
+        )
 
     ada = customer("Ada Lovelace", "ada@analytical.example", 60)
-    trial = subscribe(ada, monthly, 40, status="trialing", trial_start=now - 40 * DAY, trial_end=now - 26 * DAY, quantity=3)
+    trial = subscribe(
+        ada, monthly, 40, status="trialing", trial_start=now - 40 * DAY, trial_end=now - 26 * DAY, quantity=3
+    )
     active, previous = f.changed(trial, status="active")
-    events.append(f.event("customer.subscription.updated", active, created=now - 26 * DAY, previous_attributes=previous))
+    events.append(
+        f.event("customer.subscription.updated", active, created=now - 26 * DAY, previous_attributes=previous)
+    )
     pay(ada, trial, 14700, 26)
     grace = customer("Grace Hopper", "grace@cobol.example", 3)
     subscribe(grace, monthly, 3, status="trialing", trial_start=now - 3 * DAY, trial_end=now + 11 * DAY)
@@ -87,17 +114,31 @@ def stream(now: int) -> list[dict]:
     late = subscribe(alan, monthly, 45, status="active")
     pay(alan, late, 4900, 45)
     overdue, previous = f.changed(late, status="past_due")
-    failed_invoice = f.invoice_object(alan, subscription=late["id"], status="open", amount_due=4900, attempt_count=2,
-                                      created=now - 15 * DAY, number="INV-9001")
-    events += [f.event("invoice.payment_failed", failed_invoice, created=now - 15 * DAY),
-               f.event("customer.subscription.updated", overdue, created=now - 14 * DAY, previous_attributes=previous)]
+    failed_invoice = f.invoice_object(
+        alan,
+        subscription=late["id"],
+        status="open",
+        amount_due=4900,
+        attempt_count=2,
+        created=now - 15 * DAY,
+        number="INV-9001",
+    )
+    events += [
+        f.event("invoice.payment_failed", failed_invoice, created=now - 15 * DAY),
+        f.event("customer.subscription.updated", overdue, created=now - 14 * DAY, previous_attributes=previous),
+    ]
     margaret = customer("Margaret Hamilton", "margaret@apollo.example", 80)
     subscribe(margaret, yearly, 80, status="active")
     pay(margaret, {"id": events[-1]["data"]["object"]["id"]}, 49000, 80, currency="eur")
     ada_two = customer("Ada Byron", "byron@poetry.example", 20)
     gone = subscribe(ada_two, monthly, 20, status="active")
-    events.append(f.event("customer.subscription.deleted", {**gone, "status": "canceled", "canceled_at": now - 5 * DAY},
-                          created=now - 5 * DAY))
+    events.append(
+        f.event(
+            "customer.subscription.deleted",
+            {**gone, "status": "canceled", "canceled_at": now - 5 * DAY},
+            created=now - 5 * DAY,
+        )
+    )
     return events
 
 
@@ -137,7 +178,8 @@ def screens(tmp_path_factory, capsys):
 async def browser():
     async with playwright_api.async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         try:
             yield chromium
         finally:
