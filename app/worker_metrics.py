@@ -193,7 +193,12 @@ def observe_outcome(ctx: dict[str, Any], outcome: Any) -> None:
 
 
 async def start(ctx: dict[str, Any]) -> None:
-    metrics = ctx[CTX_KEY] = WorkerMetrics()
+    previous = ctx.pop("metrics_pusher", None)
+    if previous is not None:  # started again by a worker that reconnected: one pusher at a time
+        previous.cancel()
+    if CTX_KEY not in ctx:
+        ctx[CTX_KEY] = WorkerMetrics()
+    metrics = ctx[CTX_KEY]
     ctx["metrics_pusher"] = asyncio.create_task(_push_forever(metrics, ctx["pool"]))
 
 

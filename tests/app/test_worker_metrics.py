@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import handlers
 from app import worker_metrics
 from tests.app.test_health import samples
@@ -86,3 +88,18 @@ async def test_folding_the_minutes_keeps_the_history(client, pool, conn, setting
 
     assert (await client.get("/api/sync/history", params={"minutes": 3})).json()["history"] == before
     assert await conn.fetchval("SELECT count(*) FROM stripe_event_minutes") < rows_before
+
+
+async def test_pushing_rides_out_a_database_that_is_down(monkeypatch):
+    from app.db import create_pool
+    from tests.services import unreachable_postgres
+
+    monkeypatch.setattr(worker_metrics, "PUSH_SECONDS", 0.01)
+    broken = await create_pool(unreachable_postgres(), min_size=0)
+    ctx = {"pool": broken}
+    await worker_metrics.start(ctx)
+    await asyncio.sleep(0.1)
+    pusher = ctx["metrics_pusher"]
+    assert not pusher.done()  # still trying, never crashed
+    await worker_metrics.stop(ctx)  # the last push fails too, quietly
+    await broken.close()
