@@ -396,8 +396,10 @@ function timelineAmount(entry) {
 async function customerPage(id, params) {
   const query = new URLSearchParams({ limit: PAGE_SIZE });
   if (params.get("after")) query.set("after", params.get("after"));
-  const [customer, timeline, segments] = await Promise.all([api(`/api/customers/${encodeURIComponent(id)}`),
-    api(`/api/customers/${encodeURIComponent(id)}/events?${query}`), api("/api/segments")]);
+  // The customer first: for an unknown id, one 404 and no second request that must fail too.
+  const customer = await api(`/api/customers/${encodeURIComponent(id)}`);
+  const [timeline, segments] = await Promise.all([api(`/api/customers/${encodeURIComponent(id)}/events?${query}`),
+    api("/api/segments")]);
   const segmentName = Object.fromEntries(segments.map((s) => [s.key, s.name]));
   const payment = customer.last_payment;
   // Stripe sets a customer's currency with its first subscription or invoice; until an event
