@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import events, queue, replay
+from app.api_input import BadInput, check_request, is_digits
 from app.logging import log
 from app.responses import JSONResponse, error, iso
 
@@ -27,8 +28,13 @@ LAGGING_AFTER_SECONDS = 60
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
-def authorized(endpoint: Endpoint) -> Endpoint:
-    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down."""
+def authorized(endpoint: Endpoint, accepts: frozenset[str] | None = None) -> Endpoint:
+    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down.
+
+    Ids in the path are checked, and with `accepts` (the query parameters the route takes, as
+    its OpenAPI description lists them) an unknown parameter is refused, as Stripe's API does:
+    a typo such as `?stauts=failed` must not quietly list everything.
+    """
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
@@ -36,6 +42,10 @@ def authorized(endpoint: Endpoint) -> Endpoint:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             return error(401, "missing or wrong bearer token")
+        try:
+            check_request(request, accepts)
+        except BadInput as problem:
+            return error(400, str(problem))
         try:
             return await endpoint(request)
         except DB_ERRORS as problem:
@@ -76,6 +86,35 @@ async def sync_health(request: Request) -> Response:
     )
 
 
+# Received, processed and failed (attempts) per minute, every minute of the window, zeros
+# included; the triggers of sql/0012 keep the per-minute deltas.
+SYNC_HISTORY = """
+SELECT m.minute AS at,
+       coalesce(sum(d.received), 0)::bigint AS received,
+       coalesce(sum(d.processed), 0)::bigint AS processed,
+       coalesce(sum(d.failed), 0)::bigint AS failed
+FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1), date_trunc('minute', now()),
+                     interval '1 minute') AS m(minute)
+LEFT JOIN stripe_event_minutes AS d ON d.minute = m.minute
+GROUP BY m.minute
+ORDER BY m.minute
+"""
+DEFAULT_HISTORY_MINUTES = 180
+# sql/0012's deltas are kept two days (app/worker_metrics.py prunes older ones).
+MAX_HISTORY_MINUTES = 2880
+
+
+async def sync_history(request: Request) -> Response:
+    """Events received, processed and failed per minute over the last `minutes`, oldest first."""
+    raw = request.query_params.get("minutes")
+    if raw is not None and (not is_digits(raw) or not 1 <= int(raw) <= MAX_HISTORY_MINUTES):
+        return error(400, f"minutes must be a whole number from 1 to {MAX_HISTORY_MINUTES}")
+    minutes = int(raw) if raw is not None else DEFAULT_HISTORY_MINUTES
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(SYNC_HISTORY, minutes)
+    return JSONResponse({"interval_seconds": 60, "history": [dict(row) for row in rows]})
+
+
 async def get_event(request: Request) -> Response:
     async with request.app.state.pool.acquire() as conn:
         row = await conn.fetchrow(events.GET_EVENT, request.path_params["event_id"])
@@ -104,12 +143,14 @@ async def retry_event(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    from app import api_customers, api_segments, api_user_data
+    from app import api_customers, api_events, api_segments, api_user_data, openapi
 
     own = [
-        Route("/api/sync", authorized(sync_health)),
-        Route("/api/events/{event_id}", authorized(get_event)),
-        Route("/api/events/{event_id}/retry", authorized(retry_event), methods=["POST"]),
+        Route("/api/sync", sync_health),
+        Route("/api/sync/history", sync_history),
+        Route("/api/openapi.json", openapi.serve),
+        Route("/api/events/{event_id}", get_event),
+        Route("/api/events/{event_id}/retry", retry_event, methods=["POST"]),
     ]
-    gathered = [*api_customers.ROUTES, *api_segments.ROUTES, *api_user_data.ROUTES]
-    return own + [Route(r.path, authorized(r.endpoint), methods=r.methods) for r in gathered]
+    every = [*own, *api_events.ROUTES, *api_customers.ROUTES, *api_segments.ROUTES, *api_user_data.ROUTES]
+    return [Route(r.path, authorized(r.endpoint, openapi.query_names(r.endpoint)), methods=r.methods) for r in every]

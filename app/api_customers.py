@@ -1,4 +1,6 @@
-"""GET /api/customers/{id} and its billing timeline. Endpoints here are wrapped by `api.authorized`.
+"""GET /api/customers (search), /api/customers/{id} and its billing timeline.
+
+Endpoints here are wrapped by `api.authorized`.
 
 The customer answer carries every field Encharge maps (CONTRACT.md "Customer fields") at top
 level, its subscriptions with items, prices and products, its segments, tags and attributes.
@@ -15,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import api_input
+from app.api_input import BadInput
 from app.responses import JSONResponse, error
 from handlers.customers import address_of
 
@@ -47,6 +51,17 @@ ORDER BY s.created_at DESC NULLS LAST, s.id, si.id
 
 CUSTOMER_EXISTS = "SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)"
 
+# Search: one page of customers after a cursor id, by id; with `q`, those whose id, email or
+# name starts with it, whatever the case (sql/0012 indexes the three for LIKE 'prefix%').
+SEARCH_COLUMNS = "id, email, name, mrr, currency, created_at, delinquent, deleted_in_stripe"
+ALL_CUSTOMERS = f"SELECT {SEARCH_COLUMNS} FROM customers WHERE id > $1 ORDER BY id LIMIT $2"
+FIND_CUSTOMERS = f"""
+SELECT {SEARCH_COLUMNS} FROM customers
+WHERE (lower(id) LIKE $3 OR lower(email) LIKE $3 OR lower(name) LIKE $3) AND id > $1
+ORDER BY id
+LIMIT $2
+"""
+
 TIMELINE_TYPES = [
     "customer.subscription.created",
     "customer.subscription.updated",
@@ -65,7 +80,7 @@ TIMELINE_TYPES = [
 # The cursor is the id of the last event of the previous page.
 TIMELINE = """
 WITH timeline AS (
-    SELECT e.id, e.type, e.created, e.payload,
+    SELECT e.id, e.type, e.created, e.payload, e.status,
            CASE WHEN e.type LIKE '%.created' THEN 1 WHEN e.type LIKE '%.deleted' THEN 3 ELSE 2 END AS step
     FROM stripe_events AS e
     WHERE e.customer_id = $1 AND e.type = ANY($2::text[])
@@ -73,7 +88,7 @@ WITH timeline AS (
                AND EXISTS (SELECT 1 FROM stripe_events AS paid
                            WHERE paid.object_id = e.object_id AND paid.type = 'invoice.paid'))
 )
-SELECT id, type, created, payload, step
+SELECT id, type, created, payload, status, step
 FROM timeline
 WHERE $3::text IS NULL OR (created, step, id) < (SELECT created, step, id FROM timeline WHERE id = $3)
 ORDER BY created DESC, step DESC, id DESC
@@ -82,6 +97,13 @@ LIMIT $4
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+SEARCH_FIELDS = ("id", "email", "name", "mrr", "currency", "created_at", "delinquent", "deleted_in_stripe")
+
+
+def like_prefix(query: str) -> str:
+    """A LIKE pattern for "starts with `query`", case-insensitive, its wildcards taken literally."""
+    escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def _customer(row: Any) -> dict[str, Any]:
@@ -183,8 +205,8 @@ def _subscription_entries(event_type: str, obj: dict[str, Any], previous: dict[s
         "customer.subscription.updated": "subscription_updated",
         "customer.subscription.deleted": "subscription_canceled",
     }[event_type]
-    entries = [{"kind": kind, **details}]
     was = previous.get("status") if "status" in previous else None
+    entries = [{"kind": kind, **details, "previous_status": was}]
     started = (event_type == "customer.subscription.created" and obj.get("status") == "trialing") or (
         was is not None and was != "trialing" and obj.get("status") == "trialing"
     )
@@ -245,17 +267,47 @@ def timeline_entries(rows: list[Any]) -> list[dict[str, Any]]:
             found = _charge_entries(row["type"], obj)
         # Derived entries (trial started/ended) follow their event: newest first, they lead.
         for entry in reversed(found):
-            entries.append({"event_id": row["id"], "type": row["type"], "at": row["created"], **entry})
+            entries.append(
+                {
+                    "event_id": row["id"],
+                    "type": row["type"],
+                    "event_status": row["status"],
+                    "at": row["created"],
+                    **entry,
+                }
+            )
     return entries
+
+
+async def find_customers(request: Request) -> Response:
+    """Customers whose id, email or name starts with `q` (any case); every customer without it."""
+    try:
+        query = api_input.query_text(request, "q")
+        limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+        after = api_input.query_text(request, "after") or ""
+    except BadInput as problem:
+        return error(400, str(problem))
+    async with request.app.state.pool.acquire() as conn:
+        if query is None:
+            rows = await conn.fetch(ALL_CUSTOMERS, after, limit + 1)
+        else:
+            rows = await conn.fetch(FIND_CUSTOMERS, after, limit + 1, like_prefix(query))
+    page = rows[:limit]
+    return JSONResponse(
+        {
+            "customers": [{name: row[name] for name in SEARCH_FIELDS} for row in page],
+            "next": page[-1]["id"] if len(rows) > limit else None,
+        }
+    )
 
 
 async def customer_events(request: Request) -> Response:
     customer_id = request.path_params["customer_id"]
-    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        return error(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    limit = int(raw_limit)
-    before = request.query_params.get("after") or None
+    try:
+        limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+        before = api_input.query_text(request, "after")
+    except BadInput as problem:
+        return error(400, str(problem))
     async with request.app.state.pool.acquire() as conn:
         if not await conn.fetchval(CUSTOMER_EXISTS, customer_id):
             return error(404, "no such customer")
@@ -265,6 +317,7 @@ async def customer_events(request: Request) -> Response:
 
 
 ROUTES: list[Route] = [
+    Route("/api/customers", find_customers, methods=["GET"]),
     Route("/api/customers/{customer_id}", get_customer, methods=["GET"]),
     Route("/api/customers/{customer_id}/events", customer_events, methods=["GET"]),
 ]

@@ -1,13 +1,10 @@
 """/api/segments (counts, members, history) and /api/activity (product activity).
 
-Endpoints here are wrapped by `api.authorized`. Every input is checked before it reaches
-PostgreSQL, so bad input answers 400 with a message that says what to fix, never 500 (nor a
-503 for a value PostgreSQL would refuse, such as a NUL character).
+Endpoints here are wrapped by `api.authorized`; their input is checked by app.api_input.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import api_input
+from app.api_input import BadInput, parse_time
+from app.metrics import COUNT_MEMBERS
 from app.processing import lock_customers
 from app.responses import JSONResponse, error, iso
 from app.web import MAX_BODY_BYTES, BodyTooLarge, read_body
@@ -24,15 +24,11 @@ from handlers import segments
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BATCH = 1000
-# Stripe ids and emails are far shorter; anything longer is not one.
-MAX_TEXT = 512
 # Activity "in the future" beyond this much clock skew is a mistake on the caller's side.
 FUTURE_TOLERANCE = timedelta(minutes=5)
 ACTIVITY_CAUSE = "activity"
 ACTIVITY_FIELDS = ("customer", "email", "at")
 BEGINNING = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-COUNT_MEMBERS = "SELECT segment, count(*) AS members FROM segment_memberships GROUP BY segment"
 
 # Keyset pagination: a page starts after the last customer id of the previous one, so members
 # who join or leave meanwhile never shift, repeat or hide the others.
@@ -42,6 +38,17 @@ WHERE segment = $1 AND customer_id > $2
 ORDER BY customer_id
 LIMIT $3
 """
+
+# The same page with each member's name, email, MRR and the time it entered the segment.
+SEGMENT_MEMBERS_EXPANDED = """
+SELECT m.customer_id, m.entered_at, c.name, c.email, c.mrr, c.currency, c.deleted_in_stripe
+FROM segment_memberships AS m
+LEFT JOIN customers AS c ON c.id = m.customer_id
+WHERE m.segment = $1 AND m.customer_id > $2
+ORDER BY m.customer_id
+LIMIT $3
+"""
+EXPANSIONS = ("customer",)
 
 HISTORY_CURSOR = "SELECT at FROM segment_history WHERE id = $1 AND segment = $2"
 
@@ -68,51 +75,13 @@ WITH recorded AS (
 SELECT count(*) FROM recorded
 """
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
-_UNIX_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]+)?")
-# In a query string "+" arrives as a space: "...T12:00:00 01:00" meant "+01:00".
-_SPACED_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
-
-
-class BadInput(Exception):
-    """The request is malformed; the message says how."""
-
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadInput(f"{name} must be a non-empty string")
-    if len(value) > MAX_TEXT or "\x00" in value:
-        raise BadInput(f"{name} is too long or holds a NUL character")
-    return value.strip()
-
-
-def parse_time(value: Any, name: str) -> datetime:
-    """An ISO 8601 time (UTC when it names no offset) or Unix seconds, as a UTC datetime."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise BadInput(f"{name} must be an ISO 8601 time or Unix seconds")
-    try:
-        if isinstance(value, str) and not _UNIX_SECONDS.fullmatch(value.strip()):
-            parsed = datetime.fromisoformat(value.strip())
-            parsed = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
-        else:
-            parsed = datetime.fromtimestamp(float(value), timezone.utc)
-        # Year 1 at +14:00 is still year 0 in UTC, which neither Python nor we can hold.
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        raise BadInput(f"{name} must be an ISO 8601 time or Unix seconds, got {str(value)[:40]!r}") from None
-
-
 def parse_limit(request: Request) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
+    return api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
 
 
 def _segment(request: Request) -> segments.Segment | None:
@@ -133,14 +102,34 @@ async def segment_customers(request: Request) -> Response:
         limit = parse_limit(request)
         after = request.query_params.get("after") or ""
         if after:
-            after = _text(after, "after")
+            after = api_input.text(after, "after")
+        expand = request.query_params.get("expand")
+        if expand is not None and expand not in EXPANSIONS:
+            raise BadInput("expand must be customer (or left out for bare ids)")
     except BadInput as problem:
         return error(400, str(problem))
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(SEGMENT_MEMBERS, segment.key, after, limit + 1)
-    customers = [row["customer_id"] for row in rows[:limit]]
+        rows = await conn.fetch(SEGMENT_MEMBERS_EXPANDED if expand else SEGMENT_MEMBERS, segment.key, after, limit + 1)
+    page = rows[:limit]
     more = len(rows) > limit
-    return JSONResponse({"segment": segment.key, "customers": customers, "next": customers[-1] if more else None})
+    if expand:
+        customers: list[Any] = [
+            {
+                "id": row["customer_id"],
+                "name": row["name"],
+                "email": row["email"],
+                "mrr": row["mrr"],
+                "currency": row["currency"],
+                "deleted_in_stripe": row["deleted_in_stripe"],
+                "entered_at": row["entered_at"],
+            }
+            for row in page
+        ]
+    else:
+        customers = [row["customer_id"] for row in page]
+    return JSONResponse(
+        {"segment": segment.key, "customers": customers, "next": page[-1]["customer_id"] if more else None}
+    )
 
 
 async def segment_history(request: Request) -> Response:
@@ -151,9 +140,9 @@ async def segment_history(request: Request) -> Response:
     query = request.query_params
     try:
         limit = parse_limit(request)
-        since = parse_time(_SPACED_OFFSET.sub(r"\1+\2", query["since"]), "since") if query.get("since") else BEGINNING
+        since = parse_time(query["since"], "since") if query.get("since") else BEGINNING
         after = query.get("after")
-        if after is not None and not _DIGITS.fullmatch(after):
+        if after is not None and not api_input.is_digits(after):
             raise BadInput("after must be the `next` cursor of a previous page")
     except BadInput as problem:
         return error(400, str(problem))
@@ -209,7 +198,7 @@ def _activity_item(item: Any, now: datetime) -> tuple[str, str, datetime]:
     if ("customer" in item) == ("email" in item):
         raise BadInput("give exactly one of customer (a Stripe customer id) or email")
     field = "customer" if "customer" in item else "email"
-    value = _text(item[field], field)
+    value = api_input.text(item[field], field)
     at = now if item.get("at") is None else parse_time(item["at"], "at")
     if at > now + FUTURE_TOLERANCE:
         raise BadInput("at is in the future")

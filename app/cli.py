@@ -94,23 +94,66 @@ def _erase(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stripeline", description="Self-hosted Stripe webhook processor.")
+    def command(name: str, summary: str, example: str, variables: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"example:\n  {example}\n\nenvironment:\n  {variables}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    parser = argparse.ArgumentParser(
+        prog="stripeline",
+        description="Self-hosted Stripe webhook processor: a durable event log, a billing model and lifecycle "
+        "segments in PostgreSQL.",
+        epilog="example:\n  stripeline dev                      # everything, locally, with embedded servers\n"
+        "  stripeline COMMAND --help           # one command's options, example and variables\n\n"
+        "environment: DATABASE_URL, REDIS_URL, STRIPE_WEBHOOK_SECRET, STRIPELINE_API_TOKEN and others\n"
+        "(see README.md, Configuration); unset URLs in a directory with ./.stripeline use `stripeline dev`'s servers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("migrate", help="apply the SQL migrations (idempotent)").set_defaults(run=_migrate)
+    command(
+        "migrate",
+        "apply the SQL migrations (idempotent, safe to run concurrently)",
+        "DATABASE_URL=postgres://user:pass@host/db stripeline migrate",
+        "DATABASE_URL (required)",
+    ).set_defaults(run=_migrate)
 
-    web = commands.add_parser("web", help="serve webhooks and the API")
-    web.add_argument("--host", default="0.0.0.0")
+    web = command(
+        "web",
+        "serve webhooks, the API, the dashboard and /metrics",
+        "stripeline web --port 8000",
+        "DATABASE_URL, REDIS_URL, STRIPE_WEBHOOK_SECRET, STRIPELINE_API_TOKEN (required); PORT, LOG_LEVEL, LOG_FORMAT",
+    )
+    web.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     web.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     web.set_defaults(run=_web)
 
-    commands.add_parser("worker", help="process events and run periodic jobs").set_defaults(run=_worker)
+    command(
+        "worker",
+        "process events, retry failures and run periodic jobs (segment refresh, segment webhooks)",
+        "stripeline worker",
+        "DATABASE_URL, REDIS_URL (required); STRIPELINE_DELETED_CUSTOMERS, STRIPELINE_SEGMENT_WEBHOOK_URL, LOG_LEVEL",
+    ).set_defaults(run=_worker)
 
-    dev = commands.add_parser("dev", help="migrate, web and worker together, with embedded servers if needed")
-    dev.add_argument("--port", type=int, default=None)
+    dev = command(
+        "dev",
+        "migrate, web and worker together, with embedded PostgreSQL and Redis if needed",
+        "stripeline dev --port 8000",
+        "none required; DATABASE_URL and REDIS_URL to use your own servers, STRIPE_WEBHOOK_SECRET for the Stripe CLI's",
+    )
+    dev.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     dev.set_defaults(run=_dev)
 
-    replay = commands.add_parser("replay", help="re-apply stored events in Stripe order")
+    replay = command(
+        "replay",
+        "re-apply stored events in Stripe order",
+        "stripeline replay --since 2024-05-01 --type 'invoice.*'",
+        "DATABASE_URL (required); STRIPELINE_DELETED_CUSTOMERS",
+    )
     replay.add_argument("--since", help="ISO time: events created at or after it")
     replay.add_argument("--until", help="ISO time: events created before it")
     replay.add_argument("--type", dest="type_pattern", help="event type glob, e.g. 'invoice.*'")
@@ -119,15 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--batch-size", type=int, default=1000, help="events per transaction, 1-2000 (default 1000)")
     replay.set_defaults(run=_replay)
 
-    load = commands.add_parser("import", help="store and process a JSON Lines file of Stripe events")
+    load = command(
+        "import",
+        "store and process a JSON Lines file of Stripe events",
+        "stripe events list --limit 100 > events.json && stripeline import events.json",
+        "DATABASE_URL (required); STRIPELINE_DELETED_CUSTOMERS",
+    )
     load.add_argument("file", help="path, or - for standard input")
     load.set_defaults(run=_import)
 
-    backfill = commands.add_parser("backfill", help="pull current objects and recent events from the Stripe API")
+    backfill = command(
+        "backfill",
+        "pull current objects and recent events from the Stripe API",
+        "STRIPE_API_KEY=rk_live_... stripeline backfill",
+        "DATABASE_URL, STRIPE_API_KEY (required; a restricted, read-only key)",
+    )
     backfill.add_argument("--only-new", action="store_true", help="skip history: start syncing from now")
     backfill.set_defaults(run=_backfill)
 
-    erase = commands.add_parser("erase", help="delete every row the Stripe data source produced")
+    erase = command(
+        "erase",
+        "delete every row the Stripe data source produced (attributes and tags included)",
+        "stripeline erase --yes",
+        "DATABASE_URL (required)",
+    )
     erase.add_argument("--yes", action="store_true", help="really delete")
     erase.set_defaults(run=_erase)
     return parser

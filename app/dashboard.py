@@ -1,4 +1,4 @@
-"""The dashboard: a static page that shows sync health, segments and customers.
+"""The dashboard: a static page for operators: sync health, segments, customers and events.
 
 The page, its script and its stylesheet carry no data: the script asks the `/api/*` routes
 with the token the user types (kept in the tab's sessionStorage), so the dashboard is exactly
@@ -17,10 +17,11 @@ FILES = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/dashboard/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 HEADERS = {
     "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
         "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",

@@ -22,6 +22,7 @@ ERASED_TABLES = (
     "stripe_events", "stripe_event_counts", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
     "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
     "segment_memberships", "segment_history", "segment_evaluations", "segment_refresh_state", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
+    "stripe_event_minutes", "worker_metrics",
 )
 
 # Built once from the constant list above (identifiers, never user input), so that a new table

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -19,7 +20,7 @@ from app.db import create_pool
 from app.ingest import Ingestor, StoreUnavailable
 from app.logging import log
 from app.queue import redis_pool
-from app.responses import JSONResponse, error
+from app.responses import JSONResponse
 from app.settings import Settings
 from app.signature import SignatureError, verify
 
@@ -81,10 +82,11 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
     """
     state = scope["app"].state
     settings: Settings = state.settings
+    started = time.perf_counter()
     try:
         body = await read_body(scope, receive)
     except BodyTooLarge:
-        state.counters.webhooks_rejected += 1
+        state.metrics.webhook_answered("rejected", started, "too_large")
         return await _refuse(send, 413, f"body larger than {MAX_BODY_BYTES} bytes")
     except ClientDisconnect:
         return
@@ -94,14 +96,18 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         event = events.parse_event(body)
         duplicate = await state.ingestor.submit(event)
     except (SignatureError, events.InvalidEvent) as refused:
-        state.counters.webhooks_rejected += 1
+        state.metrics.webhook_answered(
+            "rejected", started, "signature" if isinstance(refused, SignatureError) else "not_an_event"
+        )
         log.info("webhook_refused", reason=str(refused))
         return await _refuse(send, 400, str(refused))
     except StoreUnavailable:
+        state.metrics.webhook_answered("unavailable", started)
         return await _refuse(send, 503, "event store unavailable, retry later")
     # Debug: a line per webhook at info costs measurable throughput; the Ingestor logs a
     # periodic summary at info instead.
     log.debug("webhook_received", event_id=event.id, event_type=event.type, duplicate=duplicate)
+    state.metrics.webhook_answered("duplicate" if duplicate else "accepted", started)
     await _answer(send, 200, ACKNOWLEDGED[duplicate])
 
 
@@ -129,16 +135,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    state = request.app.state
-    try:
-        async with state.pool.acquire() as conn:
-            counts = await events.count_by_status(conn)
-            summary = await conn.fetchrow(events.SYNC_SUMMARY)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
-        return error(503, "database unavailable")
-    oldest = summary["oldest_pending_at"]
-    age = (summary["now"] - oldest).total_seconds() if oldest else 0.0
-    return PlainTextResponse(metrics.render(counts, age, state.counters), media_type="text/plain; version=0.0.4")
+    """Prometheus text; answers even while PostgreSQL or Redis is down (see app.metrics)."""
+    return Response(await metrics.render(request.app.state), media_type=metrics.CONTENT_TYPE)
 
 
 class ASGIEndpoint:
@@ -159,7 +157,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
         state = app.state
         state.pool = pool or await _open_pool(settings)
         state.redis = redis or redis_pool(settings.redis_url)
-        state.ingestor = Ingestor(state.pool, state.redis, settings.queue_name, metrics=state.counters)
+        state.ingestor = Ingestor(state.pool, state.redis, settings.queue_name, metrics=state.metrics)
         await state.ingestor.start()
         try:
             yield
@@ -183,7 +181,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.counters = metrics.IngestCounters()
+    app.state.metrics = metrics.WebMetrics()
     return app
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from arq import cron
 
-from app import events, queue
+from app import events, queue, worker_metrics
 from app.db import create_pool
 from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging, log
@@ -38,6 +38,7 @@ LIMIT $2
 async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
     settings: Settings = ctx["settings"]
     outcome = await process_stored_events(ctx["pool"], event_ids, settings, fill_up_to=FILL_BATCH_UP_TO)
+    worker_metrics.observe_outcome(ctx, outcome)
     for event_id, delay in outcome.retry:
         await queue.enqueue_events(
             ctx["redis"], settings.queue_name, [event_id], defer_seconds=delay, job_id=f"retry:{event_id}:{time.time_ns()}"
@@ -102,7 +103,7 @@ FUNCTIONS: list = [process_events, refresh_segments, deliver_segment_webhooks]
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for arq's Worker, built from our settings."""
-    return {
+    options = {
         "functions": FUNCTIONS,
         "cron_jobs": CRON_JOBS,
         "on_startup": startup,
@@ -119,6 +120,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "max_tries": 1,  # retries are ours: attempts and backoff live on the event row
         "handle_signals": True,
     }
+    return worker_metrics.instrument(options)
 
 
 async def run_worker(settings: Settings) -> None:

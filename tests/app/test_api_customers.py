@@ -139,3 +139,70 @@ async def test_timeline_pages_with_next_and_rejects_a_bad_limit(client, conn, se
     assert list(dict.fromkeys(seen)) == list(dict.fromkeys(e["event_id"] for e in full))
     assert (await client.get(f"/api/customers/{customer['id']}/events?limit=0")).status_code == 400
     assert (await client.get(f"/api/customers/{customer['id']}/events?limit=abc")).status_code == 400
+
+
+# --- GET /api/customers?q= ----------------------------------------------------------------------
+
+
+async def _people(conn, settings):
+    people = [
+        f.customer_object("cus_Ada1", email="ada@example.com", name="Ada Lovelace", created=T),
+        f.customer_object("cus_Bob2", email="bob@ADAMS.example", name="Bob Adams", created=T),
+        f.customer_object("cus_Cy_3", email="cy@example.com", name="Adalbert Cy", created=T),
+        f.customer_object("cus_Dee4", email="dee%x@example.com", name=None, created=T),
+    ]
+    await apply(conn, settings, [f.event("customer.created", person, created=T) for person in people])
+
+
+async def test_search_finds_customers_by_id_email_or_name_prefix_in_any_case(client, conn, settings):
+    await _people(conn, settings)
+
+    async def found(q):
+        answer = await client.get("/api/customers", params={"q": q})
+        assert answer.status_code == 200, answer.text
+        return [c["id"] for c in answer.json()["customers"]]
+
+    assert await found("ADA") == ["cus_Ada1", "cus_Cy_3"]        # email or name starts with it
+    assert await found("bob@adams") == ["cus_Bob2"]
+    assert await found("cus_b") == ["cus_Bob2"]                  # id prefix, any case
+    assert await found("cus_") == ["cus_Ada1", "cus_Bob2", "cus_Cy_3", "cus_Dee4"]
+    assert await found("lovelace") == []                         # a prefix, not a substring
+    assert await found("cus_C%") == [] and await found("cus_Cy_") == ["cus_Cy_3"]  # wildcards are literal
+    assert await found("dee%") == ["cus_Dee4"]
+    answer = (await client.get("/api/customers", params={"q": "ada@"})).json()
+    assert answer["customers"] == [{"id": "cus_Ada1", "email": "ada@example.com", "name": "Ada Lovelace", "mrr": 0,
+                                    "currency": None, "created_at": _iso(T), "delinquent": False,
+                                    "deleted_in_stripe": False}]
+
+
+async def test_search_pages_chain_by_cursor_and_without_q_lists_everyone(client, conn, settings):
+    await _people(conn, settings)
+    seen, after = [], None
+    while True:
+        body = (await client.get("/api/customers", params={"limit": 3, **({"after": after} if after else {})})).json()
+        seen += [c["id"] for c in body["customers"]]
+        after = body["next"]
+        if after is None:
+            break
+    assert seen == ["cus_Ada1", "cus_Bob2", "cus_Cy_3", "cus_Dee4"]
+
+
+async def test_search_with_bad_parameters_is_400(client):
+    for params in ({"q": "x" * 600}, {"q": "a\x00"}, {"limit": "0"}, {"limit": "²"}, {"limit": "9999"}):
+        answer = await client.get("/api/customers", params=params)
+        assert answer.status_code == 400, params
+        assert answer.json()["error"]
+
+
+async def test_timeline_says_which_status_a_subscription_left(client, conn, settings):
+    customer, *_ = await _customer_with_history(conn, settings)
+    events = (await client.get(f"/api/customers/{customer['id']}/events")).json()["events"]
+    updated = next(e for e in events if e["kind"] == "subscription_updated")
+    assert (updated["previous_status"], updated["status"]) == ("trialing", "active")
+
+
+async def test_ids_with_a_nul_character_are_400_not_an_outage(client):
+    for path in ("/api/customers/cus%00x", "/api/customers/cus%00x/events", "/api/events/evt%00x"):
+        answer = await client.get(path)
+        assert answer.status_code == 400, path
+        assert "NUL" in answer.json()["error"]

@@ -107,6 +107,22 @@ async def test_pages_stay_stable_while_members_join_and_leave(client, conn, sett
     assert rest == sorted([*ids[4:], late])  # nothing repeated, nothing that stayed is skipped
 
 
+async def test_expanded_members_carry_name_email_mrr_and_when_they_entered(client, conn, settings):
+    ids = sorted([await add_customer(conn, f"cus_exp_{i}", email=f"person{i}@example.com") for i in range(3)])
+    await conn.execute("UPDATE customers SET name = 'Person ' || right(id, 1), mrr = 1200, currency = 'eur'")
+    entered = utc_now()
+    await evaluate(conn, ids, entered, settings)
+    params = {"expand": "customer", "limit": 2}
+    first = (await client.get("/api/segments/syncing_with_stripe/customers", params=params)).json()
+    assert first["customers"][0] == {"id": ids[0], "name": "Person 0", "email": "person0@example.com", "mrr": 1200,
+                                     "currency": "eur", "deleted_in_stripe": False, "entered_at": zulu(entered)}
+    assert first["next"] == ids[1]
+    rest = (await client.get("/api/segments/syncing_with_stripe/customers", params={**params, "after": first["next"]}))
+    assert [c["id"] for c in rest.json()["customers"]] == ids[2:] and rest.json()["next"] is None
+    unknown = await client.get("/api/segments/syncing_with_stripe/customers", params={"expand": "everything"})
+    assert unknown.status_code == 400
+
+
 async def test_bad_page_parameters_are_400(client):
     for params in ({"limit": 0}, {"limit": -1}, {"limit": 1001}, {"limit": "ten"}, {"limit": "1.5"}, {"after": "a\x00b"}):
         answer = await client.get("/api/segments/customers/customers", params=params)

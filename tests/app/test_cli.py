@@ -128,3 +128,17 @@ def test_web_and_library_lines_are_json_on_stdout_with_nothing_on_stderr(db_url,
     assert all({"event", "level", "timestamp"} <= set(line) for line in lines)
     assert err.strip() == ""
 
+
+
+def test_every_command_help_shows_an_example_and_the_variables_it_needs(capsys):
+    from app.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"migrate", "web", "worker", "dev", "replay", "import", "backfill", "erase"}
+    for name, command in commands.items():
+        text = command.format_help()
+        assert f"stripeline {name}" in text.split("example:")[1], name
+        assert "environment:" in text, name
+    overview = parser.format_help()
+    assert "example:" in overview and "DATABASE_URL" in overview

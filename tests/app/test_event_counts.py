@@ -107,5 +107,5 @@ async def test_metrics_and_sync_read_the_counts_not_the_log(client, conn):
     assert sync["events"] == {"received": 3, "processed": 1, "ignored": 0, "failed": 1, "pending": 1}
     assert sync["status"] == "failing"
     metrics = (await client.get("/metrics")).text
-    assert 'stripeline_events{status="failed"} 1' in metrics.splitlines()
-    assert "stripeline_events_received 3" in metrics.splitlines()
+    assert 'stripeline_events{status="failed"} 1.0' in metrics.splitlines()
+    assert "stripeline_events_received 3.0" in metrics.splitlines()

@@ -82,6 +82,6 @@ async def test_metrics_are_prometheus_text_counting_the_store(client, conn):
     assert found['stripeline_events{status="processed"}'] == 1
     assert found['stripeline_events{status="failed"}'] == 0
     assert found["stripeline_events_received"] == 2
-    assert found["stripeline_webhooks_accepted_total"] == 2
-    assert found["stripeline_webhooks_rejected_total"] == 1
+    assert found['stripeline_webhooks_total{outcome="accepted",reason=""}'] == 2
+    assert found['stripeline_webhooks_total{outcome="rejected",reason="signature"}'] == 1
     assert "stripeline_oldest_pending_age_seconds" in found

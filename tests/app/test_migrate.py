@@ -54,9 +54,10 @@ async def fresh_databases(service_urls):
     await admin.close()
 
 
-async def test_migrations_are_numbered_without_gaps():
+async def test_migrations_are_numbered_in_order_without_repeats():
+    # Numbers are reserved per branch, so a gap may stay where a branch needed none.
     versions = [m.version for m in load_migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions == sorted(set(versions)) and versions[0] == 1
 
 
 async def test_migrating_twice_changes_nothing_the_second_time(fresh_databases):
