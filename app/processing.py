@@ -132,6 +132,8 @@ class Batch:
     on_commit: Callable[[asyncpg.Connection, list[EventRecord]], Awaitable[None]] | None = None
     # Live: a batch of few events is filled up with other due pending events, up to this many.
     fill_up_to: int = 0
+    # The events that joined to fill it up, once claimed.
+    joined: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls, records: list[EventRecord], statuses: list[str], on_commit=None) -> Batch:  # noqa: ANN001
@@ -139,9 +141,10 @@ class Batch:
 
     def halves(self) -> list[Batch]:
         """Smaller batches to try when this one failed; none when it holds a single event."""
-        if self.fill_up_to:
-            # The culprit may be an event that only joined to fill up: go back to the named ones.
-            return [replace(self, fill_up_to=0)]
+        if self.joined:
+            # The culprit may be an event that only joined to fill up: the named ones and the
+            # joined ones go on separately (their own jobs found them taken and are done).
+            return [replace(self, fill_up_to=0, joined=[]), replace(self, ids=self.joined, fill_up_to=0, joined=[])]
         if len(self.ids) < 2:
             return []
         middle = len(self.ids) // 2
@@ -342,14 +345,11 @@ class Engine:
         if not policy.live:
             return list(batch.records or ()), 0
         rows = await conn.fetch(LOCK_EVENTS, batch.ids)
-        joined = 0
         if len(rows) < batch.fill_up_to:
             more = await conn.fetch(LOCK_MORE_EVENTS, batch.ids, batch.fill_up_to - len(rows))
-            joined = len(more)
+            batch.joined = [row["id"] for row in more]  # kept should the batch fail (see `halves`)
             rows += more
-        if not joined:
-            batch.fill_up_to = 0  # should it fail, no joined event can be the culprit
-        return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), joined
+        return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), len(batch.joined)
 
     async def _failed(self, batch: Batch, policy: Policy, error: BaseException, started: float) -> Outcome:
         """Record the failure of a batch's one event (none when another worker had it)."""

@@ -230,21 +230,27 @@ async def test_a_job_takes_other_due_pending_events_into_its_batch(client, conn,
         assert (await status_of(conn, payload["id"]))["status"] == "processed"
 
 
-async def test_an_event_that_only_joined_a_batch_is_not_blamed_for_its_failure(client, conn, pool, settings, monkeypatch):
+async def test_events_that_joined_a_failing_batch_are_processed_at_once_and_only_the_culprit_fails(
+    client, conn, pool, settings, monkeypatch
+):
     from app.processing import process_events
 
-    named, joined = handled_event(), handled_event()
+    named, joined_good, joined_bad = handled_event(), handled_event(), handled_event()
 
     async def on_test_happened(conn, record, ctx):
-        if record.id == joined["id"]:
+        if record.id == joined_bad["id"]:
             raise RuntimeError("broken")
 
     monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
-    for payload in (named, joined):
+    for payload in (named, joined_good, joined_bad):
         await deliver(client, payload)
 
-    await process_events(pool, [named["id"]], settings, fill_up_to=10)
+    outcome = await process_events(pool, [named["id"]], settings, fill_up_to=10)
 
-    assert (await status_of(conn, named["id"]))["status"] == "processed"
-    untouched = await status_of(conn, joined["id"])
-    assert (untouched["status"], untouched["attempts"]) == ("pending", 0)
+    # The good ones do not wait for the sweeper: their own jobs already found them taken.
+    assert sorted(outcome.processed) == sorted([named["id"], joined_good["id"]])
+    for payload in (named, joined_good):
+        assert (await status_of(conn, payload["id"]))["status"] == "processed"
+    culprit = await status_of(conn, joined_bad["id"])
+    assert (culprit["status"], culprit["attempts"]) == ("pending", 1)
+    assert culprit["last_error"] == "RuntimeError: broken"
