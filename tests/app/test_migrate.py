@@ -13,16 +13,16 @@ from app.db import connect
 from app.migrate import load_migrations, migrate
 from tests.services import with_database
 
-# The shape of the public schema: what a migration run must reproduce exactly.
+# The shape of stripeline's schema: what a migration run must reproduce exactly.
 SCHEMA_COLUMNS = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
-FROM information_schema.columns WHERE table_schema = 'public'
+FROM information_schema.columns WHERE table_schema = current_schema()
 ORDER BY table_name, column_name
 """
-SCHEMA_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+SCHEMA_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname"
 SCHEMA_CONSTRAINTS = """
 SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
-FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
 ORDER BY 1, 2
 """
 
