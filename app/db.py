@@ -87,15 +87,15 @@ async def create_pool(
     )
 
 
-async def open_pool(settings: Settings, process: str, *, min_size: int = 1) -> asyncpg.Pool:
+async def open_pool(settings: Settings, process: str, *, min_size: int = 1, name: str | None = None) -> asyncpg.Pool:
     """The pool of one `web`, `worker` or `command` process: STRIPELINE_DB_POOL_SIZE connections
-    (or that kind's default) in STRIPELINE_SCHEMA."""
+    (or that kind's default) in STRIPELINE_SCHEMA. `name` (e.g. `replay`) labels its connections."""
     return await create_pool(
         settings.database_url,
         min_size=min(min_size, settings.pool_size(process)),
         max_size=settings.pool_size(process),
         schema=settings.schema,
-        process=process,
+        process=name or process,
     )
 
 
