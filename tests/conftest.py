@@ -164,6 +164,25 @@ async def db_url(test_databases):
     await test_databases.give_back(name)
 
 
+@pytest.fixture
+async def fresh_databases(service_urls):
+    """A factory of empty databases (no migrations applied), dropped afterwards."""
+    admin_url, _ = service_urls
+    admin = await asyncpg.connect(admin_url)
+    names = []
+
+    async def create() -> str:
+        name = f"stripeline_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return services.with_database(admin_url, name)
+
+    yield create
+    for name in names:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def redis_url(service_urls):
     _, base = service_urls

@@ -95,6 +95,8 @@ class Image:
     command: list[str] = field(default_factory=list)
     healthcheck: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # The variables the Dockerfile sets (ENV), as its containers get them.
+    declared: dict[str, str] = field(default_factory=dict)
 
     def rooted(self, text: str) -> str:
         return _IMAGE_PATH.sub(lambda match: str(self.root) + match.group(0), text)
@@ -117,8 +119,9 @@ class Image:
     def _env(self, arguments: str) -> None:
         for pair in shlex.split(arguments):
             name, _, value = pair.partition("=")
-            value = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: self.env.get(m.group(1) or m.group(2), ""), value)
-            self.env[name] = self.rooted(value)
+            # Root the Dockerfile's own paths first: an expanded $PATH holds host paths already.
+            expand = lambda m: self.env.get(m.group(1) or m.group(2), "")  # noqa: E731
+            self.env[name] = self.declared[name] = re.sub(r"\$(\w+)|\$\{(\w+)\}", expand, self.rooted(value))
 
     def _workdir(self, arguments: str) -> None:
         self.workdir = Path(self.rooted(arguments))

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 
 import asyncpg
 import pytest
 
 from app.db import connect
 from app.migrate import load_migrations, migrate
-from tests.services import with_database
 
 # The shape of stripeline's schema: what a migration run must reproduce exactly.
 SCHEMA_COLUMNS = """
@@ -33,25 +30,6 @@ async def schema_of(conn) -> dict[str, list[tuple]]:
         "indexes": [tuple(row) for row in await conn.fetch(SCHEMA_INDEXES)],
         "constraints": [tuple(row) for row in await conn.fetch(SCHEMA_CONSTRAINTS)],
     }
-
-
-@pytest.fixture
-async def fresh_databases(service_urls):
-    """A factory of empty databases (no migrations applied), dropped afterwards."""
-    admin_url, _ = service_urls
-    admin = await asyncpg.connect(admin_url)
-    names = []
-
-    async def create() -> str:
-        name = f"stripeline_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        names.append(name)
-        return with_database(admin_url, name)
-
-    yield create
-    for name in names:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def test_migrations_are_numbered_without_gaps():
