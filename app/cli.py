@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -50,10 +51,17 @@ def web_app():
     return create_app(settings)
 
 
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def _web(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so that the process
+    # would end "killed by SIGTERM"; a platform stopping a dyno expects exit code 0 instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "app.cli:web_app",
         factory=True,

@@ -171,7 +171,7 @@ def clean_clone(destination: Path) -> Path:
 
 @dataclass
 class Started:
-    """A process started through a shell, as a platform starts a Procfile entry."""
+    """A process started through bash, as Heroku starts a Procfile entry (bash execs a lone command)."""
 
     name: str
     process: subprocess.Popen
@@ -190,7 +190,7 @@ class Started:
 
 def start(name: str, command: str, env: dict[str, str], cwd: Path) -> Started:
     process = subprocess.Popen(
-        ["/bin/sh", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        ["bash", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     return Started(name, process)
@@ -198,6 +198,6 @@ def start(name: str, command: str, env: dict[str, str], cwd: Path) -> Started:
 
 def run(command: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["/bin/sh", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        ["bash", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
