@@ -176,6 +176,10 @@ class Started:
     name: str
     process: subprocess.Popen
 
+    def wait(self, timeout: float = 60) -> tuple[int, str]:
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output
+
     def stop(self, timeout: float = 30) -> tuple[int, str]:
         """SIGTERM to its whole process group (as Heroku stops a dyno); its exit code and output."""
         if self.process.poll() is None:
