@@ -17,9 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -171,33 +173,40 @@ def clean_clone(destination: Path) -> Path:
 
 @dataclass
 class Started:
-    """A process started through bash, as Heroku starts a Procfile entry (bash execs a lone command)."""
+    """A process started through bash, as Heroku starts a Procfile entry (bash execs a lone
+    command). Its output goes to a file: a pipe nobody reads would block it once full."""
 
     name: str
     process: subprocess.Popen
+    log: IO[str]
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def wait(self, timeout: float = 60) -> tuple[int, str]:
-        output, _ = self.process.communicate(timeout=timeout)
-        return self.process.returncode, output
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.output()
 
     def stop(self, timeout: float = 30) -> tuple[int, str]:
         """SIGTERM to its whole process group (as Heroku stops a dyno); its exit code and output."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            output, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            output, _ = self.process.communicate()
-        return self.process.returncode, output
+            self.process.wait()
+        return self.process.returncode, self.output()
 
 
 def start(name: str, command: str, env: dict[str, str], cwd: Path) -> Started:
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")
     process = subprocess.Popen(
-        ["bash", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["bash", "-c", command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )  # fmt: skip
-    return Started(name, process)
+    return Started(name, process, log)
 
 
 def run(command: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
