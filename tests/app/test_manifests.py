@@ -129,3 +129,32 @@ def test_every_manifest_is_committed(name):
     if tracked.returncode != 0 and not (deploy.ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     assert tracked.returncode == 0, f"{name} is not committed: a platform builds from the repository"
+
+
+def _readme_section(title: str) -> str:
+    readme = (deploy.ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_readme_connect_stripe_names_exactly_the_event_types_the_handlers_use():
+    from handlers import HANDLERS
+
+    section = _readme_section("Connect Stripe")
+    listed = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section.split("Copy the endpoint")[0])
+    assert sorted(listed) == sorted(HANDLERS)
+
+
+def test_readme_connect_stripe_asks_read_access_to_exactly_what_backfill_lists():
+    from app.backfill import LISTINGS
+
+    section = _readme_section("Connect Stripe")
+    resources = re.findall(r"^\| (\w+) \| lists", section, flags=re.MULTILINE)
+    assert sorted(resources) == sorted(listing.resource.capitalize() for listing in LISTINGS)
+
+
+def test_readme_deploy_gives_steps_for_every_platform():
+    section = _readme_section("Deploy")
+    for platform, command in [("Heroku", "git push heroku"), ("Render", "render.yaml"), ("Fly", "fly deploy"),
+                              ("Docker", "docker build")]:  # fmt: skip
+        assert f"**{platform}" in section and command in section
