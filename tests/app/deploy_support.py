@@ -23,9 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# The long profile: fresh environments for every platform, `stripeline dev` with embedded servers.
+FULL = os.environ.get("STRIPELINE_TEST_DEPLOY") == "full"
+long_profile = pytest.mark.skipif(not FULL, reason="long profile: set STRIPELINE_TEST_DEPLOY=full")
 # The absolute paths an image's steps may use; everything else is the host's (/bin/sh, ...).
 _IMAGE_PATH = re.compile(r"(?<![\w./-])/(?:app|opt|home|tmp)(?=[/\s:\"']|$)")
 

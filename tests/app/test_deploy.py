@@ -36,7 +36,7 @@ from tests.simulation import generate
 
 # What Heroku's Python buildpack runs for a requirements.txt (its lib/pip.sh, less output flags).
 HEROKU_INSTALL = "pip install -r requirements.txt"
-FULL = os.environ.get("STRIPELINE_TEST_DEPLOY") == "full"
+FULL = deploy.FULL
 SECRET = "whsec_deploy_test"
 TOKEN = "deploy-test-token"
 
