@@ -23,6 +23,7 @@ from tests.app.test_cli import stripeline_command
 from tests.conftest import API_TOKEN, WEBHOOK_SECRET
 from tests.factories import signed
 from tests.handlers.billing_support import apply_each, model_state
+from tests.handlers.test_writes import _rolled_back
 from tests.handlers.truth import mismatches
 from tests.services import closed_port
 from tests.simulation import generate
@@ -90,15 +91,6 @@ def _stopped_cleanly(processes: list[deploy.Started]) -> dict[str, str]:
         assert "Traceback" not in output, (process.name, output[-2000:])
         outputs[process.name] = output
     return outputs
-
-
-async def _rolled_back(conn, work):
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        return await work()
-    finally:
-        await transaction.rollback()
 
 
 async def test_two_web_processes_and_two_workers_reach_the_state_of_in_order_processing(
