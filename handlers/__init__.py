@@ -10,16 +10,15 @@ flush per batch (handlers/writes.py) before the refreshers run.
 
 from __future__ import annotations
 
-from app.processing import Handler, Refresher
-from handlers import billing, catalog, customers, discounts, invoices, payments, segments, subscriptions
-from handlers.deletion import on_customer_deleted
+from app.processing import Handler, Refresher, Registry
+from handlers import billing, catalog, customers, deletion, discounts, invoices, payments, segments, subscriptions
 
 HANDLERS: dict[str, Handler] = {
     # Customers: the fields Encharge maps (email, name, phone, address, currency, delinquent).
     "customer.created": customers.on_customer_created,
     "customer.updated": customers.on_customer_updated,
     # Tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS).
-    "customer.deleted": on_customer_deleted,
+    "customer.deleted": deletion.on_customer_deleted,
     # Subscriptions: status drives every segment; items and prices drive MRR.
     "customer.subscription.created": subscriptions.on_subscription_created,
     "customer.subscription.updated": subscriptions.on_subscription_updated,
@@ -69,8 +68,18 @@ HANDLERS: dict[str, Handler] = {
 
 # Run after the handlers of a batch, for every customer the batch touched, in this order.
 REFRESHERS: list[Refresher] = [
-    # MRR and last payment first: other derived state may read them.
+    # The deletion policy first: lay the anonymization over (or purge) what this batch wrote for
+    # customers deleted in Stripe, so that MRR and segments are computed from the result.
+    deletion.settle_deletions,
+    # MRR and last payment next: other derived state may read them.
     billing.refresh_billing,
     # Last: segments read what every other refresher (MRR, ...) has written.
     segments.refresh_customers,
 ]
+
+
+def registry() -> Registry:
+    """The product's registry: these handlers and refreshers, and the deletion policy's guard."""
+    return Registry(
+        handlers=HANDLERS, refreshers=tuple(REFRESHERS), prepare=deletion.load_tombstones, admit=deletion.admit_event
+    )

@@ -1,8 +1,8 @@
-"""Customers: `customer.created` and `customer.updated`, placeholders, and the deletion mark.
+"""Customers: `customer.created` and `customer.updated`, and placeholders.
 
-`customer.deleted` belongs to handlers/deletion.py (the anonymize/delete policy), which calls
-`mark_customer_deleted`. A row marked deleted in Stripe is terminal: no customer event, later
-or older, changes it again. Ids in customer_tombstones are never written at all.
+`customer.deleted` belongs to handlers/deletion.py (the anonymize/delete policy): the deletion's
+own snapshot is the customer's newest version, and the policy is laid over the row after every
+batch that touches it, so the row follows its events like any other.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ WITH incoming AS (
                 $9::bool[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int2[], $15::text[])
          AS i(id, account, livemode, email, name, phone, description, address, delinquent, currency, metadata,
               created_at, event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.id)
-      -- a placeholder only for a customer not stored yet (skipping it here takes no row lock)
-      AND (i.event_created IS NOT NULL OR NOT EXISTS (SELECT 1 FROM customers AS c WHERE c.id = i.id))
+    -- a placeholder only for a customer not stored yet (skipping it here takes no row lock)
+    WHERE i.event_created IS NOT NULL OR NOT EXISTS (SELECT 1 FROM customers AS c WHERE c.id = i.id)
 ),
 stored AS (
     SELECT c.id, c.event_created, c.event_rank, c.event_id FROM customers AS c JOIN incoming USING (id)
@@ -47,11 +46,10 @@ written AS (
         delinquent = excluded.delinquent, currency = excluded.currency, metadata = excluded.metadata,
         created_at = excluded.created_at, event_created = excluded.event_created,
         event_rank = excluded.event_rank, event_id = excluded.event_id, last_synced_at = now()
-    WHERE NOT c.deleted_in_stripe
-      AND ((excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
-           OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
-               AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
-                        ELSE $16::bool AND excluded.event_id <> c.event_id END))
+    WHERE (excluded.event_created, excluded.event_rank) > (c.event_created, c.event_rank)
+       OR ((excluded.event_created, excluded.event_rank) = (c.event_created, c.event_rank)
+           AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > coalesce(c.event_id, '')
+                    ELSE $16::bool AND excluded.event_id <> c.event_id END)
 )
 -- Rows stored from the same second as the incoming event: the flush may settle them by evidence.
 SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
@@ -120,47 +118,6 @@ async def on_customer_created(conn: asyncpg.Connection, event: EventRecord, ctx:
 async def on_customer_updated(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """A changed customer: the whole snapshot, if newer than the row's."""
     _stage(event, ctx)
-
-
-MARK_DELETED = """
-INSERT INTO customers AS c (id, account, livemode, created_at, currency, deleted_in_stripe, deleted_at,
-                            event_created, event_rank, event_id)
-SELECT $1, $2, $3, $4, $5, true, $6, $6, $7, $8
-WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones WHERE customer_id = $1)
-ON CONFLICT (id) DO UPDATE SET
-    deleted_in_stripe = true, deleted_at = excluded.deleted_at,
-    created_at = coalesce(c.created_at, excluded.created_at), currency = coalesce(c.currency, excluded.currency),
-    event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
-    last_synced_at = now()
-WHERE NOT c.deleted_in_stripe
-RETURNING id
-"""
-
-
-async def mark_customer_deleted(conn: asyncpg.Connection, event: EventRecord) -> bool:
-    """Mark the customer of a `customer.deleted` event deleted in Stripe, as of that event.
-
-    Accepts the whole customer or only `{id, object, deleted: true}`; writes no personal data.
-    Terminal: afterwards no customer event changes the row. Returns False when the row was
-    already marked or the id is tombstoned. Runs inside the caller's transaction, which must
-    hold the customer's lock (app.processing takes it for the event's customer).
-    """
-    obj = event.object
-    customer_id = ref(obj.get("id"))
-    if customer_id is None:
-        return False
-    marked = await conn.fetchval(
-        MARK_DELETED,
-        customer_id,
-        event.account,
-        event.livemode,
-        ts(obj.get("created")),
-        text(obj.get("currency")),
-        event.created,
-        DELETED_RANK,
-        event.id,
-    )
-    return marked is not None
 
 
 def address_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,6 @@ WITH incoming AS (
                 $8::bool[], $9::timestamptz[], $10::int2[], $11::text[])
          AS i(id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
               event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
 ),
 stored AS (
     SELECT d.id, d.event_created, d.event_rank, d.event_id FROM discounts AS d JOIN incoming USING (id)

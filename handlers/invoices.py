@@ -52,7 +52,6 @@ WITH incoming AS (
          AS i(id, account, customer_id, subscription_id, status, number, billing_reason, currency, amount_due,
               amount_paid, amount_remaining, total, description, created_at, period_start, period_end, due_date,
               paid_at, attempt_count, next_payment_attempt, deleted, event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
 ),
 stored AS (
     SELECT inv.id, inv.event_created, inv.event_rank, inv.event_id FROM invoices AS inv JOIN incoming USING (id)

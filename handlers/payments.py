@@ -30,7 +30,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
             $15::timestamptz[], $16::int2[], $17::text[])
      AS i(id, account, kind, customer_id, invoice_id, payment_intent_id, status, amount, amount_refunded, currency,
           description, failure_code, created_at, paid_at, event_created, event_rank, event_id)
-WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
 ORDER BY i.id
 ON CONFLICT (id) DO UPDATE SET
     account = excluded.account, kind = excluded.kind, customer_id = excluded.customer_id,

@@ -47,7 +47,6 @@ WITH incoming AS (
          AS i(id, account, customer_id, status, currency, created_at, trial_start, trial_end, canceled_at, ended_at,
               cancel_at, cancel_at_period_end, current_period_start, current_period_end, discount_ids, metadata,
               event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
 ),
 stored AS (
     SELECT s.id, s.event_created, s.event_rank, s.event_id FROM subscriptions AS s JOIN incoming USING (id)

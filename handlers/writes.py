@@ -21,8 +21,9 @@ payments) use the context-free order (created, rank, event id). Rows of a custom
 written under that customer's advisory lock (taken by app.processing); shared rows are
 upserted in key order, table by table, with the version guard inside the statement.
 
-Tombstones. A deleted row keeps its version and a terminal flag; no later or older event
-revives it. Rows of a customer in customer_tombstones are never written again.
+Deleted objects. A deleted row (an invoice, a discount, a price) keeps its version and a terminal
+flag; no later or older event revives it. A customer deleted in Stripe is not a row flag but a
+policy laid over its rows after each batch (handlers/deletion.py).
 """
 
 from __future__ import annotations
