@@ -96,7 +96,7 @@ def _stopped_cleanly(processes: list[deploy.Started]) -> dict[str, str]:
 async def test_two_web_processes_and_two_workers_reach_the_state_of_in_order_processing(
     db_url, redis_url, conn, settings, tmp_path
 ):
-    account = generate(21, 120, new_second=0.3)
+    account = generate(21, 90, new_second=0.3)
 
     async def in_order():
         await apply_each(conn, settings, account.events)
