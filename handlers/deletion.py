@@ -54,6 +54,7 @@ from app.logging import log
 from app.processing import Handler, ProcessingContext
 from app.scrub import scrub_document, scrub_event
 from handlers import customers
+from handlers.writes import Projection
 
 DELETED_TAG = "deleted_customer_in_stripe"
 SCRUB_BATCH = 500
@@ -443,3 +444,10 @@ async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **counts,
     )
+
+
+# Tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS).
+PROJECTIONS = (
+    Projection({"customer.deleted": "tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS)"},
+               on_customer_deleted),
+)
