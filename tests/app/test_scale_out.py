@@ -162,6 +162,7 @@ async def test_web_worker_and_a_command_stay_within_20_connections_under_load(db
         await _until_ready(port)
         # Webhooks from 64 senders while the worker works and a rebuild replays the stored history.
         replay = deploy.start("replay", f"{COMMAND} replay --rebuild --batch-size 20", env, tmp_path)
+        processes.append(replay)
         await _deliver(port, live, senders=64)
         code, output = await asyncio.to_thread(replay.wait, 120)
         assert code == 0, output
