@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
+from collections.abc import MutableMapping
+from pathlib import Path
 
 from app.logging import configure_logging
 from app.settings import ConfigError, Settings
@@ -16,35 +20,56 @@ from app.settings import ConfigError, Settings
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.db import connect
-    from app.migrate import migrate
+    from app.migrate import MigrationError, migrate
 
     settings.require("DATABASE_URL")
 
     async def run() -> int:
-        conn = await connect(settings.database_url)
+        conn = await connect(settings.database_url, schema=settings.schema, process="migrate")
         try:
-            applied = await migrate(conn)
+            applied = await migrate(conn, settings.schema)
+        except MigrationError as problem:
+            print(f"stripeline migrate: {problem}", file=sys.stderr)
+            return 1
         finally:
             await conn.close()
-        print(f"migrations: {len(applied)} applied, schema up to date")
+        print(f"migrations: {len(applied)} applied, schema {settings.schema} up to date")
         return 0
 
     return asyncio.run(run())
 
 
-def _web(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+def web_app():
+    """The ASGI app of one web process, built from the environment (uvicorn's factory: with
+    WEB_CONCURRENCY above 1 each of uvicorn's processes calls it)."""
     from app.garbage import quiet_garbage_collector
     from app.web import create_app
 
-    settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
-    app = create_app(settings)
+    settings = Settings.from_env()
+    configure_logging(settings)
     quiet_garbage_collector()
+    return create_app(settings)
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def _web(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so that the process
+    # would end "killed by SIGTERM"; a platform stopping a dyno expects exit code 0 instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
-        app,
+        "app.cli:web_app",
+        factory=True,
         host=args.host,
         port=args.port or settings.port,
+        # One asyncio process serves webhooks well; more share the port (uvicorn's supervisor),
+        # each with its own pool of STRIPELINE_DB_POOL_SIZE connections.
+        workers=settings.web_concurrency,
         log_level=settings.log_level,
         # Our logging (app.logging) renders uvicorn's lines too, as JSON by default.
         log_config=None,
@@ -91,6 +116,35 @@ def _erase(args: argparse.Namespace, settings: Settings) -> int:
     from app.erase import erase_command
 
     return erase_command(args, settings)
+
+
+def _healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Docker's HEALTHCHECK: the web answers /healthz on $PORT; any other process is alive."""
+    import urllib.error
+    import urllib.request
+
+    if not _container_runs_web():
+        return 0
+    url = f"http://127.0.0.1:{settings.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as answer:
+            if answer.status == 200:
+                return 0
+            problem = f"HTTP {answer.status}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", None) or error)
+    print(f"stripeline healthcheck: {url}: {problem}", file=sys.stderr)
+    return 1
+
+
+def _container_runs_web(init_cmdline: Path = Path("/proc/1/cmdline")) -> bool:
+    """In a container PID 1 is the process the image was started with: `stripeline web` (the
+    image's default), `stripeline worker` or another command. Unknown: treat it as the web."""
+    try:
+        words = init_cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return b"stripeline" not in b" ".join(words) or b"web" in words
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,17 +242,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("--yes", action="store_true", help="really delete")
     erase.set_defaults(run=_erase)
+
+    health = command(
+        "healthcheck",
+        "exit 0 when this container's web process answers /healthz (the Dockerfile's HEALTHCHECK)",
+        "stripeline healthcheck --timeout 3",
+        "PORT (default 8000)",
+    )
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(run=_healthcheck)
     return parser
+
+
+# Commands that never use the servers of a dev instance.
+WITHOUT_SERVERS = ("dev", "healthcheck")
+
+
+def reach_dev_instance(env: MutableMapping[str, str], command: str) -> None:
+    """With DATABASE_URL or REDIS_URL unset, use the servers a `stripeline dev` running in this
+    directory started, and say so in one line. Set in `env` (os.environ): uvicorn's processes
+    and the dev's children inherit them."""
+    from app.dev import running_instance
+
+    if command in WITHOUT_SERVERS:
+        return
+    unset = [name for name in ("DATABASE_URL", "REDIS_URL") if not env.get(name, "").strip()]
+    instance = running_instance() if unset else None
+    if instance is None:
+        return
+    used = [name for name in unset if instance.get(name)]
+    for name in used:
+        env[name] = instance[name]
+    if used:
+        print(
+            f"stripeline: {' and '.join(used)} not set: using the dev instance in {instance['home']}"
+            f" (`stripeline dev`, pid {instance['pid']})",
+            file=sys.stderr,
+        )
+
+
+def _hint(problem: ConfigError) -> str:
+    """A required URL is unset where a dev instance keeps its data but is not running: say so."""
+    from app.dev import HOME
+
+    text = str(problem)
+    if text.endswith("_URL is required but not set") and (HOME / "postgres").is_dir():
+        return f"{text} (the dev instance in {HOME.resolve()} is not running: start it with `stripeline dev`)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        reach_dev_instance(os.environ, args.command)
         settings = Settings.from_env()
         configure_logging(settings)
         code = args.run(args, settings)
     except ConfigError as problem:
-        print(f"stripeline: {problem}", file=sys.stderr)
+        print(f"stripeline: {_hint(problem)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stripeline: interrupted", file=sys.stderr)
@@ -217,6 +318,9 @@ def outside_problem(error: BaseException) -> str | None:
     a missing file), or None for anything else, which keeps its traceback."""
     import asyncpg
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from app.db import DatabaseUnreachable
 
     refusals = (
         asyncpg.InvalidAuthorizationSpecificationError,  # unknown role, wrong password
@@ -224,14 +328,18 @@ def outside_problem(error: BaseException) -> str | None:
         asyncpg.CannotConnectNowError,  # starting up or shutting down
         asyncpg.TooManyConnectionsError,
     )
-    if isinstance(error, RedisConnectionError):
+    if isinstance(error, DatabaseUnreachable):
+        return str(error)  # names PostgreSQL and its address
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
         return f"cannot connect to Redis: {error}"
     if isinstance(error, refusals):
         return f"cannot connect to PostgreSQL: {error}"
+    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+        return f"PostgreSQL refused: {error}"
     if isinstance(error, OSError) and error.filename:
         return f"{error.strerror or type(error).__name__}: {error.filename}"
     if isinstance(error, OSError):
-        return f"cannot connect: {error.strerror or error}"
+        return f"{type(error).__name__}: {error.strerror or error}"
     return None
 
 

@@ -4,6 +4,9 @@ With no DATABASE_URL / REDIS_URL, embedded PostgreSQL and Redis run with their d
 ./.stripeline/. With no STRIPE_WEBHOOK_SECRET / STRIPELINE_API_TOKEN, they are generated once
 and kept in ./.stripeline/dev-secrets.json, so they survive restarts. The web and the worker
 run as child processes exactly as `stripeline web` and `stripeline worker` do in production.
+
+While it runs, ./.stripeline/dev-instance.json names the servers it started, so that every other
+command run from this directory with the URLs unset (`replay`, `import`, `erase`, ...) uses them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from app.settings import Settings
 
 HOME = Path(".stripeline")
 SECRETS_FILE = HOME / "dev-secrets.json"
+INSTANCE_FILE = "dev-instance.json"
 DEV_DATABASE = "stripeline"
 # How long the web and the worker get to finish in-flight work after Ctrl-C.
 STOP_GRACE_SECONDS = 10
@@ -52,11 +56,52 @@ def dev_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
     return generated
 
 
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: it exists
+    return True
+
+
+def running_instance(home: Path = HOME) -> dict | None:
+    """The servers of the `stripeline dev` running in this directory ({"pid", "home",
+    "DATABASE_URL"?, "REDIS_URL"?}), or None when none runs (a crash leaves a stale file)."""
+    try:
+        instance = json.loads((home / INSTANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(instance, dict) or not _alive(instance.get("pid")):
+        return None
+    return instance
+
+
+@contextlib.contextmanager
+def _announced(home: Path, urls: dict[str, str]):
+    """Keep the instance file while dev runs; remove it when dev stops."""
+    path = home / INSTANCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    instance = {"pid": os.getpid(), "home": str(home.resolve()), **urls}
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(instance, indent=2))
+    temporary.replace(path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+
+
 def _with_database(url: str, name: str) -> str:
     return urlunparse(urlparse(url)._replace(path=f"/{name}"))
 
 
-async def _prepare_database(admin_url: str | None, database_url: str) -> int:
+async def _prepare_database(admin_url: str | None, database_url: str, schema: str) -> int:
     """Create the dev database on the embedded server if needed, then migrate; return how many applied."""
     from app.db import connect
     from app.migrate import migrate
@@ -68,9 +113,9 @@ async def _prepare_database(admin_url: str | None, database_url: str) -> int:
                 await admin.execute(f'CREATE DATABASE "{DEV_DATABASE}"')  # a constant, not input
         finally:
             await admin.close()
-    conn = await connect(database_url)
+    conn = await connect(database_url, schema=schema, process="migrate")
     try:
-        return len(await migrate(conn))
+        return len(await migrate(conn, schema))
     finally:
         await conn.close()
 
@@ -144,6 +189,14 @@ def _banner(port: int, env: dict[str, str], generated: set[str], services: list[
 
 
 def run_dev(settings: Settings, port: int) -> int:
+    other = running_instance()
+    if other is not None:
+        print(
+            f"stripeline dev: already running in this directory (pid {other['pid']}); its servers serve"
+            " every command run here",
+            file=sys.stderr,
+        )
+        return 1
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
     env["PORT"] = str(port)
@@ -158,19 +211,25 @@ def run_dev(settings: Settings, port: int) -> int:
     try:
         with contextlib.ExitStack() as stack:
             admin_url = None
+            started: dict[str, str] = {}
             if settings.database_url:
                 services.append("PostgreSQL      DATABASE_URL")
             else:
                 say(f"stripeline dev: DATABASE_URL is not set, starting embedded PostgreSQL 16 in {HOME / 'postgres'}")
                 admin_url = stack.enter_context(embedded_postgres(HOME / "postgres", announce=say))
-                env["DATABASE_URL"] = _with_database(admin_url, DEV_DATABASE)
-                services.append(f"PostgreSQL      embedded, data in {HOME / 'postgres'}")
+                env["DATABASE_URL"] = started["DATABASE_URL"] = _with_database(admin_url, DEV_DATABASE)
+                services.append(f"PostgreSQL      {env['DATABASE_URL']} (embedded, data in {HOME / 'postgres'})")
             if settings.redis_url:
                 services.append("Redis           REDIS_URL")
             else:
                 say(f"stripeline dev: REDIS_URL is not set, starting embedded Redis (valkey) in {HOME / 'redis'}")
-                env["REDIS_URL"] = stack.enter_context(embedded_redis(HOME / "redis", persist=True))
-                services.append(f"Redis           embedded at {env['REDIS_URL']}, data in {HOME / 'redis'}")
+                env["REDIS_URL"] = started["REDIS_URL"] = stack.enter_context(embedded_redis(HOME / "redis", persist=True))
+                services.append(f"Redis           {env['REDIS_URL']} (embedded, data in {HOME / 'redis'})")
+            if started:
+                stack.enter_context(_announced(HOME, started))
+                services.append(
+                    "                other commands run here (replay, import, erase, ...) use these servers"
+                )
 
             generated = set()
             kept = None
@@ -182,8 +241,9 @@ def run_dev(settings: Settings, port: int) -> int:
             # Read the whole environment as the children will, so a mistake shows here, once.
             Settings.from_env(env).require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
 
-            applied = asyncio.run(_prepare_database(admin_url, env["DATABASE_URL"]))
-            say(f"stripeline dev: migrations: {applied} applied, schema up to date")
+            dev_settings = Settings.from_env(env)
+            applied = asyncio.run(_prepare_database(admin_url, env["DATABASE_URL"], dev_settings.schema))
+            say(f"stripeline dev: migrations: {applied} applied, schema {dev_settings.schema} up to date")
 
             children = {
                 "web": _start(["web", "--host", "127.0.0.1", "--port", str(port)], env),

@@ -21,7 +21,8 @@ def _dumps(value, **_kwargs) -> str:
 def configure_logging(settings: Settings) -> None:
     level = logging.getLevelName(settings.log_level.upper())
     renderer = (
-        structlog.dev.ConsoleRenderer()
+        # Colour codes only for a person at a terminal: a file or a log drain gets plain text.
+        structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         if settings.log_format == "console"
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )

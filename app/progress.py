@@ -1,7 +1,8 @@
 """How long commands (replay, import, backfill) run and talk to the person running them.
 
-A progress bar on a terminal, a plain line every few seconds otherwise (logs, CI, Heroku
-one-off dynos), and one summary line at the end; the exit code says whether events failed.
+A progress bar on a terminal; elsewhere (a platform's log drain, CI, a file) one plain line per
+interval and one when a phase ends, never the same numbers twice; and one summary line at the
+end. The exit code says whether events failed.
 Ctrl-C asks for a clean stop: the current batch finishes and commits, the rest stays where a
 rerun picks it up; a second Ctrl-C aborts at once, rolling back the open batch.
 """
@@ -20,7 +21,7 @@ from typing import TextIO
 
 import asyncpg
 
-from app.db import create_pool
+from app.db import open_pool
 from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging
 from app.settings import Settings
@@ -86,6 +87,7 @@ class Progress:
         self.done = 0
         self._phase_started = time.monotonic()
         self._shown_at = 0.0
+        self._shown_done: int | None = None
         self._drawn = False
         self._failures_shown = 0
         self._done_before = 0
@@ -95,7 +97,10 @@ class Progress:
         self.phase_name, self.total, self.done = name, total, done
         self._done_before = done  # a resumed phase: its rate counts this run's work only
         self._phase_started = time.monotonic()
-        self._shown_at = 0.0
+        # A terminal draws the bar at once; a log gets its first line after one interval, so a
+        # phase shorter than that is one line: its end.
+        self._shown_at = 0.0 if self.tty else self._phase_started
+        self._shown_done = None
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -119,7 +124,7 @@ class Progress:
             self.note("more events failed; the summary counts them all")
 
     def finish_phase(self) -> None:
-        if self.phase_name and (self.done or self.total):
+        if self.phase_name and (self.done or self.total) and (self.tty or self.done != self._shown_done):
             self._show(final=True)
         self.phase_name = ""
 
@@ -136,11 +141,19 @@ class Progress:
             return f"{counted} {_count(round(rate))}/s eta {_clock(max(eta, 0))}"
         return f"{_count(self.done)} {_count(round(rate))}/s"
 
+    def _label(self, separator: str) -> str:
+        # `replay: 502/502`, not `replay: replay 502/502`, when the phase is the whole command.
+        if self.phase_name in ("", self.command):
+            return f"{self.command}{separator}"
+        return f"{self.command}{separator}{self.phase_name} "
+
     def _show(self, final: bool = False) -> None:
         if not self.tty:
-            print(f"{self.command}: {self.phase_name} {self._text()}", file=self.stream, flush=True)
+            if self.done != self._shown_done:
+                self._shown_done = self.done
+                print(f"{self._label(': ')}{self._text()}", file=self.stream, flush=True)
             return
-        line = f"{self.command} {self.phase_name} {self._bar()}{self._text()}"
+        line = f"{self._label(' ')}{self._bar()}{self._text()}"
         width = shutil.get_terminal_size((80, 20)).columns
         self.stream.write("\r" + line[: width - 1].ljust(width - 1))
         if final:
@@ -227,13 +240,16 @@ async def run_command(command: str, settings: Settings, work: Work, summary: Cal
     error: CommandError | None = None
     pool = None
     try:
-        pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+        pool = await open_pool(settings, "command", name=command)
         with clean_stop(progress) as stop:
             await work(pool, tally, progress, stop)
     except CommandError as problem:
         error = problem
     except asyncpg.UndefinedTableError:
-        error = CommandError("the database schema is not up to date: run `stripeline migrate` first")
+        error = CommandError(
+            f"the schema {settings.schema!r} is missing stripeline's tables or is not up to date:"
+            " run `stripeline migrate` first (or check STRIPELINE_SCHEMA)"
+        )
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
         error = CommandError(f"database error, stopped: {type(problem).__name__}: {problem}")
     except asyncio.CancelledError:

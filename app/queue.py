@@ -20,14 +20,33 @@ from redis.exceptions import NoScriptError
 PROCESS_EVENTS = "process_events"
 
 
-def redis_settings(redis_url: str) -> RedisSettings:
-    """arq settings for a redis://, rediss:// or unix:// URL.
+def tls_options(redis_url: str) -> dict[str, object]:
+    """Certificate checks for a rediss:// URL, as the URL asks; {} for a plain one.
 
-    Heroku Redis serves TLS with a self-signed certificate, so rediss:// does not verify it.
+    Heroku Redis serves TLS with a self-signed certificate, so by default rediss:// encrypts
+    without verifying. `?ssl_cert_reqs=required` verifies the certificate (against the system's
+    CAs, or `&ssl_ca_certs=/path/to/ca.pem`) and its host name (unless `&ssl_check_hostname=false`).
     """
+    parts = urlparse(redis_url)
+    if parts.scheme != "rediss":
+        return {}
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    cert_reqs = query.get("ssl_cert_reqs", "none")
+    check_hostname = query.get("ssl_check_hostname", "true" if cert_reqs == "required" else "false")
+    options: dict[str, object] = {
+        "ssl_cert_reqs": cert_reqs,
+        "ssl_check_hostname": check_hostname.lower() in ("1", "true", "yes"),
+    }
+    if "ssl_ca_certs" in query:
+        options["ssl_ca_certs"] = query["ssl_ca_certs"]
+    return options
+
+
+def redis_settings(redis_url: str) -> RedisSettings:
+    """arq settings for a redis://, rediss:// or unix:// URL (see tls_options for rediss://)."""
     settings = RedisSettings.from_dsn(redis_url)
-    if urlparse(redis_url).scheme == "rediss":
-        settings.ssl_cert_reqs = "none"
+    for name, value in tls_options(redis_url).items():
+        setattr(settings, name, value)
     settings.conn_timeout = 2
     settings.conn_retries = 0
     return settings
@@ -35,9 +54,7 @@ def redis_settings(redis_url: str) -> RedisSettings:
 
 def redis_pool(redis_url: str) -> ArqRedis:
     """An ArqRedis that connects lazily, so a process starts even while Redis is down."""
-    options = {"socket_connect_timeout": 1, "socket_timeout": 2, "max_connections": 32}
-    if urlparse(redis_url).scheme == "rediss":
-        options["ssl_cert_reqs"] = "none"
+    options = {"socket_connect_timeout": 1, "socket_timeout": 2, "max_connections": 32, **tls_options(redis_url)}
     query = parse_qs(urlparse(redis_url).query)
     if "db" in query:  # arq's own DSN form, redis://host:port?db=N
         options["db"] = int(query["db"][0])

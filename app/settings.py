@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 DELETION_MODES = ("anonymize", "delete")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_SCHEMA = "stripeline"
+# A plain lower-case identifier: no quoting needed anywhere, and no surprise in SQL.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# PostgreSQL connections per process when STRIPELINE_DB_POOL_SIZE is unset: web 6 (its four
+# ingest flushers and two for the API and health checks), worker 8, a one-off command 4.
+# Together 18, within the 20 the smallest managed plans allow, with two to spare for psql.
+DEFAULT_POOL_SIZES = {"web": 6, "worker": 8, "command": 4}
+# rediss:// certificate checks, as the URL may ask for them (`?ssl_cert_reqs=required`).
+REDIS_CERT_CHECKS = ("none", "optional", "required")
 
 
 class ConfigError(Exception):
@@ -29,6 +39,52 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
         # Never echo the URL: it usually holds a password.
         raise ConfigError(f"{name} has a malformed port") from None
     return value
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    value = _url(env, "DATABASE_URL", ("postgres", "postgresql"))
+    if value is not None:
+        parts = urlparse(value)
+        named = parts.path.strip("/") or parse_qs(parts.query).get("dbname") or parse_qs(parts.query).get("database")
+        if not named:
+            # libpq would fall back to a database named after the user: never migrate that by accident.
+            raise ConfigError("DATABASE_URL must name a database, e.g. postgres://user:password@host:5432/stripeline")
+    return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    value = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+    if value is not None:
+        parts = urlparse(value)
+        asked = parse_qs(parts.query).get("ssl_cert_reqs")
+        if asked and asked[-1] not in REDIS_CERT_CHECKS:
+            raise ConfigError(f"REDIS_URL ssl_cert_reqs must be one of {', '.join(REDIS_CERT_CHECKS)}")
+        if asked and parts.scheme != "rediss":
+            raise ConfigError("REDIS_URL asks for certificate checks (ssl_cert_reqs) but is not a rediss:// (TLS) URL")
+    return value
+
+
+def valid_schema(name: str) -> bool:
+    return bool(_SCHEMA_NAME.match(name)) and not name.startswith("pg_")
+
+
+def _schema(env: Mapping[str, str]) -> str:
+    value = env.get("STRIPELINE_SCHEMA", "").strip() or DEFAULT_SCHEMA
+    if not valid_schema(value):
+        raise ConfigError(
+            f"STRIPELINE_SCHEMA must be a lower-case name of letters, digits and _ (at most 63), got {value!r}"
+        )
+    return value
+
+
+def _web_concurrency(env: Mapping[str, str]) -> int:
+    # Heroku's Python buildpack sets WEB_CONCURRENCY by dyno size when the app has not (2 on
+    # the smallest dynos) and says so in WEB_CONCURRENCY_SET_BY. Its guess suits synchronous
+    # servers; one asyncio process serves our webhooks, and a second would double the web's
+    # PostgreSQL connections. Only a value the user set counts.
+    if env.get("WEB_CONCURRENCY_SET_BY", "").strip() == "heroku/python":
+        return 1
+    return _int(env, "WEB_CONCURRENCY", 1, minimum=1)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -80,13 +136,17 @@ class Settings:
     segment_refresh_seconds: int = 60
     segment_webhook_url: str | None = None
     segment_webhook_secret: str | None = field(default=None, repr=False)
+    schema: str = DEFAULT_SCHEMA
+    # None: each kind of process takes its default from DEFAULT_POOL_SIZES.
+    db_pool_size: int | None = None
+    web_concurrency: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            database_url=_url(env, "DATABASE_URL", ("postgres", "postgresql")),
-            redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
+            database_url=_database_url(env),
+            redis_url=_redis_url(env),
             webhook_secrets=_secrets(env),
             api_token=env.get("STRIPELINE_API_TOKEN", "").strip() or None,
             stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
@@ -102,7 +162,15 @@ class Settings:
             segment_refresh_seconds=_int(env, "STRIPELINE_SEGMENT_REFRESH_SECONDS", 60, minimum=1),
             segment_webhook_url=_url(env, "STRIPELINE_SEGMENT_WEBHOOK_URL", ("http", "https")),
             segment_webhook_secret=env.get("STRIPELINE_SEGMENT_WEBHOOK_SECRET", "").strip() or None,
+            schema=_schema(env),
+            # Three: a replay holds one connection for its lock, one to read ahead, one to apply.
+            db_pool_size=_int(env, "STRIPELINE_DB_POOL_SIZE", 0, minimum=3) or None,
+            web_concurrency=_web_concurrency(env),
         )
+
+    def pool_size(self, process: str) -> int:
+        """PostgreSQL connections one process of this kind may open: the setting, or its default."""
+        return self.db_pool_size or DEFAULT_POOL_SIZES[process]
 
     def require(self, *names: str) -> None:
         """Stop with one line naming the first required variable that is unset."""

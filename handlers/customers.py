@@ -14,7 +14,7 @@ import asyncpg
 from app.events import EventRecord
 from app.processing import ProcessingContext
 from handlers import discounts
-from handlers.fields import DELETED_RANK, ref, text, ts, verb_rank
+from handlers.fields import text, ts, verb_rank
 from handlers.writes import Bool, Json, Projection, Snapshot, Table, Text, Timestamp, own_snapshot, placeholder_snapshot
 
 # The fields Encharge maps (email, name, phone, address, currency, delinquent); `customer.deleted`

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from app.db import connect, create_pool
 from app.migrate import migrate
 from app.queue import redis_pool
-from app.settings import Settings
+from app.settings import DEFAULT_SCHEMA, Settings
 from tests import services
 
 API_TOKEN = "test-api-token"
@@ -74,15 +74,19 @@ SELECT md5(coalesce(string_agg(item, ',' ORDER BY item), '')) FROM (
     SELECT 'setting ' || array_to_string(setconfig, ' ') FROM pg_db_role_setting
     WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
     UNION ALL
-    SELECT 'migration ' || version::text FROM schema_migrations
+    SELECT 'migration ' || version::text FROM {schema}.schema_migrations
 ) AS schema
-"""
+""".format(schema=DEFAULT_SCHEMA)
 CLOSE_OTHER_CONNECTIONS = """
 SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
-USER_TABLES = "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
-SEQUENCES = "SELECT quote_ident(sequencename) FROM pg_sequences WHERE schemaname = 'public'"
+# The admin connection has no search_path of ours: names come qualified with stripeline's schema.
+USER_TABLES = """
+SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables
+WHERE schemaname = $1 AND tablename <> 'schema_migrations'
+"""
+SEQUENCES = "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) FROM pg_sequences WHERE schemaname = $1"
 
 
 class TestDatabases:
@@ -126,7 +130,7 @@ class TestDatabases:
         await conn.execute(CLOSE_OTHER_CONNECTIONS)
         if await conn.fetchval(SCHEMA_FINGERPRINT) != self.fingerprint:
             return False
-        tables = [row[0] for row in await conn.fetch(USER_TABLES)]
+        tables = [row[0] for row in await conn.fetch(USER_TABLES, DEFAULT_SCHEMA)]
         filled = await conn.fetchval(
             "SELECT array_remove(ARRAY[" + ", ".join(
                 f"CASE WHEN EXISTS (SELECT FROM {t}) THEN '{t}' END" for t in tables
@@ -134,7 +138,7 @@ class TestDatabases:
         )
         if filled:
             await conn.execute(f"TRUNCATE {', '.join(filled)} RESTART IDENTITY CASCADE")
-        for sequence in [row[0] for row in await conn.fetch(SEQUENCES)]:
+        for sequence in [row[0] for row in await conn.fetch(SEQUENCES, DEFAULT_SCHEMA)]:
             await conn.execute(f"ALTER SEQUENCE {sequence} RESTART")
         return True
 
@@ -158,6 +162,25 @@ async def db_url(test_databases):
     name = await test_databases.take()
     yield services.with_database(test_databases.admin_url, name)
     await test_databases.give_back(name)
+
+
+@pytest.fixture
+async def fresh_databases(service_urls):
+    """A factory of empty databases (no migrations applied), dropped afterwards."""
+    admin_url, _ = service_urls
+    admin = await asyncpg.connect(admin_url)
+    names = []
+
+    async def create() -> str:
+        name = f"stripeline_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return services.with_database(admin_url, name)
+
+    yield create
+    for name in names:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
 
 
 @pytest.fixture(scope="session")

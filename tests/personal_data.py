@@ -349,7 +349,7 @@ async def deliver(pool: asyncpg.Pool, settings: Settings, payloads: list[dict[st
 
 TEXT_COLUMNS = """
 SELECT table_name, column_name FROM information_schema.columns
-WHERE table_schema = 'public' AND data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
+WHERE table_schema = current_schema() AND data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
 ORDER BY table_name, column_name
 """
 

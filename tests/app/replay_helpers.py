@@ -167,7 +167,7 @@ def generated_history(seed: int, customers: int, base: int = 1_700_000_000) -> l
 RUN_TIMES = {"entered_at"}
 COLUMNS = """
 SELECT column_name FROM information_schema.columns
-WHERE table_schema = 'public' AND table_name = $1 AND coalesce(column_default, '') NOT LIKE 'now()%'
+WHERE table_schema = current_schema() AND table_name = $1 AND coalesce(column_default, '') NOT LIKE 'now()%'
 ORDER BY ordinal_position
 """
 

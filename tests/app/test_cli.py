@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from app.migrate import load_migrations
-from tests.services import unreachable_postgres, unreachable_redis, with_database
+from tests.services import closed_port, unreachable_postgres, unreachable_redis, with_database
 
 
 def stripeline_command() -> list[str]:
@@ -135,10 +135,90 @@ def test_every_command_help_shows_an_example_and_the_variables_it_needs(capsys):
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"migrate", "web", "worker", "dev", "replay", "import", "backfill", "erase"}
+    assert set(commands) == {"migrate", "web", "worker", "dev", "replay", "import", "backfill", "erase", "healthcheck"}
     for name, command in commands.items():
         text = command.format_help()
         assert f"stripeline {name}" in text.split("example:")[1], name
         assert "environment:" in text, name
     overview = parser.format_help()
     assert "example:" in overview and "DATABASE_URL" in overview
+
+
+# --- connection errors name the service --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["replay"], ["erase", "--yes"], ["import", "-"]])
+def test_an_unreachable_postgres_is_named_with_its_address_in_one_line(command):
+    url = unreachable_postgres()
+    port = url.split(":")[-1].split("/")[0]
+    result = stripeline(*command, env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert error_lines(result) == [f"stripeline: cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused"]
+
+
+def test_console_logs_written_to_a_file_carry_no_colour_codes(empty_db_url):
+    result = stripeline("migrate", env={"DATABASE_URL": empty_db_url, "LOG_FORMAT": "console"})
+    assert result.returncode == 0, result.stderr
+    assert "migration_applied" in result.stdout and "\x1b[" not in result.stdout + result.stderr
+
+
+# --- the dev instance ------------------------------------------------------------------------
+
+
+def _dev_instance(where: Path, pid: int, **urls: str) -> None:
+    (where / ".stripeline").mkdir(parents=True, exist_ok=True)
+    instance = {"pid": pid, "home": str(where / ".stripeline"), **urls}
+    (where / ".stripeline" / "dev-instance.json").write_text(json.dumps(instance))
+
+
+def test_a_command_run_beside_a_running_dev_instance_uses_its_servers_and_says_so(db_url, redis_url, tmp_path):
+    # This test's own process stands in for the running `stripeline dev`.
+    _dev_instance(tmp_path, os.getpid(), DATABASE_URL=db_url, REDIS_URL=redis_url)
+    result = stripeline("migrate", env={}, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "migrations: 0 applied" in result.stdout
+    assert error_lines(result) == [
+        f"stripeline: DATABASE_URL and REDIS_URL not set: using the dev instance in {tmp_path / '.stripeline'}"
+        f" (`stripeline dev`, pid {os.getpid()})"
+    ]
+    chosen = stripeline("migrate", env={"DATABASE_URL": unreachable_postgres()}, cwd=str(tmp_path))
+    assert "cannot connect to PostgreSQL" in chosen.stderr  # a URL that is set always wins
+
+
+def test_a_stopped_dev_instance_is_not_used_and_the_error_says_how_to_start_it(db_url, tmp_path):
+    stopped = subprocess.Popen(["true"])
+    stopped.wait()
+    _dev_instance(tmp_path, stopped.pid, DATABASE_URL=db_url)
+    (tmp_path / ".stripeline" / "postgres").mkdir()
+    result = stripeline("replay", env={}, cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert error_lines(result) == [
+        f"stripeline: DATABASE_URL is required but not set (the dev instance in {(tmp_path / '.stripeline').resolve()}"
+        " is not running: start it with `stripeline dev`)"
+    ]
+
+
+# --- healthcheck -------------------------------------------------------------------------------
+
+
+def test_healthcheck_fails_in_one_line_when_the_web_does_not_answer():
+    port = closed_port()
+    result = stripeline("healthcheck", env={"PORT": str(port)})
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert line.startswith(f"stripeline healthcheck: http://127.0.0.1:{port}/healthz: ")
+
+
+@pytest.mark.parametrize(
+    "init, checks_the_web",
+    [
+        (b"/opt/stripeline/bin/python\0/opt/stripeline/bin/stripeline\0web\0", True),
+        (b"/opt/stripeline/bin/python\0/opt/stripeline/bin/stripeline\0worker\0", False),
+        (b"/sbin/docker-init\0--\0sh\0", True),
+    ],
+)
+def test_healthcheck_checks_the_web_only_in_a_container_started_as_the_web(tmp_path, init, checks_the_web):
+    from app.cli import _container_runs_web
+
+    (tmp_path / "cmdline").write_bytes(init)
+    assert _container_runs_web(tmp_path / "cmdline") is checks_the_web

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from app.signature import sign
+from tests.app.deploy_support import long_profile
 from tests.app.test_cli import stripeline_command
 from tests.factories import body_of, ping_event
 from tests.services import closed_port
@@ -85,3 +86,27 @@ def test_dev_secrets_survive_a_restart(tmp_path, monkeypatch):
     first = dev_secrets()
     assert first["STRIPE_WEBHOOK_SECRET"].startswith("whsec_") and first["STRIPELINE_API_TOKEN"]
     assert dev_secrets() == first
+
+
+@long_profile  # starts embedded PostgreSQL (initdb): a few seconds
+def test_other_commands_run_beside_dev_reach_its_embedded_servers(tmp_path):
+    from tests.app.test_cli import error_lines, stripeline
+
+    port = closed_port()
+    dev = start_dev(tmp_path, {}, port)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200, timeout=60)
+        migrated = stripeline("migrate", env={}, cwd=str(tmp_path))
+        second = stripeline("dev", "--port", str(closed_port()), env={}, cwd=str(tmp_path))
+    finally:
+        dev.send_signal(signal.SIGINT)
+        output, _ = dev.communicate(timeout=30)
+    assert migrated.returncode == 0 and "migrations: 0 applied" in migrated.stdout, migrated.stderr
+    [line] = error_lines(migrated)
+    assert line.startswith("stripeline: DATABASE_URL and REDIS_URL not set: using the dev instance in ")
+    assert second.returncode == 1 and "already running in this directory" in second.stderr
+    assert dev.returncode == 0, output
+    assert "PostgreSQL      postgresql://postgres:@/stripeline?host=" in output
+    assert "Redis           redis://127.0.0.1:" in output
+    assert "\x1b[" not in output  # not a terminal: no colour codes
+    assert not (tmp_path / ".stripeline" / "dev-instance.json").exists()

@@ -29,7 +29,7 @@ async def fill(pool, conn, settings) -> None:
 
 
 async def test_erase_covers_every_table_but_the_migration_record(conn):
-    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
     tables = {row["tablename"] for row in rows}
     assert tables - set(ERASED_TABLES) == {"schema_migrations"}
     assert set(ERASED_TABLES) == set(await count_rows(conn))

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 
 import asyncpg
 import pytest
 
 from app.db import connect
 from app.migrate import load_migrations, migrate
-from tests.services import with_database
 
-# The shape of the public schema: what a migration run must reproduce exactly.
+# The shape of stripeline's schema: what a migration run must reproduce exactly.
 SCHEMA_COLUMNS = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
-FROM information_schema.columns WHERE table_schema = 'public'
+FROM information_schema.columns WHERE table_schema = current_schema()
 ORDER BY table_name, column_name
 """
-SCHEMA_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+SCHEMA_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname"
 SCHEMA_CONSTRAINTS = """
 SELECT conrelid::regclass::text AS table_name, conname, pg_get_constraintdef(oid) AS definition
-FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
 ORDER BY 1, 2
 """
 
@@ -33,25 +30,6 @@ async def schema_of(conn) -> dict[str, list[tuple]]:
         "indexes": [tuple(row) for row in await conn.fetch(SCHEMA_INDEXES)],
         "constraints": [tuple(row) for row in await conn.fetch(SCHEMA_CONSTRAINTS)],
     }
-
-
-@pytest.fixture
-async def fresh_databases(service_urls):
-    """A factory of empty databases (no migrations applied), dropped afterwards."""
-    admin_url, _ = service_urls
-    admin = await asyncpg.connect(admin_url)
-    names = []
-
-    async def create() -> str:
-        name = f"stripeline_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        names.append(name)
-        return with_database(admin_url, name)
-
-    yield create
-    for name in names:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def test_migrations_are_numbered_in_order_without_repeats():
@@ -111,3 +89,113 @@ async def test_upgrading_step_by_step_ends_in_the_same_schema_as_a_fresh_install
     finally:
         await stepwise.close()
         await fresh.close()
+
+
+# --- its own schema, beside another application ---------------------------------------------
+
+RAILS_TABLES = """
+CREATE TABLE public.schema_migrations (version character varying PRIMARY KEY);
+INSERT INTO public.schema_migrations VALUES ('20240101000000'), ('20240202000000');
+CREATE TABLE public.ar_internal_metadata (key character varying PRIMARY KEY, value character varying);
+CREATE TABLE public.customers (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz DEFAULT now());
+CREATE INDEX index_customers_on_email ON public.customers (email);
+INSERT INTO public.customers (email) VALUES ('ada@example.com'), ('grace@example.com');
+CREATE TABLE public.invoices (id bigserial PRIMARY KEY, customer_id bigint REFERENCES public.customers (id));
+CREATE FUNCTION public.count_inserted_events() RETURNS integer LANGUAGE sql AS 'SELECT 42';
+"""
+# Everything in `public`: its objects' definitions and its rows, as text.
+PUBLIC_SNAPSHOT = """
+SELECT (SELECT array_agg(c.relname || ':' || c.relkind::text ORDER BY c.relname) FROM pg_class AS c
+        WHERE c.relnamespace = 'public'::regnamespace),
+       (SELECT array_agg(indexdef ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'),
+       (SELECT array_agg(p.oid::regprocedure::text) FROM pg_proc AS p WHERE p.pronamespace = 'public'::regnamespace),
+       (SELECT array_agg(version ORDER BY version) FROM public.schema_migrations),
+       (SELECT array_agg(id || email ORDER BY id) FROM public.customers)
+"""
+OUR_TABLES_IN = "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = $1"
+
+
+async def test_another_applications_public_tables_survive_stripeline_migrate_untouched(fresh_databases, tmp_path):
+    from tests.app.test_cli import stripeline
+
+    url = await fresh_databases()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(RAILS_TABLES)
+        before = await conn.fetchrow(PUBLIC_SNAPSHOT)
+        done = stripeline("migrate", env={"DATABASE_URL": url}, cwd=str(tmp_path))
+        again = stripeline("migrate", env={"DATABASE_URL": url}, cwd=str(tmp_path))
+        assert done.returncode == 0 and again.returncode == 0, done.stderr + again.stderr
+        assert await conn.fetchrow(PUBLIC_SNAPSHOT) == before
+        ours = await conn.fetchval(OUR_TABLES_IN, "stripeline")
+        assert {"schema_migrations", "customers", "invoices", "stripe_events"} <= set(ours)
+        assert await conn.fetchval("SELECT count(*) FROM stripeline.schema_migrations") == len(load_migrations())
+    finally:
+        await conn.close()
+
+
+async def test_an_install_in_public_moves_into_the_schema_with_its_data_and_ends_as_a_fresh_install(
+    fresh_databases, monkeypatch
+):
+    import app.migrate
+    from app.events import event_from_payload, insert_events
+    from tests.factories import customer_object, event
+
+    everything = load_migrations()
+    url = await fresh_databases()
+    old = await connect(url, schema="public")
+    fresh = await connect(await fresh_databases())
+    try:
+        # A release before the schema setting, knowing the first four migrations, beside another app.
+        await old.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total bigint)")
+        await old.execute("INSERT INTO public.orders (total) VALUES (1200)")
+        monkeypatch.setattr(app.migrate, "load_migrations", lambda: everything[:4])
+        await migrate(old, "public")
+        stored = event_from_payload(event("customer.created", customer_object()))
+        await insert_events(old, [stored])
+        monkeypatch.undo()
+
+        upgraded = await connect(url)
+        try:
+            applied = await migrate(upgraded)
+            assert [m.version for m in applied] == [m.version for m in everything[4:]]
+            assert await upgraded.fetchval("SELECT id FROM stripe_events") == stored.id
+            # The event count triggers (migration 6) work on the moved table.
+            await insert_events(upgraded, [event_from_payload(event("customer.created", customer_object()))])
+            assert await upgraded.fetchval("SELECT sum(n) FROM stripe_event_counts") == 2
+            await migrate(fresh)
+            assert await schema_of(upgraded) == await schema_of(fresh)
+            assert await upgraded.fetchval(OUR_TABLES_IN, "public") == ["orders"]
+            assert await upgraded.fetchval("SELECT total FROM public.orders") == 1200
+        finally:
+            await upgraded.close()
+    finally:
+        await old.close()
+        await fresh.close()
+
+
+async def test_a_schema_holding_another_applications_migrations_table_is_refused(fresh_databases):
+    from app.migrate import MigrationError
+
+    conn = await connect(await fresh_databases(), schema="public")
+    try:
+        await conn.execute(RAILS_TABLES)
+        with pytest.raises(MigrationError, match="another application's schema_migrations"):
+            await migrate(conn, "public")
+        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'stripe_events'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_pooled_connection_is_back_in_the_schema_whatever_the_last_user_set(db_url):
+    from app.db import create_pool
+
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET search_path TO public")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_schema()") == "stripeline"
+            assert await conn.fetchval("SELECT count(*) FROM stripe_events") == 0
+    finally:
+        await pool.close()

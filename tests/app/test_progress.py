@@ -34,8 +34,39 @@ def test_elsewhere_plain_lines_come_at_most_every_few_seconds(monkeypatch):
     shown.advance(10)
     shown.finish_phase()
     lines = log.getvalue().splitlines()
-    assert len(lines) == 3  # the first advance, the one after the interval, the end of the phase
-    assert lines[-1].startswith("import: store 10,010 ") and "\r" not in log.getvalue()
+    # Nothing within the first interval; one line after it; the end of the phase says nothing
+    # new, so it is not repeated.
+    assert len(lines) == 1
+    assert lines[0].startswith("import: store 10,010 ") and "\r" not in log.getvalue()
+
+
+def test_a_log_gets_one_line_for_a_short_phase_and_never_the_same_numbers_twice():
+    log = io.StringIO()
+    shown = Progress("replay", stream=log)
+    shown.phase("rebuild", total=502)
+    shown.advance(500)
+    shown.advance(2)
+    shown.finish_phase()
+    shown.phase("billing", total=58)
+    shown.advance(58)
+    shown.finish_phase()
+    lines = log.getvalue().splitlines()
+    assert [line.split(" 100%")[0] for line in lines] == ["replay: rebuild 502/502", "replay: billing 58/58"]
+
+
+def test_a_phase_named_like_its_command_is_not_named_twice():
+    log = io.StringIO()
+    shown = Progress("replay", stream=log)
+    shown.phase("replay", total=502)
+    shown.advance(502)
+    shown.finish_phase()
+    assert log.getvalue().startswith("replay: 502/502 100% ")
+    screen = Terminal()
+    drawn = Progress("replay", stream=screen)
+    drawn.phase("replay", total=4)
+    drawn.advance(4)
+    drawn.finish_phase()
+    assert "replay [####################] 4/4 100%" in screen.getvalue()
 
 
 def test_failures_are_named_up_to_a_limit_then_only_counted():

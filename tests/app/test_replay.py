@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from app import replay as replay_module
-from app.db import create_pool
+from app.db import connect, create_pool
 from app.events import event_from_payload, insert_events
 from app.processing import process_events
 from app.progress import Progress, Tally
@@ -182,7 +182,7 @@ async def test_every_table_that_tracks_event_order_is_emptied_by_a_rebuild(conn)
         r["table_name"]
         for r in await conn.fetch(
             "SELECT table_name FROM information_schema.columns"
-            " WHERE table_schema = 'public' AND column_name = 'event_created'"
+            " WHERE table_schema = current_schema() AND column_name = 'event_created'"
         )
     }
     assert tracked <= set(DERIVED_TABLES), f"add {sorted(tracked - set(DERIVED_TABLES))} to DERIVED_TABLES"
@@ -491,7 +491,7 @@ def test_ctrl_c_stops_the_installed_command_cleanly_and_a_rerun_finishes(db_url)
         return len(records)
 
     async def rebuilt_so_far() -> int | None:
-        conn = await asyncpg.connect(db_url)
+        conn = await connect(db_url)
         try:
             return await conn.fetchval("SELECT events_done FROM replay_rebuilds")
         finally:

@@ -82,6 +82,80 @@ def test_rediss_url_uses_tls_without_verifying_herokus_self_signed_certificate()
     assert pool.connection_kwargs["db"] == 2
 
 
+def test_rediss_url_asking_for_certificate_checks_gets_them_in_web_and_worker():
+    url = "rediss://:secret@redis.example.com:25061/2?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
+    arq_settings = redis_settings(url)
+    assert (arq_settings.ssl_cert_reqs, arq_settings.ssl_ca_certs, arq_settings.ssl_check_hostname) == (
+        "required", "/etc/ca.pem", True
+    )
+    kwargs = redis_pool(url).connection_pool.connection_kwargs
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"], kwargs["ssl_check_hostname"]) == ("required", "/etc/ca.pem", True)
+    relaxed = redis_settings("rediss://h:1?ssl_cert_reqs=required&ssl_check_hostname=false")
+    assert relaxed.ssl_cert_reqs == "required" and relaxed.ssl_check_hostname is False
+
+
+@pytest.mark.parametrize(
+    "url, named",
+    [
+        ("rediss://h:6379?ssl_cert_reqs=sometimes", "ssl_cert_reqs must be one of none, optional, required"),
+        ("redis://h:6379?ssl_cert_reqs=required", r"not a rediss:// \(TLS\) URL"),
+    ],
+)
+def test_a_certificate_check_the_url_cannot_have_is_named(url, named):
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env({**FULL, "REDIS_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://", "postgres://u:p@db.example.com:5432", "postgres://u:p@db.example.com:5432/", "postgresql:///"],
+)
+def test_a_database_url_without_a_database_is_refused(url):
+    with pytest.raises(ConfigError, match="DATABASE_URL must name a database"):
+        Settings.from_env({**FULL, "DATABASE_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres:///stripeline", "postgresql://u@/stripeline?host=/run/postgresql", "postgresql://h/?dbname=app"]
+)
+def test_socket_and_query_forms_of_a_database_name_are_accepted(url):
+    assert Settings.from_env({**FULL, "DATABASE_URL": url}).database_url == url
+
+
+def test_schema_pool_and_concurrency_defaults():
+    settings = Settings.from_env(FULL)
+    assert settings.schema == "stripeline" and settings.web_concurrency == 1
+    assert {kind: settings.pool_size(kind) for kind in ("web", "worker", "command")} == {"web": 6, "worker": 8, "command": 4}
+    # web + worker + one command within the 20 connections of the smallest managed plans.
+    assert settings.pool_size("web") + settings.pool_size("worker") + settings.pool_size("command") <= 20
+    chosen = Settings.from_env({**FULL, "STRIPELINE_DB_POOL_SIZE": "3", "STRIPELINE_SCHEMA": "billing_sync"})
+    assert {chosen.pool_size(kind) for kind in ("web", "worker", "command")} == {3}
+    assert chosen.schema == "billing_sync"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("STRIPELINE_SCHEMA", "Billing"),
+        ("STRIPELINE_SCHEMA", "billing; drop table x"),
+        ("STRIPELINE_SCHEMA", "pg_catalog"),
+        ("STRIPELINE_SCHEMA", "a" * 64),
+        ("STRIPELINE_DB_POOL_SIZE", "2"),
+        ("STRIPELINE_DB_POOL_SIZE", "many"),
+        ("WEB_CONCURRENCY", "0"),
+    ],
+)
+def test_malformed_deploy_variable_is_named(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**FULL, name: value})
+
+
+def test_web_concurrency_herokus_buildpack_guessed_is_not_taken_but_one_the_user_set_is():
+    guessed = {**FULL, "WEB_CONCURRENCY": "2", "WEB_CONCURRENCY_SET_BY": "heroku/python"}
+    assert Settings.from_env(guessed).web_concurrency == 1
+    assert Settings.from_env({**FULL, "WEB_CONCURRENCY": "3"}).web_concurrency == 3
+
+
 def test_plain_redis_url_does_not_use_tls():
     assert redis_settings("redis://h:6379").ssl is False
     assert redis_pool("redis://h:6379").connection_pool.connection_class is not SSLConnection

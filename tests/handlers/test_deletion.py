@@ -194,7 +194,7 @@ async def test_replay_of_a_deleted_customer_in_delete_mode_changes_nothing(pool,
 async def test_every_table_owned_through_customer_id_is_purged_in_delete_mode(conn):
     tables = {row["table_name"] for row in await conn.fetch(
         "SELECT table_name FROM information_schema.columns "
-        "WHERE table_schema = 'public' AND column_name = 'customer_id'"
+        "WHERE table_schema = current_schema() AND column_name = 'customer_id'"
     )}
     assert tables - set(OWNED_TABLES) == {"stripe_events", "customer_tombstones"}
 
