@@ -13,17 +13,13 @@ import sys
 
 import asyncpg
 
+from app import tables
 from app.db import connect
 from app.logging import log
 from app.settings import Settings
 
-# Every table but schema_migrations (tests/app/test_erase.py checks that none is missed).
-ERASED_TABLES = (
-    "stripe_events", "stripe_event_counts", "customers", "products", "prices", "subscriptions", "subscription_items", "invoices",
-    "payments", "discounts", "customer_attributes", "customer_tags", "customer_activity", "customer_tombstones",
-    "segment_memberships", "segment_history", "segment_evaluations", "segment_refresh_state", "outbox", "replay_rebuilds", "backfill_runs", "backfill_cursors",
-    "stripe_event_minutes", "worker_metrics",
-)
+# Every table but schema_migrations (app/tables.py).
+ERASED_TABLES = tables.ERASED
 
 # Built once from the constant list above (identifiers, never user input), so that a new table
 # is added in one place.

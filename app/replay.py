@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from app import tables
 from app.events import EVENT_COLUMNS, EventRecord, record_from_row
 from app.intake import import_command  # noqa: F401 - app.cli runs `stripeline import` from here
 from app.logging import log
@@ -49,20 +50,11 @@ MAX_BATCH_SIZE = 2000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
-# Everything a rebuild empties: rows derived from Stripe events only. Never customer
-# attributes, tags or activity (users wrote those), nor segment history, nor tombstones: in
-# `delete` mode a deleted customer's events are gone, and only its tombstone keeps a late
+# Everything a rebuild empties: rows derived from Stripe events only (app/tables.py). Never
+# customer attributes, tags or activity (users wrote those), nor segment history, nor tombstones:
+# in `delete` mode a deleted customer's events are gone, and only its tombstone keeps a late
 # webhook from bringing it back.
-DERIVED_TABLES = (
-    "customers",
-    "subscriptions",
-    "subscription_items",
-    "prices",
-    "products",
-    "invoices",
-    "payments",
-    "discounts",
-)
+DERIVED_TABLES = tables.STRIPE_DERIVED
 # Segment memberships are not wiped: batches of a rebuild skip the segment refresher and the
 # rebuild ends with one full refresh, so history and segment webhooks see only real changes.
 # Batches skip the billing refresher too (MRR, last payment): the rebuild ends by refreshing

@@ -49,6 +49,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app import tables
 from app.events import EventRecord
 from app.logging import log
 from app.processing import Handler, ProcessingContext
@@ -58,14 +59,6 @@ from handlers.writes import Projection
 
 DELETED_TAG = "deleted_customer_in_stripe"
 SCRUB_BATCH = 500
-
-# Tables whose rows belong to one customer through a `customer_id` column and go with it in
-# `delete` mode (customer_tombstones and stripe_events are handled on their own).
-OWNED_TABLES = (
-    "subscriptions", "invoices", "payments", "discounts", "segment_memberships", "segment_history", "segment_evaluations",
-    "customer_attributes", "customer_tags", "customer_activity",
-)
-
 
 @dataclass(frozen=True)
 class Tombstone:
@@ -139,37 +132,8 @@ WITH gone AS (
 SELECT (SELECT count(*) FROM anonymized) + (SELECT count(*) FROM canceled)
 """
 
-PURGE_CUSTOMERS = """
-WITH gone AS (SELECT unnest($1::text[]) AS customer_id
-), owned_invoices AS (SELECT id FROM invoices WHERE customer_id IN (SELECT customer_id FROM gone)
-), items AS (
-    DELETE FROM subscription_items
-    WHERE subscription_id IN (SELECT id FROM subscriptions WHERE customer_id IN (SELECT customer_id FROM gone))
-    RETURNING 1
-), gone_subscriptions AS (DELETE FROM subscriptions WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_invoices AS (DELETE FROM invoices WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_payments AS (
-    -- charges name their customer; basil's invoice payments only their invoice
-    DELETE FROM payments
-    WHERE customer_id IN (SELECT customer_id FROM gone) OR invoice_id IN (SELECT id FROM owned_invoices)
-    RETURNING 1
-), gone_discounts AS (DELETE FROM discounts WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_memberships AS (DELETE FROM segment_memberships WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_history AS (DELETE FROM segment_history WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_evaluations AS (DELETE FROM segment_evaluations WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_attributes AS (DELETE FROM customer_attributes WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_tags AS (DELETE FROM customer_tags WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_activity AS (DELETE FROM customer_activity WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
-), gone_customers AS (DELETE FROM customers WHERE id IN (SELECT customer_id FROM gone) RETURNING 1
-)
-SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM gone_subscriptions)
-     + (SELECT count(*) FROM gone_invoices) + (SELECT count(*) FROM gone_payments)
-     + (SELECT count(*) FROM gone_discounts) + (SELECT count(*) FROM gone_memberships)
-     + (SELECT count(*) FROM gone_history) + (SELECT count(*) FROM gone_evaluations)
-     + (SELECT count(*) FROM gone_attributes)
-     + (SELECT count(*) FROM gone_tags) + (SELECT count(*) FROM gone_activity)
-     + (SELECT count(*) FROM gone_customers)
-"""
+# Every row the customers ($1) own, by the catalogue of tables (app/tables.py).
+PURGE_CUSTOMERS = tables.purge_statement()
 
 # The customer's stored events, and those of the invoice payments of its invoices ($2), which
 # name no customer. SKIP LOCKED: an event another worker holds is waiting for this customer's

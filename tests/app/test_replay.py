@@ -22,7 +22,7 @@ from app.db import connect, create_pool
 from app.events import event_from_payload, insert_events
 from app.processing import process_events
 from app.progress import Progress, Tally
-from app.replay import DERIVED_TABLES, ReplayRefused, Selection, glob_to_regex, replay
+from app.replay import ReplayRefused, Selection, glob_to_regex, replay
 from app.settings import Settings
 from tests.app.replay_helpers import (  # noqa: F401 - billing_doubles and handlers_under_test are fixtures
     billing_doubles,
@@ -176,16 +176,6 @@ async def test_rebuild_drops_state_no_event_supports_and_keeps_what_users_wrote(
     assert await conn.fetchval("SELECT tag FROM customer_tags WHERE customer_id = $1", customer) == "vip"
     assert await conn.fetchval("SELECT count(*) FROM customer_activity WHERE customer_id = $1", customer) == 1
 
-
-async def test_every_table_that_tracks_event_order_is_emptied_by_a_rebuild(conn):
-    tracked = {
-        r["table_name"]
-        for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema() AND column_name = 'event_created'"
-        )
-    }
-    assert tracked <= set(DERIVED_TABLES), f"add {sorted(tracked - set(DERIVED_TABLES))} to DERIVED_TABLES"
 
 
 async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_batch(

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from app.events import EVENT_COLUMNS, event_from_payload, insert_events, parse_event, record_from_row
 from app.processing import ProcessingContext, apply_events, process_events
-from handlers.deletion import DELETED_TAG, OWNED_TABLES
+from handlers.deletion import DELETED_TAG
 from tests.factories import event
 from tests.personal_data import (
     DELETED_AT, T0, Person, charge, customer, deletion, deliver, find_everywhere, stream,
@@ -190,13 +190,6 @@ async def test_replay_of_a_deleted_customer_in_delete_mode_changes_nothing(pool,
     await replay(pool, settings)  # back to anonymize: what was deleted stays deleted
     await assert_deleted(conn, person)
 
-
-async def test_every_table_owned_through_customer_id_is_purged_in_delete_mode(conn):
-    tables = {row["table_name"] for row in await conn.fetch(
-        "SELECT table_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND column_name = 'customer_id'"
-    )}
-    assert tables - set(OWNED_TABLES) == {"stripe_events", "customer_tombstones"}
 
 
 @pytest.mark.parametrize("mode", ["anonymize", "delete"])
