@@ -375,6 +375,12 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -384,7 +390,7 @@ def percentile(values: list[float], q: float) -> float:
 class CpuMeter:
     """CPU used between `start()` and `stop()` by named processes and by the PostgreSQL
     backends connected to `database`. /proc is read every 50 ms and the backends are looked
-    up every 0.5 s, so that a backend that exits with its command still counts (almost) whole."""
+    up every 0.1 s, so that a backend that exits with its command still counts (almost) whole."""
 
     database: str
     processes: dict[str, int | None]
@@ -397,6 +403,7 @@ class CpuMeter:
         self._conn = await asyncpg.connect(ADMIN_URL)
         await self._find_backends()
         self._read(first=True)
+        self._machine = machine_cpu_seconds()
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> dict[str, float]:
@@ -408,6 +415,7 @@ class CpuMeter:
         await self._conn.close()
         used = {name: self._used(pid) for name, pid in self.processes.items() if pid is not None}
         used["postgres"] = sum(self._used(pid) for pid in self._backends)
+        used["machine"] = machine_cpu_seconds() - self._machine
         return used
 
     def _used(self, pid: int) -> float:
@@ -432,21 +440,28 @@ class CpuMeter:
     async def _poll(self) -> None:
         for tick in itertools.count(1):
             await asyncio.sleep(0.05)
-            if tick % 10 == 0:
+            if tick % 2 == 0:
                 await self._find_backends()
             self._read()
 
 
 def cpu_report(used: dict[str, float], events: int, order: Iterable[str]) -> str:
+    """CPU ms per event of each named part and their total, and what the rest of the machine
+    used meanwhile (other work on a shared machine; this bench's own client is part of it)."""
     names = [name for name in order if name in used]
     total = sum(used[name] for name in names)
     parts = ", ".join(f"{name} {used[name] / events * 1000:.3f}" for name in names)
-    return f"CPU ms per event: {parts}; total {total / events * 1000:.3f} ({total:.1f} CPU s)"
+    line = f"CPU ms per event: {parts}; total {total / events * 1000:.3f} ({total:.1f} CPU s)"
+    if "machine" in used:
+        line += f"; the rest of the machine used {used['machine'] - total:.1f} CPU s meanwhile"
+    return line
 
 
-@contextlib.contextmanager
-def profiled(directory: Path | None, targets: dict[str, int]):
-    """py-spy recording of each process in `targets` into `directory` while the block runs."""
+@contextlib.asynccontextmanager
+async def profiled(directory: Path | None, targets: dict[str, int], database: str | None = None):
+    """While the block runs: py-spy recordings of each process in `targets` (speedscope JSON,
+    plus NAME.top.txt, the functions by share of samples) and, given `database`, a sampling of
+    what its PostgreSQL backends are running (postgres-activity.txt), all into `directory`."""
     if directory is None:
         yield
         return
@@ -454,23 +469,90 @@ def profiled(directory: Path | None, targets: dict[str, int]):
     if not spy.exists():
         raise SystemExit(f"--profile needs py-spy: {Path(sys.executable).parent}/pip install py-spy")
     directory.mkdir(parents=True, exist_ok=True)
-    recorders = [
-        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
-                          "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recorders = {
+        name: subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
+                                "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in targets.items()
-    ]
+    }
+    sampler = asyncio.create_task(sample_postgres(database)) if database else None
     try:
         yield
     finally:
-        for recorder in recorders:
+        for recorder in recorders.values():
             recorder.send_signal(signal.SIGINT)
-        for recorder in recorders:
+        for name, recorder in recorders.items():
             try:
                 recorder.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 recorder.kill()
-        print(f"py-spy profiles: {', '.join(str(directory / f'{n}.speedscope.json') for n in targets)}")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                path = directory / f"{name}.speedscope.json"
+                path.with_suffix("").with_suffix(".top.txt").write_text(speedscope_summary(path))
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                (directory / "postgres-activity.txt").write_text(await sampler)
+        print(f"profiles in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+
+
+def speedscope_summary(path: Path, top: int = 40) -> str:
+    """The functions of a py-spy speedscope profile by share of samples: self, and with callees."""
+    document = orjson.loads(path.read_bytes())
+    frames = document["shared"]["frames"]
+    own: dict[int, float] = {}
+    total: dict[int, float] = {}
+    weight_sum = 0.0
+    for profile in document["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"]):
+            weight_sum += weight
+            if stack:
+                own[stack[-1]] = own.get(stack[-1], 0.0) + weight
+            for frame in set(stack):
+                total[frame] = total.get(frame, 0.0) + weight
+
+    def name(index: int) -> str:
+        frame = frames[index]
+        return f"{frame['name']} ({frame.get('file', '?')}:{frame.get('line', '?')})"
+
+    def table(counts: dict[int, float]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [f"{count / weight_sum:6.1%}  {name(index)}" for index, count in ranked]
+
+    return "\n".join([f"{path.name}: {weight_sum:,.1f} s of samples (py-spy samples a thread only while it runs)",
+                      "", "self:", *table(own), "", "with callees:", *table(total), ""])
+
+
+async def sample_postgres(database: str, interval: float = 0.02) -> str:
+    """Until cancelled: what the backends of `database` are running, every `interval` s; then
+    the statements and wait events by share of the samples in which a backend was active."""
+    conn = await asyncpg.connect(ADMIN_URL)
+    statements: dict[str, int] = {}
+    waits: dict[str, int] = {}
+    samples = active = 0
+    try:
+        while True:
+            rows = await conn.fetch(
+                "SELECT query, wait_event_type, wait_event FROM pg_stat_activity "
+                "WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()", database)
+            samples += 1
+            for row in rows:
+                active += 1
+                text = " ".join((row["query"] or "").split())[:160]
+                statements[text] = statements.get(text, 0) + 1
+                wait = f"{row['wait_event_type']}:{row['wait_event']}" if row["wait_event_type"] else "on CPU"
+                waits[wait] = waits.get(wait, 0) + 1
+            await asyncio.sleep(interval)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await conn.close()
+    lines = [f"{samples:,} samples every {interval * 1000:.0f} ms; {active:,} active backend-samples "
+             f"(mean {active / max(samples, 1):.2f} backends busy)", "", "statements:"]
+    lines += [f"{n / max(active, 1):6.1%}  {text}" for text, n in sorted(statements.items(), key=lambda i: -i[1])[:30]]
+    lines += ["", "waiting on:"]
+    lines += [f"{n / max(active, 1):6.1%}  {wait}" for wait, n in sorted(waits.items(), key=lambda i: -i[1])[:15]]
+    return "\n".join(lines) + "\n"
 
 
 def child_cpu_seconds(process: subprocess.Popen) -> float:

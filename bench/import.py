@@ -50,7 +50,7 @@ async def timed_command(checkout, args: list[str], env: dict[str, str], database
         started = time.perf_counter()
         process = checkout.popen(args, env, stdout=output, stderr=subprocess.STDOUT)
         await meter.start()
-        with profiled(profile, {args[0]: process.pid}):
+        async with profiled(profile, {args[0]: process.pid}, database):
             # py-spy must attach before the process ends; the wait itself runs off the loop.
             cpu = await asyncio.to_thread(child_cpu_seconds, process)
         seconds = time.perf_counter() - started

@@ -169,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
             await wait_for_http(port, web)
             await asyncio.sleep(1.0)  # let the worker connect too
             meter = CpuMeter(name, {"web": web.pid, "worker": worker.pid, "redis": redis_pid})
-            with profiled(args.profile, {"web": web.pid, "worker": worker.pid}):
+            async with profiled(args.profile, {"web": web.pid, "worker": worker.pid}, name):
                 await meter.start()
                 started = time.perf_counter()
                 statuses, latencies = await send_all(port, bodies, args.concurrency)
