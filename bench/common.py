@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import itertools
 import os
 import pickle
@@ -49,7 +50,7 @@ REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 SECRET = "whsec_bench_secret"
 TOKEN = "bench-token"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stripeline-bench"
-SIMULATION_SOURCES = ("tests/simulation.py", "tests/stripe_objects.py", "tests/factories.py", "bench/common.py")
+SIMULATION_SOURCES = ("tests/simulation.py", "tests/stripe_objects.py", "tests/factories.py")
 # Events per account when a stream is made of several (one account's generation slows down
 # as it grows: some actions scan all its objects).
 EVENTS_PER_ACCOUNT = 20_000
@@ -129,9 +130,12 @@ def migrate(checkout: Checkout, env: dict[str, str]) -> None:
 
 
 def _cache_key(*parts: Any) -> str:
+    """A digest of the parameters and of all the code that makes a stream."""
     digest = hashlib.sha256(repr(parts).encode())
     for source in SIMULATION_SOURCES:
         digest.update((ROOT / source).read_bytes())
+    for function in (_generate, simulated_events):
+        digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()[:16]
 
 
@@ -397,6 +401,7 @@ class CpuMeter:
     _first: dict[int, float] = field(default_factory=dict)
     _last: dict[int, float] = field(default_factory=dict)
     _backends: set[int] = field(default_factory=set)
+    _owner: dict[int, str] = field(default_factory=dict)  # backend pid -> name of its client process
     _task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -415,6 +420,10 @@ class CpuMeter:
         await self._conn.close()
         used = {name: self._used(pid) for name, pid in self.processes.items() if pid is not None}
         used["postgres"] = sum(self._used(pid) for pid in self._backends)
+        for name in self.processes:
+            share = sum(self._used(pid) for pid in self._backends if self._owner.get(pid) == name)
+            if share:
+                used[f"postgres for {name}"] = share
         used["machine"] = machine_cpu_seconds() - self._machine
         return used
 
@@ -423,9 +432,17 @@ class CpuMeter:
 
     async def _find_backends(self) -> None:
         rows = await self._conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.database
+            "SELECT pid, client_port FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            self.database,
         )
-        self._backends |= {row["pid"] for row in rows}
+        fresh = {row["pid"]: row["client_port"] for row in rows if row["pid"] not in self._backends}
+        self._backends |= fresh.keys()
+        if fresh and self.processes:
+            owners = _socket_owners({pid for pid in self.processes.values() if pid is not None})
+            names = {pid: name for name, pid in self.processes.items()}
+            for backend, port in fresh.items():
+                if port is not None and port in owners:
+                    self._owner[backend] = names[owners[port]]
 
     def _read(self, first: bool = False) -> None:
         for pid in [p for p in self.processes.values() if p is not None] + sorted(self._backends):
@@ -443,6 +460,28 @@ class CpuMeter:
             if tick % 2 == 0:
                 await self._find_backends()
             self._read()
+
+
+def _socket_owners(pids: set[int]) -> dict[int, int]:
+    """Local TCP port -> pid, for the sockets these processes hold (to tell whose a PostgreSQL
+    backend is: pg_stat_activity.client_port is the client's local port)."""
+    inode_port: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                columns = line.split()
+                inode_port[columns[9]] = int(columns[1].rsplit(":", 1)[1], 16)
+    owners: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        port = inode_port.get(target[8:-1])
+                        if port is not None:
+                            owners[port] = pid
+    return owners
 
 
 def cpu_report(used: dict[str, float], events: int, order: Iterable[str]) -> str:

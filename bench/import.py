@@ -1,12 +1,12 @@
 """`stripeline import FILE`: store and apply a real-sized JSON Lines stream; events per second.
 
-Writes a simulated account's stream (tests/simulation.py, the same one bench/pipeline.py sends)
-as JSON Lines, migrates a fresh database with the checkout under test (--code DIR), runs its
+Writes the real-sized stream of simulated accounts (tests/simulation.py, 20,000 events per
+account, as bench/replay.py stores them) as JSON Lines, migrates a fresh database with the checkout under test (--code DIR), runs its
 `stripeline import FILE` and prints the payload sizes, events/s, the command's own summary
 line, and CPU per event of the import process and of the PostgreSQL backends it used.
 
     .venv/bin/python bench/import.py                       # 20,000 events, 2,000 customers
-    .venv/bin/python bench/import.py --code /work/wt/baseline --events 50000 --customers 5000
+    .venv/bin/python bench/import.py --code /work/wt/baseline --events 200000 --customers 20000
 
 Uses this machine's PostgreSQL and Redis (BENCH_DATABASE_URL / BENCH_REDIS_URL to change);
 everything it creates is removed at the end.
@@ -36,7 +36,7 @@ from bench.common import (  # noqa: E402
     migrate,
     product_env,
     profiled,
-    simulated_account,
+    simulated_events,
     size_line,
     write_jsonl,
 )
@@ -62,8 +62,7 @@ async def timed_command(checkout, args: list[str], env: dict[str, str], database
 
 async def main(args: argparse.Namespace) -> None:
     checkout = checkout_of(args)
-    account = simulated_account(args.events, args.customers, args.per_second, args.seed)
-    bodies = bodies_of(account.events, args.small)
+    bodies = bodies_of(simulated_events(args.events, args.customers, args.seed), args.small)
     print(f"checkout under test: {checkout.describe()}")
     print(size_line(bodies))
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,7 +83,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--per-second", type=int, default=100, help="events per second of created time")
     parser.add_argument("--small", action="store_true", help="the events cut to the old factories' fields")
     add_common_arguments(parser)
     asyncio.run(main(parser.parse_args()))

@@ -200,6 +200,10 @@ async def main(args: argparse.Namespace) -> None:
     print(lag_line)
     print(cpu_report(used, events, ("web", "worker", "postgres", "redis")) +
           f"; {2 * (finished - started):.1f} CPU s available on 2 cores")
+    split = [f"{name.removeprefix('postgres for ')} {used[name] / events * 1000:.3f}" for name in used
+             if name.startswith("postgres for ")]
+    if split:
+        print(f"PostgreSQL CPU ms per event by client: {', '.join(split)} (the rest: connections not matched)")
 
     expected, rate = await in_order_state(account, sent_payloads, args.batch)
     print(f"in-order apply_events with this checkout's code (batches of {args.batch}): {rate:,.0f} events/s")
