@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.deletion [--events 20000 50000] [--admin-url postgresql://root@127.0.0.1:5432/test]
 
-Creates a scratch database (dropped at the end), stores N realistic events (9 per customer:
-the stream of tests/personal_data.py and two that name no customer) and times: a first
+Creates a scratch database (dropped at the end), stores N events (a simulated account's
+real-sized stream, tests/simulation.py, plus the streams of 40 customers full of personal data
+from tests/personal_data.py, each with two events that name no customer) and times: a first
 deletion in each mode (with the one scan for indirect mentions), the same deletion applied
 again (a replay), and the tombstone lookup that apply_events adds to every batch.
 """
@@ -19,16 +20,20 @@ import time
 from datetime import datetime, timezone
 
 import asyncpg
+import orjson
 
 from app.db import connect
 from app.events import EVENT_COLUMNS, event_from_payload, insert_events, record_from_row
 from app.migrate import migrate
 from app.processing import ProcessingContext, apply_events
 from app.settings import Settings
+from bench.common import simulated_events, size_line
 from handlers.deletion import load_tombstones
 from tests.factories import event
 from tests.personal_data import T0, Person, deletion, seed_rows, stream
 from tests.services import with_database
+
+PEOPLE = 40  # customers whose deletion is timed (and whose streams the guard lookup reads)
 
 
 def customerless(person: Person) -> list[dict]:
@@ -43,15 +48,17 @@ def customerless(person: Person) -> list[dict]:
 
 
 async def fill(conn: asyncpg.Connection, total: int) -> list[Person]:
-    people = [Person() for _ in range(total // 9)]
-    for start in range(0, len(people), 250):
-        chunk = people[start : start + 250]
-        payloads = [p for person in chunk for p in stream(person) + customerless(person)
-                    if p["type"] != "customer.deleted"]
-        records = [event_from_payload(p) for p in payloads]
-        await insert_events(conn, records)
-        for person in chunk:
-            await seed_rows(conn, person)
+    """`total` stored, processed events: the streams of PEOPLE customers full of personal data
+    (tests/personal_data.py, with their model rows) among a simulated account's real-sized ones."""
+    people = [Person() for _ in range(PEOPLE)]
+    own = [p for person in people for p in stream(person) + customerless(person) if p["type"] != "customer.deleted"]
+    others = simulated_events(max(0, total - len(own)), max(1, total // 10), seed=1)
+    print(size_line(orjson.dumps(p) for p in own + others), flush=True)
+    await insert_events(conn, [event_from_payload(p) for p in own])
+    for person in people:
+        await seed_rows(conn, person)
+    for start in range(0, len(others), 2000):
+        await insert_events(conn, [event_from_payload(p) for p in others[start : start + 2000]])
     await conn.execute("UPDATE stripe_events SET status = 'processed'")
     await conn.execute("ANALYZE")
     return people

@@ -144,6 +144,7 @@ async def run(customers: int, samples: int) -> None:
 async def bench(conn: asyncpg.Connection, customers: int, samples: int) -> None:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     settings = Settings()
+    print("payloads: none; the model is filled set-based (generate_series), no events are stored", flush=True)
     print(f"filling {customers:,} customers ...", flush=True)
     started = time.perf_counter()
     for query in (FILL_CUSTOMERS, FILL_SUBSCRIPTIONS, FILL_ACTIVITY):

@@ -21,6 +21,9 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 
+from tests import factories
+from tests import stripe_objects as objects
+
 API_KEY = "rk_test_fake_read_only"
 RESOURCES = ("customers", "products", "prices", "subscriptions", "invoices", "events")
 _serial = itertools.count(1)
@@ -185,121 +188,47 @@ def _error(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
 
 
-# --- Stripe objects, shaped as the API returns them (the fields our model reads) ------------
+# --- Stripe objects, shaped as the API returns them (basil, every field) --------------------
 
 
 def product(**fields: Any) -> dict[str, Any]:
-    created = int(time.time()) - 86400
-    return {"id": stripe_id("prod"), "object": "product", "active": True, "name": "Pro", "created": created, **fields}
+    return {**objects.product_object(stripe_id("prod"), name="Pro", created=int(time.time()) - 86400), **fields}
 
 
 def price(product_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": stripe_id("price"),
-        "object": "price",
-        "active": True,
-        "currency": "usd",
-        "unit_amount": 2900,
-        "type": "recurring",
-        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
-        "product": product_id,
-        "nickname": None,
-        "created": int(time.time()) - 86400,
-        "livemode": False,
-        **fields,
-    }
+    created = int(time.time()) - 86400
+    return {**objects.price_object(stripe_id("price"), product=product_id, unit_amount=2900, created=created), **fields}
 
 
 def customer(created: int | None = None, **fields: Any) -> dict[str, Any]:
     cid = stripe_id("cus")
-    return {
-        "id": cid,
-        "object": "customer",
-        "email": f"{cid}@example.com",
-        "name": "Ada Lovelace",
-        "phone": None,
-        "description": None,
-        "address": None,
-        "currency": "usd",
-        "delinquent": False,
-        "metadata": {},
-        "created": created if created is not None else int(time.time()) - 86400,
-        "livemode": False,
-        **fields,
-    }
+    created = created if created is not None else int(time.time()) - 86400
+    base = objects.customer_object(cid, email=f"{cid}@example.com", name="Ada Lovelace", currency="usd",
+                                   created=created)
+    return {**base, **fields}
 
 
 def subscription(customer_id: str, price_obj: dict[str, Any], status: str = "active", **fields: Any) -> dict[str, Any]:
     now = int(time.time())
-    sid = stripe_id("sub")
-    return {
-        "id": sid,
-        "object": "subscription",
-        "customer": customer_id,
-        "status": status,
-        "currency": "usd",
-        "created": now - 86400,
-        "start_date": now - 86400,
-        "trial_start": None,
-        "trial_end": None,
-        "canceled_at": now if status == "canceled" else None,
-        "ended_at": now if status == "canceled" else None,
-        "cancel_at": None,
-        "cancel_at_period_end": False,
-        "discount": None,
-        "discounts": [],
-        "metadata": {},
-        "livemode": False,
-        "items": {
-            "object": "list",
-            "data": [
-                {
-                    "id": stripe_id("si"),
-                    "object": "subscription_item",
-                    "price": price_obj,
-                    "quantity": 1,
-                    "subscription": sid,
-                    "current_period_start": now - 86400,
-                    "current_period_end": now + 29 * 86400,
-                }
-            ],
-            "has_more": False,
-        },
-        **fields,
-    }
+    ended = now if status == "canceled" else None
+    base = objects.subscription_object(
+        customer_id, [(price_obj, 1)], id=stripe_id("sub"), status=status, created=now - 86400,
+        period=(now - 86400, now + 29 * 86400), canceled_at=ended, ended_at=ended, item_ids=[stripe_id("si")],
+    )
+    return {**base, **fields}
 
 
 def invoice(customer_id: str, subscription_id: str | None = None, **fields: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {
-        "id": stripe_id("in"),
-        "object": "invoice",
-        "customer": customer_id,
-        "status": "paid",
-        "currency": "usd",
-        "amount_due": 2900,
-        "amount_paid": 2900,
-        "amount_remaining": 0,
-        "total": 2900,
-        "billing_reason": "subscription_cycle",
-        "created": now - 3600,
-        "period_start": now - 86400,
-        "period_end": now,
-        "parent": {"type": "subscription_details", "subscription_details": {"subscription": subscription_id}},
-        "livemode": False,
-        **fields,
-    }
+    base = objects.invoice_object(
+        customer_id, subscription=subscription_id, id=stripe_id("in"), status="paid", amount_due=2900,
+        amount_paid=2900, billing_reason="subscription_cycle", created=now - 3600, finalized_at=now - 3600,
+        paid_at=now - 3500, line_description="1 × Pro (at $29.00 / month)",
+    )
+    return {**base, "period_start": now - 86400, "period_end": now, **fields}
 
 
 def event(type: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
-    return {
-        "id": stripe_id("evt"),
-        "object": "event",
-        "api_version": "2025-03-31.basil",
-        "created": created,
-        "data": {"object": obj},
-        "livemode": False,
-        "pending_webhooks": 0,
-        "request": {"id": None, "idempotency_key": None},
-        "type": type,
-    }
+    payload = factories.event(type, obj, created=created, id=stripe_id("evt"), api_version=objects.NEW_API_VERSION)
+    payload["pending_webhooks"] = 0
+    return payload

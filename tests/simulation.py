@@ -27,6 +27,8 @@ import orjson
 from tests import factories as f
 
 MONTH = 30 * 86400
+# What Stripe does on its own, not in answer to an API request.
+AUTOMATIC_EVENTS = frozenset({"customer.subscription.trial_will_end", "invoice.payment_failed", "charge.failed"})
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Account:
         if second != self.clock:
             # The state the object entered this second with counts as seen in it.
             earlier = self.objects.get(obj["id"])
-            seen = {self._fingerprint(self._render(copy.deepcopy(earlier)))} if earlier is not None else set()
+            seen = {self._fingerprint(self._render(f.json_copy(earlier)))} if earlier is not None else set()
         seen.add(self._fingerprint(obj))
         self._seen[obj["id"]] = (self.clock, seen)
 
@@ -84,29 +86,39 @@ class Account:
         second, seen = self._seen.get(obj["id"], (None, set()))
         if second != self.clock:
             earlier = self.objects.get(obj["id"])
-            return earlier is None or self._fingerprint(self._render(copy.deepcopy(earlier))) != self._fingerprint(obj)
+            return earlier is None or self._fingerprint(self._render(f.json_copy(earlier))) != self._fingerprint(obj)
         return self._fingerprint(obj) not in seen
 
     def _render(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Stripe renders expanded objects as they are when the event is made."""
         if obj.get("object") == "subscription":
+            version = self.version_of.get(obj["customer"], f.NEW_API_VERSION)
             for item in obj["items"]["data"]:
                 if "price" in item:
-                    item["price"] = copy.deepcopy(self.objects[item["price"]["id"]])
+                    item["price"] = f.price_in_version(self.objects[item["price"]["id"]], version)
                     if "plan" in item:
-                        item["plan"] = f.plan_from_price(item["price"])
+                        item["plan"] = f.plan_from_price(item["price"], version)
             if "plan" in obj and obj["items"]["data"]:
                 obj["plan"] = copy.deepcopy(obj["items"]["data"][0].get("plan"))
+        elif obj.get("object") == "invoice":
+            # The customer's details are copied in when the invoice is made.
+            customer = self.objects.get(obj.get("customer")) if obj["id"] not in self.objects else None
+            f.rendered_invoice(obj, customer)
         return obj
 
     def emit(self, type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None,
              api_version: str = f.NEW_API_VERSION) -> None:
-        obj = self._render(copy.deepcopy(obj))
+        obj = self._render(f.json_copy(obj))
         self._remember(obj)
-        self.objects[obj["id"]] = copy.deepcopy(obj)
+        self.objects[obj["id"]] = f.json_copy(obj)
+        bits = self.rng.getrandbits(64)
+        # Events of one action in one second share the API request that caused them; Stripe's
+        # own reminders and retries name none.
+        owner = obj.get("customer") or obj.get("invoice") or obj["id"]
+        request = None if type in AUTOMATIC_EVENTS else f.api_request(f"{self.clock}:{owner}")
         self.events.append(
-            f.event(type, copy.deepcopy(obj), created=self.clock, previous_attributes=copy.deepcopy(previous),
-                    api_version=api_version, id=f"evt_{self.rng.getrandbits(64):016x}")
+            f.event(type, f.json_copy(obj), created=self.clock, previous_attributes=f.json_copy(previous),
+                    api_version=api_version, id=f.derived("evt", f"{bits:016x}"), request=request)
         )
 
     def update(self, type: str, object_id: str, api_version: str, **changes: Any) -> dict[str, Any]:
