@@ -37,6 +37,8 @@ class Account:
     clock: int
     # Probability that an action starts a new second (else it shares the current one).
     new_second: float = 0.4
+    # Share of actions that sign up a new customer (while fewer than max_customers).
+    new_customers: float = 0.12
     max_customers: int = 10**9
     # How far the clock jumps when it moves (seconds).
     jumps: tuple[int, ...] = (1, 1, 1, 2, 5, 3600)
@@ -53,6 +55,9 @@ class Account:
     discount_of: dict[str, str] = field(default_factory=dict)  # subscription -> discount
     deleted: set[str] = field(default_factory=set)  # invoices and discounts deleted
     gone: set[str] = field(default_factory=set)  # customers deleted in Stripe
+    present: list[str] = field(default_factory=list)  # customers not deleted
+    subscriptions_of: dict[str, list[str]] = field(default_factory=dict)  # customer -> its subscriptions
+    refundable: list[str] = field(default_factory=list)  # succeeded charges not refunded yet
     # States each object had in the current second (an object never returns to one of them).
     _seen: dict[str, tuple[int, set[bytes]]] = field(default_factory=dict)
     _counter: int = 0
@@ -62,6 +67,12 @@ class Account:
     def _next(self) -> int:
         self._counter += 1
         return self._counter
+
+    def _id(self, prefix: str, width: int = 24) -> str:
+        """An id as long as Stripe's (14 characters after `cus_` or `si_`, 24 after `sub_` or
+        `in_`): a counter, for uniqueness, then random digits."""
+        body = f"{self._next():x}{self.rng.getrandbits(4 * width):0{width}x}"
+        return f"{prefix}_{body[:width]}"
 
     def tick(self, seconds: int = 1) -> None:
         self.clock += seconds
@@ -143,11 +154,11 @@ class Account:
     # --- catalog --------------------------------------------------------------------------
 
     def new_price(self, *, own_events: bool = True) -> str:
-        product = f.product_object(f"prod_{self._next()}_{self.rng.getrandbits(32):x}", name=f"Plan {self._next()}",
+        product = f.product_object(self._id("prod", 14), name=f"Plan {self._next()}",
                                    created=self.clock)
         interval, count = self.rng.choice((("month", 1), ("month", 1), ("year", 1), ("week", 2), ("day", 30),
                                            ("month", 3)))
-        price = f.price_object(f"price_{self._next()}_{self.rng.getrandbits(32):x}", product=product["id"],
+        price = f.price_object(self._id("price"), product=product["id"],
                                unit_amount=self.rng.choice((500, 999, 1000, 2900, 4900, 12000)), interval=interval,
                                interval_count=count, nickname=f"nick {self._next()}", created=self.clock)
         self.products.append(product["id"])
@@ -175,10 +186,11 @@ class Account:
     def new_customer(self) -> str:
         version = self.rng.choice(self.api_versions)
         n = self._next()
-        customer = f.customer_object(f"cus_{n}_{self.rng.getrandbits(40):x}", email=f"user{n}@example.com",
+        customer = f.customer_object(self._id("cus", 14), email=f"user{n}@example.com",
                                      name=f"User {n}", created=self.clock, api_version=version,
                                      address=f.address() if self.rng.random() < 0.5 else None)
         self.customers.append(customer["id"])
+        self.present.append(customer["id"])
         self.version_of[customer["id"]] = version
         self.emit("customer.created", customer, api_version=version)
         return customer["id"]
@@ -206,16 +218,17 @@ class Account:
         price = self.objects[self.rng.choice(self.prices)]
         trial = self.rng.random() < 0.4
         n = self._next()
-        sub_id = f"sub_{n}_{self.rng.getrandbits(40):x}"
+        sub_id = self._id("sub")
         quantity = self.rng.randint(1, 5)
         period = (self.clock, self.clock + MONTH)
         sub = f.subscription_object(
             customer_id, [(price, quantity)], id=sub_id, status="trialing" if trial else "incomplete",
             created=self.clock, trial_start=self.clock if trial else None,
             trial_end=self.clock + 14 * 86400 if trial else None, period=period, currency=price["currency"],
-            item_ids=[f"si_{n}_{self.rng.getrandbits(32):x}"], api_version=version,
+            item_ids=[self._id("si", 14)], api_version=version,
         )
         self.subscriptions.append(sub_id)
+        self.subscriptions_of.setdefault(customer_id, []).append(sub_id)
         self.owner[sub_id] = customer_id
         self.emit("customer.subscription.created", sub, api_version=version)
         if self.objects[customer_id].get("currency") is None:
@@ -229,7 +242,7 @@ class Account:
 
     def _invoice(self, customer_id: str, sub_id: str, amount: int, version: str) -> str:
         n = self._next()
-        invoice = f.invoice_object(customer_id, subscription=sub_id, id=f"in_{n}_{self.rng.getrandbits(40):x}",
+        invoice = f.invoice_object(customer_id, subscription=sub_id, id=self._id("in"),
                                    amount_due=amount, currency="usd", created=self.clock, api_version=version,
                                    number=None, line_description=f"{amount} for {sub_id}")
         self.emit("invoice.created", invoice, api_version=version)
@@ -270,14 +283,15 @@ class Account:
     def _pay(self, customer_id: str, invoice_id: str, version: str) -> None:
         invoice = self.objects[invoice_id]
         n = self._next()
-        charge = f.charge_object(customer_id, amount=invoice["amount_due"], id=f"ch_{n}_{self.rng.getrandbits(40):x}",
+        charge = f.charge_object(customer_id, amount=invoice["amount_due"], id=self._id("ch"),
                                  invoice=invoice_id, created=self.clock, api_version=version,
                                  description="Subscription update")
         self.emit("charge.succeeded", charge, api_version=version)
+        self.refundable.append(charge["id"])
         self._mark_paid(invoice_id, version, charge["id"])
         if f.is_basil(version):
             payment = f.invoice_payment_object(invoice_id, amount=invoice["amount_due"], paid_at=self.clock,
-                                               id=f"inpay_{n}_{self.rng.getrandbits(40):x}", created=self.clock)
+                                               id=self._id("inpay"), created=self.clock)
             self.emit("invoice_payment.paid", payment, api_version=version)
 
     def _live(self, statuses: tuple[str, ...]) -> list[str]:
@@ -334,7 +348,7 @@ class Account:
         invoice = self.objects[invoice_id]
         n = self._next()
         charge = f.charge_object(customer_id, amount=invoice["amount_due"], status="failed",
-                                 id=f"ch_{n}_{self.rng.getrandbits(40):x}", invoice=invoice_id,
+                                 id=self._id("ch"), invoice=invoice_id,
                                  failure_code="card_declined", created=self.clock, api_version=version)
         self.emit("charge.failed", charge, api_version=version)
         changes = {"attempt_count": invoice["attempt_count"] + 1, "attempted": True,
@@ -379,7 +393,7 @@ class Account:
                   if self.rng.random() < 0.6
                   else f.coupon_object(f"co_{n}", amount_off=self.rng.choice((100, 500)), currency="usd"))
         discount = f.discount_object(customer_id, coupon, subscription=sub_id,
-                                     id=f"di_{n}_{self.rng.getrandbits(40):x}", start=self.clock)
+                                     id=self._id("di"), start=self.clock)
         self.discount_of[sub_id] = discount["id"]
         self.emit("customer.discount.created", discount, api_version=version)
         changes: dict[str, Any] = {"discounts": [discount["id"]]}
@@ -399,18 +413,16 @@ class Account:
         self.update("customer.subscription.updated", sub_id, version, **changes)
 
     def refund(self) -> None:
-        charges = [o for o in self.objects.values() if o.get("object") == "charge" and o["status"] == "succeeded"
-                   and not o["refunded"]]
-        if not charges:
+        if not self.refundable:
             return
-        charge = self.rng.choice(charges)
+        charge = self.objects[self.refundable.pop(self.rng.randrange(len(self.refundable)))]
         version = self.version_of[charge["customer"]]
         self.notify("charge.refunded", charge["id"], version, amount_refunded=charge["amount"], refunded=True)
 
     def draft_deleted(self, customer_id: str) -> None:
         version = self.version_of[customer_id]
         n = self._next()
-        invoice = f.invoice_object(customer_id, id=f"in_{n}_{self.rng.getrandbits(40):x}", amount_due=700,
+        invoice = f.invoice_object(customer_id, id=self._id("in"), amount_due=700,
                                    created=self.clock, api_version=version, billing_reason="manual")
         self.emit("invoice.created", invoice, api_version=version)
         self.update("invoice.updated", invoice["id"], version, description=f"Consulting {n}")
@@ -421,23 +433,28 @@ class Account:
     def delete_customer(self, customer_id: str) -> None:
         """Stripe cancels the customer's live subscriptions at once, then deletes it."""
         version = self.version_of[customer_id]
-        for sub_id in self.subscriptions:
-            if self.owner[sub_id] == customer_id and self.objects[sub_id]["status"] not in ("canceled",
-                                                                                          "incomplete_expired"):
+        for sub_id in self.subscriptions_of.get(customer_id, []):
+            if self.objects[sub_id]["status"] not in ("canceled", "incomplete_expired"):
                 self.cancel(sub_id)
         self.emit("customer.deleted", self.objects[customer_id], api_version=version)
         self.gone.add(customer_id)
+        self.present.remove(customer_id)
 
     def snapshot(self) -> None:
         """`stripeline backfill` lists a live object: a synthetic `*.updated` event of its current
         state, dated when the listing started, with the id app/backfill.py gives it."""
         kinds = {"customer": "customer.updated", "subscription": "customer.subscription.updated",
                  "invoice": "invoice.updated", "price": "price.updated", "product": "product.updated"}
-        listed = [o for o in self.objects.values() if o.get("object") in kinds and o["id"] not in self.deleted
-                  and o["id"] not in self.gone and o.get("customer") not in self.gone]
-        if not listed:
+
+        def listable(obj: dict[str, Any]) -> bool:
+            return (obj.get("object") in kinds and obj["id"] not in self.deleted and obj["id"] not in self.gone
+                    and obj.get("customer") not in self.gone)
+
+        ids = list(self.objects)  # insertion order: the same choice for the same seed
+        candidates = (self.objects[ids[self.rng.randrange(len(ids))]] for _ in range(50))
+        obj = next((o for o in candidates if listable(o)), None)
+        if obj is None:
             return
-        obj = self.rng.choice(listed)
         self.tick()  # a listing starts on a second of its own (one snapshot per object and second)
         version = self.version_of.get(obj.get("customer") or obj["id"], f.NEW_API_VERSION)
         self.emit(kinds[obj["object"]], obj, None, version)
@@ -450,25 +467,26 @@ class Account:
         """One random action of a random customer (or of the catalog)."""
         self.maybe_tick()
         roll = self.rng.random()
-        if not self.customers or (roll < 0.12 and len(self.customers) < self.max_customers):
+        if not self.customers or (roll < self.new_customers and len(self.customers) < self.max_customers):
             customer_id = self.new_customer()
             if self.rng.random() < 0.7:
                 self.subscribe(customer_id)
             return
-        if roll < 0.16 and self.prices:
+        roll = self.rng.random()  # what an existing customer, or the catalog, does
+        if roll < 0.045 and self.prices:
             self.rng.choice((self.rename_price, self.rename_product))()
             return
-        present = [c for c in self.customers if c not in self.gone]
-        if roll < 0.166 and len(present) > 1:
+        present = self.present
+        if roll < 0.052 and len(present) > 1:
             self.delete_customer(self.rng.choice(present))
             return
-        if roll < 0.19:
+        if roll < 0.08:
             self.snapshot()
             return
         if not present:
             return
         customer_id = self.rng.choice(present)
-        subs = [s for s in self.subscriptions if self.owner[s] == customer_id]
+        subs = self.subscriptions_of.get(customer_id, [])
         live = [s for s in subs if self.objects[s]["status"] not in ("canceled", "incomplete_expired")]
         if not live:
             self.rng.choice((self.subscribe, self.update_customer, self.draft_deleted))(customer_id)
@@ -498,9 +516,11 @@ def _price_id(item: dict[str, Any]) -> str:
 
 
 def generate(seed: int, actions: int, *, start: int = 1_700_000_000, new_second: float = 0.4,
-             api_versions: tuple[str, ...] | None = None, max_customers: int = 10**9) -> Account:
+             api_versions: tuple[str, ...] | None = None, max_customers: int = 10**9,
+             new_customers: float = 0.12) -> Account:
     """An account after `actions` random actions."""
-    account = Account(random.Random(seed), start, new_second=new_second, max_customers=max_customers)
+    account = Account(random.Random(seed), start, new_second=new_second, max_customers=max_customers,
+                      new_customers=new_customers)
     if api_versions:
         account.api_versions = api_versions
     for _ in range(actions):
