@@ -47,6 +47,9 @@ from tests.simulation import Account  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+# Where the measured checkout keeps its tables: stripeline's own schema, or `public` for
+# checkouts from before STRIPELINE_SCHEMA.
+SCHEMAS = "stripeline, public"
 SECRET = "whsec_bench_secret"
 TOKEN = "bench-token"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stripeline-bench"
@@ -68,7 +71,8 @@ class Checkout:
         return self.root / ".venv" / "bin" / "python"
 
     def command(self, *args: str) -> list[str]:
-        return [str(self.python), "-m", "app.cli", *args]
+        # The installed command: the same in every checkout, whatever its packages are called.
+        return [str(self.root / ".venv" / "bin" / "stripeline"), *args]
 
     def popen(self, args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen:
         kwargs.setdefault("stdout", subprocess.DEVNULL)
@@ -352,6 +356,17 @@ async def wait_for_http(port: int, process: subprocess.Popen, path: str = "/read
                     return
             await asyncio.sleep(0.1)
     raise SystemExit(f"the web process did not answer {path} in {timeout:.0f} s")
+
+
+async def observe(port: int, customers: list[str]) -> dict[str, Any]:
+    """What a user sees of these customers through the web process's API (tests/observed.py)."""
+    import httpx
+
+    from tests.observed import observed
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                                 headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        return await observed(client, customers)
 
 
 def stop(processes: Iterable[subprocess.Popen]) -> None:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.signature import sign  # noqa: E402
 from bench.common import (  # noqa: E402
+    SCHEMAS,
     SECRET,
     add_common_arguments,
     checkout_of,
@@ -212,7 +213,7 @@ async def verify(database_url: str, redis_url: str, queue_name: str, acknowledge
     import asyncpg
     from redis.asyncio import Redis
 
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
     try:
         stored = {row["id"] for row in await conn.fetch("SELECT id FROM stripe_events")}
         pending = await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'")

@@ -14,7 +14,9 @@ runs, waits until /api/sync counts all of them processed, and prints:
   server (shared with anything else using it), and their total,
 - processing lag p50/p99 (processed_at - received_at), when the schema has those columns,
 - stale rows: the final model against applying the same events in Stripe order with this
-  checkout's code (in a second database), and against the simulated account's own objects.
+  checkout's code (in a second database), and against the simulated account's own objects,
+- after `stripeline replay --rebuild` over the same log, the number of customers whose answer
+  (GET /api/customers/{id} and its timeline, and the segment counts) differs from the live one.
 
     .venv/bin/python bench/pipeline.py                         # 20,000 events, 2,000 customers, 16 connections
     .venv/bin/python bench/pipeline.py --code /work/wt/baseline --small --profile /tmp/profiles
@@ -44,7 +46,9 @@ from app.migrate import migrate as migrate_here  # noqa: E402
 from app.processing import ProcessingContext, apply_events  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.signature import sign  # noqa: E402
+from tests.observed import differing  # noqa: E402
 from bench.common import (  # noqa: E402
+    SCHEMAS,
     SECRET,
     TOKEN,
     CpuMeter,
@@ -56,6 +60,7 @@ from bench.common import (  # noqa: E402
     free_port,
     fresh_database,
     migrate,
+    observe,
     percentile,
     product_env,
     profiled,
@@ -176,7 +181,12 @@ async def main(args: argparse.Namespace) -> None:
                 sent = time.perf_counter()
                 finished = await wait_until_processed(port, len(bodies), args.timeout)
                 used = await meter.stop()
-            conn = await connect(database_url)
+            live_view = await observe(port, account.customers)
+            rebuild = checkout.run(["replay", "--rebuild"], env)
+            if rebuild.returncode != 0:
+                raise SystemExit(f"replay --rebuild failed: {(rebuild.stdout + rebuild.stderr)[-800:]}")
+            rebuilt = differing(await observe(port, account.customers), live_view)
+            conn = await connect(database_url, schema=SCHEMAS)
             try:
                 try:
                     lag = await conn.fetchrow(LAG)
@@ -208,7 +218,10 @@ async def main(args: argparse.Namespace) -> None:
     expected, rate = await in_order_state(account, sent_payloads, args.batch)
     print(f"in-order apply_events with this checkout's code (batches of {args.batch}): {rate:,.0f} events/s")
     print(f"stale rows vs in-order state: {stale_rows(final, expected)}; "
-          f"differences from the account's truth: {len(mismatches(account, final))}")
+          f"differences from the account's truth: {len(mismatches(account, final))}; "
+          f"customers whose answer differs after `replay --rebuild`: "
+          f"{len([key for key in rebuilt if key != 'segment counts'])} of {len(account.customers)}"
+          f"{' (segment counts differ too)' if 'segment counts' in rebuilt else ''}")
 
 
 if __name__ == "__main__":

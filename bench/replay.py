@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    SCHEMAS,
     add_common_arguments,
     bodies_of,
     checkout_of,
@@ -64,12 +65,12 @@ async def main(args: argparse.Namespace) -> None:
             migrate(checkout, env)
             seconds, _, code, summary = await timed_command(checkout, ["import", str(stream)], env, name, None)
             print(f"stored with `stripeline import` in {seconds:.1f} s ({events / seconds:,.0f} events/s, exit {code})")
-            conn = await asyncpg.connect(database_url)
+            conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
             await conn.execute("VACUUM ANALYZE")
             await conn.close()
             command = ["replay", "--rebuild", "--batch-size", str(args.batch_size)]
             seconds, used, code, summary = await timed_command(checkout, command, env, name, args.profile)
-            conn = await asyncpg.connect(database_url)
+            conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
             try:
                 rows = await conn.fetch(SEGMENTS)
                 segments = ", ".join(f"{r['segment']}={r['n']:,}" for r in rows) or "none"

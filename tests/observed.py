@@ -50,3 +50,20 @@ def differing(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
     if got["segments"] != want["segments"]:
         found.append("segment counts")
     return found
+
+
+def first_difference(got: Any, want: Any, path: str = "") -> str | None:
+    """Where two views first differ, as `path: got != want`; None when they are equal."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        for key in sorted(got.keys() | want.keys(), key=str):
+            found = first_difference(got.get(key), want.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        for index, (a, b) in enumerate(zip(got, want)):
+            found = first_difference(a, b, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    return None if got == want else f"{path or '.'}: {got!r} != {want!r}"
