@@ -5,42 +5,46 @@ Routes about customers and segments live in their own modules and are gathered h
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app import events, queue, replay
 from app.logging import log
-from app.responses import JSONResponse, error, iso
+from app.responses import BadInput, JSONResponse, error, iso
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 # Pending work older than this makes the sync "lagging".
 LAGGING_AFTER_SECONDS = 60
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+def check_parameters(request: Request) -> None:
+    """Refuse a NUL character in any path or query parameter: PostgreSQL text cannot hold one,
+    so it is bad input, never a reason to query (or to answer 503)."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and "\x00" in value:
+            raise BadInput(f"{name} must not contain a NUL character")
 
 
 def authorized(endpoint: Endpoint) -> Endpoint:
-    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down."""
+    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`. Errors are mapped by app.responses."""
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
         token = request.app.state.settings.api_token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Both sides as UTF-8 bytes: compare_digest refuses non-ASCII str, and an odd header
+        # must be a 401, not an error.
         if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             return error(401, "missing or wrong bearer token")
-        try:
-            return await endpoint(request)
-        except DB_ERRORS as problem:
-            log.warning("api_database_unavailable", path=request.url.path, error=type(problem).__name__)
-            return error(503, "database unavailable")
+        check_parameters(request)
+        return await endpoint(request)
 
     return guarded
 

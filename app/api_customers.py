@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.api_segments import parse_limit
 from app.responses import JSONResponse, error
 from handlers.customers import address_of
 
@@ -251,10 +252,7 @@ def timeline_entries(rows: list[Any]) -> list[dict[str, Any]]:
 
 async def customer_events(request: Request) -> Response:
     customer_id = request.path_params["customer_id"]
-    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        return error(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    limit = int(raw_limit)
+    limit = parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
     before = request.query_params.get("after") or None
     async with request.app.state.pool.acquire() as conn:
         if not await conn.fetchval(CUSTOMER_EXISTS, customer_id):

@@ -1,8 +1,8 @@
 """/api/segments (counts, members, history) and /api/activity (product activity).
 
 Endpoints here are wrapped by `api.authorized`. Every input is checked before it reaches
-PostgreSQL, so bad input answers 400 with a message that says what to fix, never 500 (nor a
-503 for a value PostgreSQL would refuse, such as a NUL character).
+PostgreSQL and refused with BadInput, which app.responses answers 400 with a message that
+says what to fix, never 500 (nor a 503 for a value PostgreSQL would refuse, such as a NUL).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.processing import lock_customers
-from app.responses import JSONResponse, error, iso
+from app.responses import BadInput, JSONResponse, error, iso
 from app.web import MAX_BODY_BYTES, BodyTooLarge, read_body
 from handlers import segments
 
@@ -74,10 +74,6 @@ _UNIX_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]+)?")
 _SPACED_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
 
 
-class BadInput(Exception):
-    """The request is malformed; the message says how."""
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -106,12 +102,13 @@ def parse_time(value: Any, name: str) -> datetime:
         raise BadInput(f"{name} must be an ISO 8601 time or Unix seconds, got {str(value)[:40]!r}") from None
 
 
-def parse_limit(request: Request) -> int:
+def parse_limit(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    """`?limit=` as a whole number of ASCII digits (not "²", which str.isdigit accepts)."""
     raw = request.query_params.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
-    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return default
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise BadInput(f"limit must be a whole number from 1 to {maximum}")
     return int(raw)
 
 
@@ -129,13 +126,10 @@ async def segment_customers(request: Request) -> Response:
     segment = _segment(request)
     if segment is None:
         return error(404, "no such segment")
-    try:
-        limit = parse_limit(request)
-        after = request.query_params.get("after") or ""
-        if after:
-            after = _text(after, "after")
-    except BadInput as problem:
-        return error(400, str(problem))
+    limit = parse_limit(request)
+    after = request.query_params.get("after") or ""
+    if after:
+        after = _text(after, "after")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(SEGMENT_MEMBERS, segment.key, after, limit + 1)
     customers = [row["customer_id"] for row in rows[:limit]]
@@ -149,14 +143,11 @@ async def segment_history(request: Request) -> Response:
     if segment is None:
         return error(404, "no such segment")
     query = request.query_params
-    try:
-        limit = parse_limit(request)
-        since = parse_time(_SPACED_OFFSET.sub(r"\1+\2", query["since"]), "since") if query.get("since") else BEGINNING
-        after = query.get("after")
-        if after is not None and not _DIGITS.fullmatch(after):
-            raise BadInput("after must be the `next` cursor of a previous page")
-    except BadInput as problem:
-        return error(400, str(problem))
+    limit = parse_limit(request)
+    since = parse_time(_SPACED_OFFSET.sub(r"\1+\2", query["since"]), "since") if query.get("since") else BEGINNING
+    after = query.get("after")
+    if after is not None and not _DIGITS.fullmatch(after):
+        raise BadInput("after must be the `next` cursor of a previous page")
     async with request.app.state.pool.acquire() as conn:
         cursor = (BEGINNING, 0)
         if after is not None:
@@ -224,10 +215,7 @@ async def record_activity(request: Request) -> Response:
         body = await read_body(request.scope, request.receive)
     except BodyTooLarge:
         return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        items = parse_activity(body, now)
-    except BadInput as problem:
-        return error(400, str(problem))
+    items = parse_activity(body, now)
     single = len(items) == 1
     async with state.pool.acquire() as conn, conn.transaction():
         ids = {row["id"] for row in await conn.fetch(CUSTOMERS_BY_ID, [v for f, v, _ in items if f == "customer"])}

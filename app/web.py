@@ -9,17 +9,20 @@ from collections.abc import AsyncIterator
 import asyncpg
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import api, dashboard, events, metrics
 from app.db import create_pool
 from app.ingest import Ingestor, StoreUnavailable
 from app.logging import log
+from app.outages import Dependency, dependency_of
 from app.queue import redis_pool
-from app.responses import JSONResponse, error
+from app.responses import ErrorAnswers, JSONResponse, error
 from app.settings import Settings
 from app.signature import SignatureError, verify
 
@@ -141,6 +144,25 @@ async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(metrics.render(counts, age, state.counters), media_type="text/plain; version=0.0.4")
 
 
+class NoStore:
+    """ASGI middleware: answers under /api/ carry `Cache-Control: no-store` (they hold customer data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
 class ASGIEndpoint:
     """Wraps an ASGI function so that Starlette's Route does not wrap it in Request/Response."""
 
@@ -159,16 +181,35 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
         state = app.state
         state.pool = pool or await _open_pool(settings)
         state.redis = redis or redis_pool(settings.redis_url)
-        state.ingestor = Ingestor(state.pool, state.redis, settings.queue_name, metrics=state.counters)
+        state.ingestor = Ingestor(
+            state.pool,
+            state.redis,
+            settings.queue_name,
+            metrics=state.counters,
+            postgres=state.dependencies["postgres"],
+            redis_state=state.dependencies["redis"],
+        )
         await state.ingestor.start()
         try:
             yield
         finally:
             await state.ingestor.stop()
+            for dependency in state.dependencies.values():
+                await dependency.close()
             if redis is None:
                 await state.redis.aclose()
             if pool is None:
                 await state.pool.close()
+
+    state = State()
+    # What this process knows of its servers: each outage is logged once, not once per request.
+    state.dependencies = {
+        "postgres": Dependency("postgres", probe=lambda: _select_one(state.pool)),
+        "redis": Dependency("redis", probe=lambda: state.redis.ping()),
+    }
+
+    def report_outage(problem: Exception) -> None:
+        state.dependencies[dependency_of(problem)].failed(problem)
 
     app = Starlette(
         routes=[
@@ -180,11 +221,19 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
             *api.routes(),
             *dashboard.ROUTES,
         ],
+        middleware=[Middleware(NoStore), Middleware(ErrorAnswers, report_outage=report_outage)],
         lifespan=lifespan,
     )
+    app.state = state
     app.state.settings = settings
     app.state.counters = metrics.IngestCounters()
     return app
+
+
+async def _select_one(pool: asyncpg.Pool) -> None:
+    async with asyncio.timeout(2):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
