@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 DELETION_MODES = ("anonymize", "delete")
@@ -61,6 +61,23 @@ def _secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     return secrets
 
 
+def _without_password(url: str | None) -> str | None:
+    """The URL with its password (if any) replaced by ***, for repr and messages."""
+    if not url:
+        return url
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+# Fields never shown by repr(): secrets, and URLs that may carry a password (shown without it).
+SECRET_FIELDS = ("webhook_secrets", "api_token", "stripe_api_key", "segment_webhook_secret")
+URL_FIELDS = ("database_url", "redis_url", "stripe_api_base", "segment_webhook_url")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -79,7 +96,21 @@ class Settings:
     retry_base_seconds: int = 5
     segment_refresh_seconds: int = 60
     segment_webhook_url: str | None = None
-    segment_webhook_secret: str | None = field(default=None, repr=False)
+    segment_webhook_secret: str | None = None
+    # Proxies whose X-Forwarded-For/-Proto headers the web process believes (uvicorn's
+    # forwarded_allow_ips); None believes nobody's, so a client cannot forge its address.
+    forwarded_allow_ips: str | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in SECRET_FIELDS and value:
+                value = "<hidden>"
+            elif item.name in URL_FIELDS:
+                value = _without_password(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +133,7 @@ class Settings:
             segment_refresh_seconds=_int(env, "STRIPELINE_SEGMENT_REFRESH_SECONDS", 60, minimum=1),
             segment_webhook_url=_url(env, "STRIPELINE_SEGMENT_WEBHOOK_URL", ("http", "https")),
             segment_webhook_secret=env.get("STRIPELINE_SEGMENT_WEBHOOK_SECRET", "").strip() or None,
+            forwarded_allow_ips=env.get("STRIPELINE_FORWARDED_ALLOW_IPS", "").strip() or None,
         )
 
     def require(self, *names: str) -> None:
