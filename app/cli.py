@@ -33,14 +33,20 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _web(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
     import uvicorn
 
     from app.garbage import quiet_garbage_collector
+    from app.http_limits import LimitedHttpToolsProtocol
     from app.web import create_app
 
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
     app = create_app(settings)
     quiet_garbage_collector()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; the default handler would
+    # then kill the process (exit 143) after a clean stop. Ours exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         app,
         host=args.host,
@@ -49,8 +55,10 @@ def _web(args: argparse.Namespace, settings: Settings) -> int:
         # Our logging (app.logging) renders uvicorn's lines too, as JSON by default.
         log_config=None,
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
+        http=LimitedHttpToolsProtocol,  # 431 for a request head over 32 KiB
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        timeout_graceful_shutdown=20,  # in-flight requests finish; Heroku kills after 30 s
     )
     return 0
 
