@@ -187,7 +187,7 @@ class Ingestor:
             except StoreUnavailable as unavailable:
                 cause = unavailable.__cause__
                 if attempt == 1 and is_connection_lost(cause):
-                    log.info("ingest_connection_replaced", error=type(cause).__name__)
+                    log.debug("ingest_connection_replaced", error=type(cause).__name__)
                     continue
                 self.postgres.failed(cause, deferred=len(records))
                 raise

@@ -32,6 +32,9 @@ OUTAGE_SQLSTATE_CLASSES = ("08", "28", "3D", "40", "53", "57", "58")
 NOT_MIGRATED = "42P01"
 
 REDIS_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+# asyncpg's own "cannot switch to state N; another operation is in progress": a connection the
+# server dropped in the middle of an operation (seen during PostgreSQL restarts).
+BROKEN_CONNECTION = asyncpg.exceptions._base.InternalClientError
 
 
 def blames_content(error: BaseException) -> bool:
@@ -49,7 +52,11 @@ def is_outage(error: BaseException) -> bool:
         return sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate == NOT_MIGRATED
     if isinstance(error, asyncpg.InterfaceError):
         return not isinstance(error, ValueError)  # closed or released connection, closing pool
-    return isinstance(error, (OSError, asyncio.TimeoutError, *REDIS_OUTAGES))
+    if isinstance(error, redis_errors.WatchError):
+        # redis-py reports a connection lost during WATCH as a WatchError raised while handling it.
+        cause = error.__cause__ or error.__context__
+        return cause is not None and is_outage(cause)
+    return isinstance(error, (OSError, asyncio.TimeoutError, BROKEN_CONNECTION, *REDIS_OUTAGES))
 
 
 def is_connection_lost(error: BaseException) -> bool:
@@ -62,7 +69,7 @@ def is_connection_lost(error: BaseException) -> bool:
         return not isinstance(error, asyncpg.exceptions.CannotConnectNowError)
     if isinstance(error, asyncpg.InterfaceError):
         return not isinstance(error, ValueError)
-    return isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+    return isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, BROKEN_CONNECTION))
 
 
 def dependency_of(error: BaseException) -> str:

@@ -280,9 +280,12 @@ class Worker(ArqWorker):
         try:
             await super().run_job(job_id, score)
         except Exception as error:
-            if is_outage(error):
-                self._orphaned.add(job_id)
-            raise
+            if not is_outage(error):
+                raise
+            # Redis failed while arq fetched the job or recorded its end. Its events are safe in
+            # PostgreSQL (pending ones are swept again); its in-progress key may linger.
+            self._orphaned.add(job_id)
+            self.redis_state.failed(error)
 
     def handle_sig(self, signum: int) -> None:
         """SIGTERM or SIGINT: take no more jobs; `close` lets the ones in hand finish."""
@@ -299,7 +302,7 @@ class Worker(ArqWorker):
             for task in unfinished:
                 task.cancel()  # its transaction rolls back; arq leaves the job queued
             self.handed_back = len(unfinished)
-            await asyncio.gather(*held, return_exceptions=True)
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self._pool is None:
             return
         try:
