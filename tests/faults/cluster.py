@@ -241,9 +241,10 @@ async def inflict(cluster: Cluster, fault: str, seconds: float) -> None:
 # --- delivering events ------------------------------------------------------------------------
 
 
-def deliveries(events: list[dict[str, Any]], rng: random.Random, spread: int = 50) -> list[dict[str, Any]]:
-    """Each event two or three times, each copy up to `spread` places late: repeated and out of order."""
-    keyed = [(n + rng.uniform(0, spread), n, e) for n, e in enumerate(events) for _ in range(rng.choice((2, 3)))]
+def deliveries(events: list[dict[str, Any]], rng: random.Random, spread: int = 50,
+               copies: tuple[int, ...] = (2, 3)) -> list[dict[str, Any]]:
+    """Each event a number of times drawn from `copies`, each copy up to `spread` places late."""
+    keyed = [(n + rng.uniform(0, spread), n, e) for n, e in enumerate(events) for _ in range(rng.choice(copies))]
     return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
@@ -387,6 +388,30 @@ async def wait_until_settled(cluster: Cluster, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def stale_customers(got: dict, want: dict) -> set[str]:
+    """Customers any of whose model rows differ from in-order processing."""
+    owner = {}
+    for state in (got, want):
+        owner |= {row["id"]: row["customer_id"] for row in state["subscriptions"]}
+    stale = set()
+    for table in want:
+        mine = {r["id"]: r for r in got[table]}
+        theirs = {r["id"]: r for r in want[table]}
+        for key in mine.keys() | theirs.keys():
+            row = mine.get(key) or theirs.get(key)
+            if mine.get(key) == theirs.get(key):
+                continue
+            if table == "customers":
+                stale.add(key)
+            elif table == "subscription_items":
+                stale.add(owner.get(row["subscription_id"], f"subscription {row['subscription_id']}"))
+            elif table in ("prices", "products"):
+                stale.add(f"{table}:{key}")  # the catalog, no customer's
+            else:
+                stale.add(row.get("customer_id") or f"{table}:{key}")
+    return stale
+
+
 def stale_rows(got: dict, want: dict) -> list[str]:
     stale = []
     for table in want:
@@ -404,6 +429,7 @@ class Outcome:
     stuck: int
     failed: int
     stale: list[str]
+    stale_customers: set[str]
     statuses: Counter
     dead: list[str]
 
@@ -440,6 +466,7 @@ async def check(cluster: Cluster, account: Account, sender: Sender, expected: di
         stuck=sum(1 for status in status_of.values() if status == "pending"),
         failed=sum(1 for status in status_of.values() if status == "failed"),
         stale=stale_rows(got, expected),
+        stale_customers=stale_customers(got, expected),
         statuses=sender.statuses(),
         dead=[process.name for process in cluster.processes if not process.alive],
     )
