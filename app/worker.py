@@ -19,7 +19,9 @@ from typing import Any
 
 from arq import cron
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker as ArqWorker
+from redis.exceptions import ResponseError, WatchError
 
 from app import events, queue
 from app.db import create_pool
@@ -265,16 +267,54 @@ class Worker(ArqWorker):
         self._backoff.reset()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, except that a job slot taken for a job that does not start (Redis
+        failed while claiming it) is given back: arq's leaked one per failure, and after
+        max_jobs failures the worker never started a job again."""
         for job_id in job_ids:
-            before = self.tasks.get(job_id.decode())
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            score = None
             try:
-                await super().start_jobs([job_id])
-            except Exception:
-                if self.tasks.get(job_id.decode()) is before:
-                    # arq took a slot for the job before Redis failed, and never gives it back.
+                score = await self._claim(job_id.decode())
+            finally:
+                if score is None:
                     self.job_counter -= 1
                     self.sem.release()
+            if score is not None:
+                task = self.loop.create_task(self.run_job(job_id.decode(), score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id.decode()] = task
+
+    async def _claim(self, job_id: str) -> int | None:
+        """Set arq's in-progress key for a due job; its score, or None when it is not ours to run."""
+        key = in_progress_key_prefix + job_id
+        score = None
+        try:
+            async with self.pool.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                running_elsewhere = await pipe.exists(key)
+                queued = await pipe.zscore(self.queue_name, job_id)
+                if running_elsewhere or not queued or queued > timestamp_ms():
+                    return None
+                pipe.multi()
+                pipe.psetex(key, int(self.in_progress_timeout_s * 1000), b"1")
+                try:
+                    await pipe.execute()
+                except (ResponseError, WatchError) as error:
+                    if is_outage(error):
+                        raise
+                    return None  # another worker claimed it first
+                score = int(queued)
+        except Exception as error:
+            if score is None:
+                if is_outage(error):
+                    self._orphaned.add(job_id)  # the claim may have gone through
                 raise
+            # Only resetting the pipeline failed: the claim stands.
+        return score
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

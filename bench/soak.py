@@ -27,6 +27,7 @@ import asyncio
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,9 +46,9 @@ from tests.faults.cluster import (  # noqa: E402
     deliveries,
     in_order_state,
     inflict,
+    running_cluster,
     wait_until_settled,
 )
-from tests.servers import Servers  # noqa: E402
 from tests.simulation import Account  # noqa: E402
 
 WARM_UP_SECONDS = 15
@@ -55,7 +56,7 @@ WARM_UP_SECONDS = 15
 
 def stream(deliveries_wanted: int, seed: int) -> Account:
     """An account with enough events for `deliveries_wanted` webhooks (about 1.25 per event)."""
-    account = Account(random.Random(seed), int(time.time()) - 30 * 86400, max_customers=10**9)
+    account = Account(random.Random(seed), int(time.time()) - 30 * 86400)
     while len(account.events) * 1.25 < deliveries_wanted:
         account.act()
     return account
@@ -75,17 +76,15 @@ async def soak(args: argparse.Namespace) -> int:
     configure_logging(Settings(log_level="warning", log_format="console"))  # the in-order pass is chatty
     seconds = args.minutes * 60
     account = stream(int(args.rate * seconds), args.seed)
-    planned = deliveries(account.events, random.Random(args.seed), copies=(1, 1, 1, 2))[: int(args.rate * seconds)]
+    planned = deliveries(account.events, random.Random(args.seed), copies=(1, 1, 1, 2))
     sizes = sorted(len(orjson.dumps(e)) for e in account.events)
     print(f"stream: {len(account.events)} events for {len(account.customers)} customers, "
           f"{len(planned)} deliveries at {args.rate:g}/s over {args.minutes:g} min; "
           f"median payload {statistics.median(sizes):.0f} bytes", flush=True)
 
-    servers = await asyncio.to_thread(Servers.start)
-    cluster = Cluster(servers, servers.directory / "logs", workers=args.workers, log_level="warning")
     samples: dict[str, str] = {}
-    try:
-        await cluster.start()
+    log_dir = Path(tempfile.mkdtemp(prefix="stripeline-soak-"))
+    async with running_cluster(log_dir, workers=args.workers, log_level="warning") as cluster:
         expected = asyncio.create_task(in_order_state(cluster, account))
         sender = Sender(cluster.port, rate=args.rate, connections=16)
         started = time.monotonic()
@@ -122,10 +121,7 @@ async def soak(args: argparse.Namespace) -> int:
             )
         finally:
             await conn.close()
-    finally:
-        exit_codes = await cluster.stop() if all(p.popen for p in cluster.processes) else {}
-        cluster.kill_processes()
-        await asyncio.to_thread(servers.stop)
+        exit_codes = await cluster.stop()
 
     statuses = dict(sorted(outcome.statuses.items()))
     print(f"events sent {sender.sent} (answers {statuses}; 0 = no answer), acknowledged {outcome.acknowledged}, "
@@ -136,7 +132,7 @@ async def soak(args: argparse.Namespace) -> int:
           f"backlog cleared {settled:.1f} s after the last delivery")
     for label in ("start", "middle", "end"):
         print(f"RSS {label}: {samples.get(label, 'not sampled')}")
-    print(f"exit codes on SIGTERM: {exit_codes}; processes that died: {outcome.dead or 'none'}")
+    print(f"exit codes on SIGTERM: {exit_codes}; processes that died: {outcome.dead or 'none'}; logs in {log_dir}")
     bad = outcome.lost or outcome.stuck or outcome.failed or outcome.stale_customers or outcome.dead
     return 1 if bad or set(exit_codes.values()) - {0} else 0
 

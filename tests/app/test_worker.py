@@ -21,7 +21,7 @@ from app.queue import enqueue_events, redis_pool
 from app.web import create_app
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
-from tests.servers import RedisServer
+from tests.servers import REDIS_PASSWORD, RedisServer
 from tests.services import serving, unreachable_postgres, unreachable_redis
 
 URL = "/webhooks/stripe"
@@ -370,3 +370,58 @@ async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_countin
     release.set()
     await run_worker_until_idle(settings, pool)
     assert (await status_of(conn, payload["id"]))["status"] == "processed"
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` WATCH
+    commands: the network failing just as arq claims a job, after it has seen the job queued."""
+
+    def __init__(self, port: int, cuts: int) -> None:
+        self.port = port
+        self.cuts = cuts
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(reader, writer, watching: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if watching and self.cuts and b"WATCH" in data:
+                        self.cuts -= 1
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            for side in (client_writer, upstream_writer):
+                side.close()
+
+        await asyncio.gather(pump(client_reader, upstream_writer, True), pump(upstream_reader, client_writer, False))
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+async def test_redis_failing_while_a_job_starts_costs_no_job_slot(settings, pool, conn, own_redis):
+    proxy = CuttingProxy(own_redis.port, cuts=3)
+    url = await proxy.start()
+    settings = dataclasses.replace(settings, redis_url=url)
+    payload = ping_event()
+    await insert_events(conn, [parse_event(signed(payload, WEBHOOK_SECRET)[0])])
+    client = redis_pool(own_redis.url)
+    await enqueue_events(client, settings.queue_name, [payload["id"]])
+    await client.aclose()
+    worker = own_worker(settings, pool, max_jobs=1, redis_settings=None, redis_pool=redis_pool(url))
+    running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+    # With one slot, a slot lost to a failed claim would leave the worker unable to run any job.
+    await wait_for(lambda: status_is(conn, payload["id"], "ignored"))
+    worker.handle_sig(signal.SIGTERM)
+    await running
+    await proxy.stop()
+    assert proxy.cuts == 0 and worker.redis_state.outages >= 1  # the claims did fail
+    assert worker.job_counter == 0 and worker.jobs_complete == 1

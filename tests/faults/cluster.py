@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -36,7 +37,7 @@ from app.processing import ProcessingContext, apply_events
 from app.settings import Settings
 from app.signature import sign
 from tests.handlers.billing_support import model_state
-from tests.servers import Servers, free_port
+from tests.servers import Servers, Unavailable, free_port
 from tests.simulation import Account
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,6 +219,22 @@ class Cluster:
 
     async def conn(self, database: str = DATABASE) -> asyncpg.Connection:
         return await connect(self.servers.postgres.url(database))
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(log_dir: Path, **options: Any):
+    """A started Cluster on servers of its own, torn down (files and all, logs kept) on exit.
+
+    Raises Unavailable when this machine cannot run the servers (the tests then skip).
+    """
+    servers = await asyncio.to_thread(Servers.start)
+    cluster = Cluster(servers, log_dir, **options)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.kill_processes()
+        await asyncio.to_thread(servers.stop)
 
 
 FAULTS = ("kill_redis", "freeze_redis", "kill_worker", "terminate_backends", "restart_postgres")

@@ -25,8 +25,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.faults.cluster import Cluster, Sender, check, deliveries, in_order_state, inflict, log_excerpt, wait_until_settled
-from tests.servers import Servers, Unavailable
+from tests.faults.cluster import (
+    Cluster,
+    Sender,
+    check,
+    deliveries,
+    in_order_state,
+    inflict,
+    log_excerpt,
+    running_cluster,
+    wait_until_settled,
+)
+from tests.servers import Unavailable
 from tests.simulation import generate
 
 
@@ -69,16 +79,10 @@ PROFILE = LONG if os.environ.get("STRIPELINE_FAULTS") == "long" else SHORT
 @pytest.fixture
 async def cluster(tmp_path):
     try:
-        servers = await asyncio.to_thread(Servers.start)
+        async with running_cluster(tmp_path / "logs", workers=2) as cluster:  # logs kept by pytest
+            yield cluster
     except Unavailable as problem:
         pytest.skip(f"cannot run servers of our own here: {problem}")
-    cluster = Cluster(servers, tmp_path / "logs", workers=2)  # logs kept by pytest
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        cluster.kill_processes()
-        await asyncio.to_thread(servers.stop)
 
 
 async def run_faults(cluster: Cluster, schedule, started: float) -> list[str]:

@@ -19,24 +19,18 @@ import orjson
 import pytest
 
 from app.signature import sign
-from tests.faults.cluster import ROOT, SECRET, TOKEN, Cluster, wait_until_settled
+from tests.faults.cluster import ROOT, SECRET, TOKEN, Cluster, running_cluster, wait_until_settled
 from tests.personal_data import Person, customer, stream
-from tests.servers import POSTGRES_PASSWORD, REDIS_PASSWORD, Servers, Unavailable
+from tests.servers import POSTGRES_PASSWORD, REDIS_PASSWORD, Unavailable
 
 
 @pytest.fixture
 async def cluster(tmp_path):
     try:
-        servers = await asyncio.to_thread(Servers.start)
+        async with running_cluster(tmp_path / "logs", workers=1, log_level="debug") as cluster:  # logs kept by pytest
+            yield cluster
     except Unavailable as problem:
         pytest.skip(f"cannot run servers of our own here: {problem}")
-    cluster = Cluster(servers, tmp_path / "logs", workers=1, log_level="debug")
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        cluster.kill_processes()
-        await asyncio.to_thread(servers.stop)
 
 
 def command(cluster: Cluster, *arguments: str) -> str:
