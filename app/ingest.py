@@ -37,7 +37,7 @@ class StoreUnavailable(Exception):
 
 # Redis answers in well under a millisecond; one that has not answered by then is frozen or
 # gone, and the sweeper will enqueue the stored events instead.
-ENQUEUE_WAIT_SECONDS = 0.25
+ENQUEUE_WAIT_SECONDS = 0.5
 
 # How often a summary line reports what the flushers did (per-event lines are debug).
 SUMMARY_EVERY_SECONDS = 10.0

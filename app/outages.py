@@ -77,6 +77,13 @@ def dependency_of(error: BaseException) -> str:
     return "redis" if isinstance(error, redis_errors.RedisError) else "postgres"
 
 
+async def ping_postgres(pool: asyncpg.Pool, timeout: float = 2) -> None:
+    """A probe for Dependency: one round trip through the pool, or an error."""
+    async with asyncio.timeout(timeout):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+
 class Backoff:
     """Exponential delays with jitter, from `first` up to `cap` seconds; `reset` starts over."""
 

@@ -20,7 +20,7 @@ from app import api, dashboard, events, metrics
 from app.db import create_pool
 from app.ingest import Ingestor, StoreUnavailable
 from app.logging import log
-from app.outages import Dependency, dependency_of
+from app.outages import Dependency, dependency_of, ping_postgres
 from app.queue import redis_pool
 from app.responses import ErrorAnswers, JSONResponse, error
 from app.settings import Settings
@@ -204,7 +204,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
     state = State()
     # What this process knows of its servers: each outage is logged once, not once per request.
     state.dependencies = {
-        "postgres": Dependency("postgres", probe=lambda: _select_one(state.pool)),
+        "postgres": Dependency("postgres", probe=lambda: ping_postgres(state.pool)),
         "redis": Dependency("redis", probe=lambda: state.redis.ping()),
     }
 
@@ -228,12 +228,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
     app.state.settings = settings
     app.state.counters = metrics.IngestCounters()
     return app
-
-
-async def _select_one(pool: asyncpg.Pool) -> None:
-    async with asyncio.timeout(2):
-        async with pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
