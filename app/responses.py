@@ -129,4 +129,4 @@ class ErrorAnswers:
         elif status >= 500:
             log.error("request_failed", path=scope["path"], error=type(problem).__name__, exc_info=True)
         else:
-            log.info("request_refused", path=scope["path"], status=status, error=type(problem).__name__)
+            log.debug("request_refused", path=scope["path"], status=status, error=type(problem).__name__)
