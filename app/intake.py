@@ -1,9 +1,9 @@
 """Events from outside the webhook path (an import file, a backfill listing), taken in as received.
 
 They are stored with `events.insert_events` (a known id is a duplicate and changes nothing),
-then the pending ones are processed in Stripe order by `processing.process_events`, the
-worker's own batch transaction: a failure is recorded and retried later with backoff, exactly
-as for an event Stripe sent.
+then the pending ones are processed in Stripe order by the worker's own batch engine
+(`processing.Engine` with the INTAKE policy): a failure is recorded and retried later with
+backoff, exactly as for an event Stripe sent.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncpg
 
 from app.event_files import Malformed, read_events
 from app.events import EventRecord, insert_events
-from app.processing import process_events
+from app.processing import INTAKE, Batch, Engine, default_registry
 from app.progress import Progress, Tally, refuse, run_command
 from app.settings import Settings
 
@@ -39,11 +39,12 @@ async def process_in_order(
 ) -> None:
     """Process those of the given (created, id) events that are still pending, in that order."""
     ordered = [event_id for _, event_id in sorted(set(keys))]
+    engine = Engine(pool, settings, default_registry())
     if progress is not None:
         progress.phase("process", total=len(ordered))
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start : start + batch_size]
-        outcome = await process_events(pool, chunk, settings)
+        outcome = await engine.run(Batch(chunk), INTAKE)
         failed = outcome.failed + [event_id for event_id, _ in outcome.retry]
         failures = [f"{event_id}, left for retry (see /api/events/{event_id})" for event_id in failed]
         skipped = len(chunk) - len(outcome.processed) - len(failed)  # ignored, or already done

@@ -1,19 +1,26 @@
-"""Processing stored events: lock them, dispatch to handlers, record the outcome.
+"""The one batch engine: how the live worker, retries, import, backfill, replay and rebuild apply events.
 
-Knows nothing of arq. The fast path runs a whole batch in one transaction; if anything in it
-fails, the batch is rolled back and each event is run alone, so one bad event never holds up
-the others, and its failure is recorded (attempts, last_error) in a short transaction of its own.
+A batch runs in one transaction: claim its events, take a transaction-scoped advisory lock per
+customer in sorted order (two workers never interleave writes for one customer and never
+deadlock on each other), run each event's handler, write what they staged, refresh derived
+state for the customers touched, record the outcomes. Knows nothing of arq.
 
-Concurrency: rows of one customer are written by one transaction at a time. A batch takes a
-transaction-scoped advisory lock per customer, in sorted order, before touching anything, so
-two workers never interleave writes for one customer and never deadlock on each other.
+What differs between the runs is policy, handed in as a value (`Policy`): which events a batch
+claims and how their outcomes are recorded, how a failing event is recorded, and whether
+derived state waits for the end of the run. Failure isolation is the same for all: a batch that
+fails is rolled back and split (a live batch first drops the events that only joined it, then
+halves) until the failing event stands alone, so one bad event never holds up the others, and
+only its failure is recorded, in a short transaction of its own.
+
+The handlers and refreshers arrive as a `Registry` value, never read from a global by this
+module's callers: the worker sets one up at start, commands build one, tests build their own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,6 +43,7 @@ class ProcessingContext:
 
     settings: Settings
     now: datetime
+    registry: Registry | None = None
     # Customers whose derived state (MRR, segments) must be recomputed after the handlers ran.
     touched: set[str] = field(default_factory=set)
     # The event being applied, recorded as the cause of segment changes.
@@ -54,6 +62,98 @@ class ProcessingContext:
 
 Handler = Callable[[asyncpg.Connection, EventRecord, ProcessingContext], Awaitable[None]]
 Refresher = Callable[[asyncpg.Connection, list[str], ProcessingContext], Awaitable[None]]
+# Before a batch: load what `Admit` needs for all its events in one go.
+Prepare = Callable[[asyncpg.Connection, list[EventRecord], ProcessingContext], Awaitable[None]]
+# Before each event's handler: what of the event applies (the event to apply, its handler or None).
+Admit = Callable[
+    [asyncpg.Connection, EventRecord, "Handler | None", ProcessingContext],
+    Awaitable[tuple[EventRecord, "Handler | None"]],
+]
+
+
+async def _admit_everything(conn, record, handler, ctx):  # noqa: ANN001, ARG001 - the Admit signature
+    return record, handler
+
+
+async def _prepare_nothing(conn, records, ctx):  # noqa: ANN001, ARG001 - the Prepare signature
+    return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What processing dispatches to."""
+
+    # Event type -> handler; a type missing here is stored and marked `ignored`.
+    handlers: Mapping[str, Handler]
+    # Run in order after each batch's staged rows are written, for the customers it touched.
+    refreshers: Sequence[Refresher] = ()
+    prepare: Prepare = _prepare_nothing
+    admit: Admit = _admit_everything
+
+
+def default_registry() -> Registry:
+    """The product's registry: handlers/__init__.py's list (read when called, so it is current)."""
+    import handlers
+
+    return handlers.registry()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What differs between the runs that share the batch engine."""
+
+    # Live runs (worker, import, backfill) claim pending events by id, skipping those another
+    # transaction holds, and mark them done; a replay applies the events as it read them,
+    # whatever their status, and changes a stored status only when the outcome differs.
+    live: bool
+    # Live: a failing event is retried later with backoff (attempts, next_attempt_at), and
+    # `failed` after STRIPELINE_MAX_ATTEMPTS. Replay: it is `failed` at once and the run goes on.
+    retries_failures: bool
+    # Rebuild: MRR, last payment and segments wait for the run's end, which settles them once.
+    rebuilding: bool = False
+    # One info line per batch (the worker's unit of work); commands show progress instead.
+    announces: bool = False
+
+
+WORKER = Policy(live=True, retries_failures=True, announces=True)
+INTAKE = Policy(live=True, retries_failures=True)
+REPLAY = Policy(live=False, retries_failures=False)
+REBUILD = Policy(live=False, retries_failures=False, rebuilding=True)
+
+
+@dataclass
+class Batch:
+    """The events of one transaction: named by id (claimed inside it), or already read (replay)."""
+
+    ids: list[str]
+    records: list[EventRecord] | None = None
+    statuses: list[str] | None = None
+    # Run inside the batch's transaction (or a lone failure's): e.g. a rebuild's resume marker.
+    on_commit: Callable[[asyncpg.Connection, list[EventRecord]], Awaitable[None]] | None = None
+    # Live: a batch of few events is filled up with other due pending events, up to this many.
+    fill_up_to: int = 0
+
+    @classmethod
+    def read(cls, records: list[EventRecord], statuses: list[str], on_commit=None) -> Batch:  # noqa: ANN001
+        return cls([r.id for r in records], records, statuses, on_commit)
+
+    def halves(self) -> list[Batch]:
+        """Smaller batches to try when this one failed; none when it holds a single event."""
+        if self.fill_up_to:
+            # The culprit may be an event that only joined to fill up: go back to the named ones.
+            return [replace(self, fill_up_to=0)]
+        if len(self.ids) < 2:
+            return []
+        middle = len(self.ids) // 2
+        return [self._slice(0, middle), self._slice(middle, len(self.ids))]
+
+    def _slice(self, start: int, stop: int) -> Batch:
+        return replace(
+            self,
+            ids=self.ids[start:stop],
+            records=None if self.records is None else self.records[start:stop],
+            statuses=None if self.statuses is None else self.statuses[start:stop],
+        )
 
 
 @dataclass
@@ -63,12 +163,18 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
     # (event id, seconds to wait) for failures that will be tried again.
     retry: list[tuple[str, float]] = field(default_factory=list)
+    # What went wrong, by event id (as recorded in last_error).
+    errors: dict[str, str] = field(default_factory=dict)
+    # Events that were not named but joined to fill the batch up.
+    joined: int = 0
 
     def merge(self, other: Outcome) -> None:
         self.processed += other.processed
         self.ignored += other.ignored
         self.failed += other.failed
         self.retry += other.retry
+        self.errors |= other.errors
+        self.joined += other.joined
 
 
 LOCK_EVENTS = f"""
@@ -90,16 +196,29 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-LOCK_CUSTOMERS = """
-SELECT pg_advisory_xact_lock(hashtextextended(customer_id, 0))
+# The key of a customer's advisory lock, wherever one is taken.
+CUSTOMER_LOCK_KEY = "hashtextextended({}, 0)"
+
+LOCK_CUSTOMERS = f"""
+SELECT pg_advisory_xact_lock({CUSTOMER_LOCK_KEY.format("customer_id")})
 FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
 """
 
+# Live: the claimed (pending) events are done.
 MARK_DONE = """
 UPDATE stripe_events AS e
 SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
 FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
 WHERE e.id = outcome.id
+"""
+
+# Replay: only finished events change, and only when the outcome differs (a plain replay writes
+# nothing). Pending ones are the worker's: it may hold their rows, and will process them itself.
+RECORD_OUTCOMES = """
+UPDATE stripe_events AS e
+SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+WHERE e.id = outcome.id AND e.status IN ('processed', 'ignored', 'failed') AND e.status <> outcome.status
 """
 
 RECORD_FAILURE = """
@@ -113,17 +232,15 @@ WHERE id = $1 AND status = 'pending'
 RETURNING attempts, status
 """
 
+MARK_FAILED = """
+UPDATE stripe_events
+SET status = 'failed', attempts = attempts + 1, last_error = $2, next_attempt_at = NULL
+WHERE id = $1
+"""
 
-def handlers_registry() -> dict[str, Handler]:
-    from handlers import HANDLERS
-
-    return HANDLERS
-
-
-def refreshers_registry() -> list[Refresher]:
-    from handlers import REFRESHERS
-
-    return REFRESHERS
+# Worth one more try before a replayed event that fails alone is marked failed: it met a
+# concurrent writer (a live worker on the same rows), not a bug.
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 
 
 async def lock_customers(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> None:
@@ -133,22 +250,18 @@ async def lock_customers(conn: asyncpg.Connection, customer_ids: Iterable[str]) 
 
 
 async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx: ProcessingContext) -> list[str]:
-    """Run each event's handler in order, then refresh derived state; return the ignored ids.
+    """Run each event's handler in order, write what they staged, refresh derived state for the
+    customers they touched; return the ids of the ignored events.
 
-    The one code path for live processing, retries and replay. Runs inside the caller's
-    transaction and never commits.
+    Runs inside the caller's transaction, which holds the locks of the events' customers, and
+    never commits.
     """
-    # Imported here, like the registries: handlers import this module.
-    from handlers.deletion import admit_event, load_tombstones
-
-    handlers = handlers_registry()
-    await load_tombstones(conn, records, ctx)
+    registry = ctx.registry or default_registry()
+    ctx.registry = registry
+    await registry.prepare(conn, records, ctx)
     ignored = []
     for record in records:
-        handler = handlers.get(record.type)
-        if record.customer_id in ctx.tombstones:
-            # A customer deleted in Stripe: the deletion policy decides what of this event applies.
-            record, handler = await admit_event(conn, record, handler, ctx)
+        record, handler = await registry.admit(conn, record, registry.handlers.get(record.type), ctx)
         if handler is None:
             ignored.append(record.id)
             continue
@@ -160,33 +273,120 @@ async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx
     await ctx.writes.flush(conn, ctx)
     if ctx.touched:
         touched = sorted(ctx.touched)
-        for refresh in refreshers_registry():
+        for refresh in registry.refreshers:
             await refresh(conn, touched, ctx)
     return ignored
 
 
-async def _process_together(
-    pool: asyncpg.Pool, event_ids: list[str], settings: Settings, fill_up_to: int, joined: list[str]
-) -> Outcome:
-    outcome = Outcome()
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(LOCK_EVENTS, event_ids)
-        if len(rows) < fill_up_to:
-            more = await conn.fetch(LOCK_MORE_EVENTS, event_ids, fill_up_to - len(rows))
-            joined.extend(row["id"] for row in more)
-            rows += more
-        records = sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id))
-        if not records:
+@dataclass(frozen=True)
+class Engine:
+    """Runs batches of stored events for one process: its pool, settings and registry."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    registry: Registry
+
+    async def run(self, batch: Batch, policy: Policy) -> Outcome:
+        """Apply a batch; a failure is isolated down to the one event that causes it."""
+        started = time.perf_counter()
+        try:
+            outcome = await self._together(batch, policy)
+        except Exception as error:
+            parts = batch.halves()
+            if not parts:
+                return await self._failed(batch, policy, error, started)
+            outcome = Outcome()
+            for part in parts:
+                outcome.merge(await self.run(part, policy))
             return outcome
-        await lock_customers(conn, (r.customer_id for r in records))
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
-        ignored = set(await apply_events(conn, records, ctx))
-        statuses = ["ignored" if r.id in ignored else "processed" for r in records]
-        await conn.execute(MARK_DONE, [r.id for r in records], statuses)
-    for record, status in zip(records, statuses):
-        (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
-        log.info("event_processed", event_id=record.id, event_type=record.type, status=status)
-    return outcome
+        if outcome.processed or outcome.ignored:
+            (log.info if policy.announces else log.debug)(
+                "events_processed",
+                count=len(outcome.processed) + len(outcome.ignored),
+                processed=len(outcome.processed),
+                ignored=len(outcome.ignored),
+                joined=outcome.joined,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        return outcome
+
+    async def _together(self, batch: Batch, policy: Policy) -> Outcome:
+        async with self.pool.acquire() as conn, conn.transaction():
+            records, joined = await self._claim(conn, batch, policy)
+            if not records:
+                return Outcome()
+            await lock_customers(conn, (r.customer_id for r in records))
+            ctx = ProcessingContext(
+                settings=self.settings, now=datetime.now(timezone.utc), registry=self.registry,
+                rebuilding=policy.rebuilding,
+            )
+            ignored = set(await apply_events(conn, records, ctx))
+            statuses = ["ignored" if r.id in ignored else "processed" for r in records]
+            if policy.live:
+                await conn.execute(MARK_DONE, [r.id for r in records], statuses)
+            else:
+                changed = [(r.id, s) for r, s, was in zip(records, statuses, batch.statuses or statuses)
+                           if was in ("processed", "ignored", "failed") and was != s]
+                if changed:
+                    await conn.execute(RECORD_OUTCOMES, [c[0] for c in changed], [c[1] for c in changed])
+            if batch.on_commit is not None:
+                await batch.on_commit(conn, records)
+        outcome = Outcome(joined=joined)
+        for record, status in zip(records, statuses):
+            (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
+            log.debug("event_processed", event_id=record.id, event_type=record.type, status=status)
+        return outcome
+
+    async def _claim(self, conn: asyncpg.Connection, batch: Batch, policy: Policy) -> tuple[list[EventRecord], int]:
+        """The batch's events in Stripe order, and how many joined to fill it up."""
+        if not policy.live:
+            return list(batch.records or ()), 0
+        rows = await conn.fetch(LOCK_EVENTS, batch.ids)
+        joined = 0
+        if len(rows) < batch.fill_up_to:
+            more = await conn.fetch(LOCK_MORE_EVENTS, batch.ids, batch.fill_up_to - len(rows))
+            joined = len(more)
+            rows += more
+        if not joined:
+            batch.fill_up_to = 0  # should it fail, no joined event can be the culprit
+        return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), joined
+
+    async def _failed(self, batch: Batch, policy: Policy, error: BaseException, started: float) -> Outcome:
+        """Record the failure of a batch's one event (none when another worker had it)."""
+        event_id = batch.ids[0] if batch.ids else None
+        if event_id is None:
+            return Outcome()
+        if not policy.live and isinstance(error, TRANSIENT):
+            try:
+                return await self._together(batch, policy)
+            except Exception as again:  # noqa: BLE001 - recorded below
+                error = again
+        described = describe_error(error)
+        log.warning(
+            "event_failed",
+            event_id=event_id,
+            error=type(error).__name__,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        outcome = Outcome(errors={event_id: described})
+        async with self.pool.acquire() as conn, conn.transaction():
+            if policy.retries_failures:
+                row = await conn.fetchrow(
+                    RECORD_FAILURE, event_id, described, self.settings.max_attempts,
+                    float(self.settings.retry_base_seconds),
+                )
+                if row is None:  # no longer pending: done or taken elsewhere meanwhile
+                    return Outcome()
+                if row["status"] == "failed":
+                    outcome.failed.append(event_id)
+                else:
+                    outcome.retry.append((event_id, self.settings.retry_base_seconds * 2 ** (row["attempts"] - 1)))
+            else:
+                await conn.execute(MARK_FAILED, event_id, described)
+                outcome.failed.append(event_id)
+            if batch.on_commit is not None and batch.records:
+                await batch.on_commit(conn, batch.records)
+        return outcome
 
 
 def describe_error(error: BaseException) -> str:
@@ -208,56 +408,17 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:1000]
 
 
-async def _record_failure(pool: asyncpg.Pool, event_id: str, error: BaseException, settings: Settings) -> Outcome:
-    outcome = Outcome()
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            RECORD_FAILURE, event_id, describe_error(error), settings.max_attempts, float(settings.retry_base_seconds)
-        )
-    if row is None:
-        return outcome
-    if row["status"] == "failed":
-        outcome.failed.append(event_id)
-    else:
-        delay = settings.retry_base_seconds * 2 ** (row["attempts"] - 1)
-        outcome.retry.append((event_id, delay))
-    return outcome
-
-
 async def process_events(
-    pool: asyncpg.Pool, event_ids: list[str], settings: Settings, *, fill_up_to: int = 0
+    pool: asyncpg.Pool,
+    event_ids: list[str],
+    settings: Settings,
+    *,
+    fill_up_to: int = 0,
+    registry: Registry | None = None,
 ) -> Outcome:
-    """Process stored events (those still pending); safe to call any number of times.
+    """Process stored events (those still pending) as the live worker does; safe to repeat.
 
     With `fill_up_to`, other due pending events join the batch up to that many in all.
     """
-    started = time.perf_counter()
-    joined: list[str] = []
-    try:
-        outcome = await _process_together(pool, event_ids, settings, fill_up_to, joined)
-    except Exception as error:
-        if joined:
-            # The culprit may be an event that only joined to fill up: go back to the named ones.
-            return await process_events(pool, event_ids, settings)
-        if len(event_ids) > 1:
-            outcome = Outcome()
-            for event_id in event_ids:
-                outcome.merge(await process_events(pool, [event_id], settings))
-            return outcome
-        log.warning(
-            "event_failed",
-            event_id=event_ids[0],
-            error=type(error).__name__,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return await _record_failure(pool, event_ids[0], error, settings)
-    if len(event_ids) > 1:
-        log.info(
-            "events_processed",
-            count=len(event_ids),
-            processed=len(outcome.processed),
-            ignored=len(outcome.ignored),
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-    return outcome
-
+    engine = Engine(pool, settings, registry or default_registry())
+    return await engine.run(Batch(list(event_ids), fill_up_to=fill_up_to), INTAKE)

@@ -1,9 +1,10 @@
 """Replay: re-apply stored events in Stripe order through the worker's own code path.
 
-Events are read in (created, id) order in keyset batches; each batch runs in one transaction
-through `processing.apply_events` under the per-customer advisory locks the worker takes, so
-replay and live workers coexist exactly as two workers do. A batch that fails is split in
-halves until the failing event stands alone; it is marked `failed` and the replay goes on.
+Events are read in (created, id) order in keyset batches; each batch runs through the worker's
+own batch engine (`processing.Engine`, with the REPLAY or REBUILD policy): one transaction under
+the per-customer advisory locks the worker takes, so replay and live workers coexist exactly as
+two workers do. A batch that fails is split in halves until the failing event stands alone; it
+is marked `failed` and the replay goes on.
 
 Stored statuses: replay leaves pending events to the worker. A finished event records what
 its replay found: `failed` when it fails now, and `processed` (or `ignored`) when a fixed or
@@ -35,7 +36,7 @@ import asyncpg
 from app.events import EVENT_COLUMNS, EventRecord, record_from_row
 from app.intake import import_command  # noqa: F401 - app.cli runs `stripeline import` from here
 from app.logging import log
-from app.processing import ProcessingContext, apply_events, describe_error, lock_customers
+from app.processing import REBUILD, REPLAY, Batch, Engine, Outcome, Registry, default_registry, lock_customers
 from app.progress import CommandError, Progress, Tally, refuse, run_command
 from app.settings import Settings
 from handlers import billing, segments
@@ -47,9 +48,6 @@ MAX_BATCH_SIZE = 2000
 # Events are at least this old (Stripe's `created` is a Unix time >= 0).
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
-FINISHED = ("processed", "ignored", "failed")
-# Worth one more try before an event that fails alone is marked failed: it met a concurrent writer.
-TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 
 # Everything a rebuild empties: rows derived from Stripe events only. Never customer
 # attributes, tags or activity (users wrote those), nor segment history, nor tombstones: in
@@ -107,20 +105,6 @@ SELECT count(*) FROM stripe_events
 WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
   AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
 """
-
-# Only finished events change, and only when the outcome differs: a plain replay writes nothing.
-RECORD_OUTCOMES = """
-UPDATE stripe_events AS e
-SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
-FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
-WHERE e.id = outcome.id AND e.status IN ('processed', 'ignored', 'failed') AND e.status <> outcome.status
-"""
-MARK_FAILED = """
-UPDATE stripe_events
-SET status = 'failed', attempts = attempts + 1, last_error = $2, next_attempt_at = NULL
-WHERE id = $1
-"""
-
 
 class ReplayRefused(CommandError):
     """The replay cannot run as asked; the message says why and what to do."""
@@ -203,49 +187,19 @@ def selection_from_args(args: Any) -> Selection:
     return selection
 
 
-async def _apply_together(
-    pool: asyncpg.Pool, records: list[EventRecord], statuses: list[str], settings: Settings, rebuilding: bool
-) -> Tally:
-    async with pool.acquire() as conn, conn.transaction():
-        await lock_customers(conn, (r.customer_id for r in records))
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), rebuilding=rebuilding)
-        ignored = set(await apply_events(conn, records, ctx))
-        outcomes = ["ignored" if r.id in ignored else "processed" for r in records]
-        changed = [(r.id, o) for r, o, s in zip(records, outcomes, statuses) if s in FINISHED and s != o]
-        if changed:
-            await conn.execute(RECORD_OUTCOMES, [c[0] for c in changed], [c[1] for c in changed])
-        if rebuilding:
-            await conn.execute(ADVANCE_REBUILD, records[-1].created, records[-1].id, len(records))
-    return Tally(applied=len(records) - len(ignored), skipped=len(ignored))
+def _tally(outcome: Outcome, records: list[EventRecord]) -> Tally:
+    types = {r.id: r.type for r in records}
+    return Tally(
+        applied=len(outcome.processed),
+        skipped=len(outcome.ignored),
+        failed=len(outcome.failed),
+        failures=[f"{event_id} ({types.get(event_id)}): {outcome.errors.get(event_id)}" for event_id in outcome.failed],
+    )
 
 
-async def _mark_failed(pool: asyncpg.Pool, record: EventRecord, error: BaseException, rebuilding: bool) -> Tally:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(MARK_FAILED, record.id, describe_error(error))
-        if rebuilding:
-            await conn.execute(ADVANCE_REBUILD, record.created, record.id, 1)
-    log.warning("event_replay_failed", event_id=record.id, event_type=record.type, error=type(error).__name__)
-    return Tally(failed=1, failures=[f"{record.id} ({record.type}): {describe_error(error)}"])
-
-
-async def apply_batch(
-    pool: asyncpg.Pool, records: list[EventRecord], statuses: list[str], settings: Settings, rebuilding: bool = False
-) -> Tally:
-    """Apply events in order in one transaction; on failure split in halves down to the bad event."""
-    try:
-        return await _apply_together(pool, records, statuses, settings, rebuilding)
-    except Exception as error:
-        if len(records) == 1:
-            if isinstance(error, TRANSIENT):
-                try:
-                    return await _apply_together(pool, records, statuses, settings, rebuilding)
-                except Exception as again:
-                    error = again
-            return await _mark_failed(pool, records[0], error, rebuilding)
-    middle = len(records) // 2
-    tally = await apply_batch(pool, records[:middle], statuses[:middle], settings, rebuilding)
-    tally.add(await apply_batch(pool, records[middle:], statuses[middle:], settings, rebuilding))
-    return tally
+async def _advance_rebuild(conn: asyncpg.Connection, records: list[EventRecord]) -> None:
+    """Move the rebuild's resume marker past these events, in their own transaction."""
+    await conn.execute(ADVANCE_REBUILD, records[-1].created, records[-1].id, len(records))
 
 
 @dataclass(frozen=True)
@@ -286,8 +240,7 @@ async def _batches(pool: asyncpg.Pool, scope: _Scope, batch_size: int) -> AsyncI
 class _Run:
     """What one replay works with, passed down whole."""
 
-    pool: asyncpg.Pool
-    settings: Settings
+    engine: Engine
     tally: Tally
     batch_size: int
     progress: Progress | None
@@ -295,17 +248,19 @@ class _Run:
 
 
 async def _walk(run: _Run, scope: _Scope, rebuilding: bool) -> None:
-    async with contextlib.aclosing(_batches(run.pool, scope, run.batch_size)) as batches:
+    pool = run.engine.pool
+    async with contextlib.aclosing(_batches(pool, scope, run.batch_size)) as batches:
         batch_number = 0
         async for rows in batches:
             records = [record_from_row(row) for row in rows]
-            done = await apply_batch(run.pool, records, [row["status"] for row in rows], run.settings, rebuilding)
+            batch = Batch.read(records, [row["status"] for row in rows], _advance_rebuild if rebuilding else None)
+            done = _tally(await run.engine.run(batch, REBUILD if rebuilding else REPLAY), records)
             batch_number += 1
             if rebuilding and batch_number & (batch_number - 1) == 0:
                 # A wiped table has no statistics and autovacuum cannot keep up with a rebuild:
                 # PostgreSQL would plan for empty tables (nested loops over thousands of rows,
                 # 2-3 s a batch at 30,000 invoices). Refresh them as the tables double.
-                async with run.pool.acquire() as conn:
+                async with pool.acquire() as conn:
                     await conn.execute(ANALYZE_DERIVED)
             run.tally.add(done)
             if run.progress is not None:
@@ -360,13 +315,14 @@ async def _refresh_billing_of_everyone(pool: asyncpg.Pool, progress: Progress | 
 
 
 async def _rebuild(run: _Run) -> None:
-    async with run.pool.acquire() as guard:
+    pool, settings = run.engine.pool, run.engine.settings
+    async with pool.acquire() as guard:
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
             raise ReplayRefused("another `replay --rebuild` is running")
         try:
             marker = await guard.fetchrow(GET_REBUILD)
             if marker is None:
-                marker = await _start_rebuild(run.pool)
+                marker = await _start_rebuild(pool)
             elif run.progress is not None:
                 run.progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
             if run.progress is not None:
@@ -374,11 +330,11 @@ async def _rebuild(run: _Run) -> None:
             after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
             await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
             if not run.tally.interrupted:
-                await _refresh_billing_of_everyone(run.pool, run.progress)
+                await _refresh_billing_of_everyone(pool, run.progress)
                 if run.progress is not None:
                     run.progress.phase("segments")
                 async with guard.transaction():
-                    await segments.refresh_all(guard, datetime.now(timezone.utc), run.settings, cause=REBUILD_CAUSE)
+                    await segments.refresh_all(guard, datetime.now(timezone.utc), settings, cause=REBUILD_CAUSE)
                     await guard.execute(FINISH_REBUILD)
                 tally = run.tally
                 log.info("rebuild_finished", applied=tally.applied, skipped=tally.skipped, failed=tally.failed)
@@ -396,9 +352,11 @@ async def replay(
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    registry: Registry | None = None,
 ) -> Tally:
     """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`)."""
-    run = _Run(pool, settings, tally if tally is not None else Tally(), batch_size, progress, stop)
+    engine = Engine(pool, settings, registry or default_registry())
+    run = _Run(engine, tally if tally is not None else Tally(), batch_size, progress, stop)
     async with pool.acquire() as conn:
         pending_rebuild = await conn.fetchval("SELECT true FROM replay_rebuilds")
     if pending_rebuild and selection.filtered:

@@ -1,25 +1,30 @@
 """customer.deleted, and what a deletion means for every other event of that customer.
 
-The policy is `settings.deleted_customers` (STRIPELINE_DELETED_CUSTOMERS):
+The policy is `settings.deleted_customers` (STRIPELINE_DELETED_CUSTOMERS). A deletion records a
+tombstone (`customer_tombstones`: id, account, the deleting event and its time; the earliest
+deletion wins) and the policy is then a function of the customer's events and its tombstone,
+whatever order they arrive in and whichever path applies them (live, replay, rebuild, import):
 
-- `anonymize` (default, as ChartMogul): the customer row stays, marked `deleted_in_stripe`
-  with `deleted_at`; its personal fields are erased from its rows, from the outbox and from
-  every stored event payload that names it (its own events, and customer-less events that
-  name it or its charges: disputes, reviews; `app.scrub` lists the fields); its live
-  subscriptions are canceled; custom attributes stay; it gets the tag `deleted_customer_in_stripe`.
+- `anonymize` (default, as ChartMogul): the customer's rows keep following its events by the
+  billing model's own rules (versions, same-second evidence), before and after the deletion,
+  so its history (subscriptions and items, invoices, payments, discounts, MRR history, last
+  payment) is what the events say. Over those rows lies the anonymization, laid again after
+  every batch that touched the customer (`settle_deletions`): personal fields erased,
+  `deleted_in_stripe` with `deleted_at`, live subscriptions canceled as Stripe cancels them,
+  the merchant's free text on invoices and payments erased, the tag `deleted_customer_in_stripe`.
+  Custom attributes stay. Every stored payload of the customer, and every customer-less
+  payload that names it or its charges (disputes, reviews), is scrubbed of personal data
+  (`app.scrub` lists the fields); a later event is scrubbed before its handler sees it.
 - `delete` (Chargebee's cascade): the customer and everything it owned (subscriptions and
-  items, invoices, payments, discounts, segment membership and history, attributes, tags,
-  activity, outbox messages and its stored events, the deletion's own included) are removed.
-  Stored events of other objects that merely mention it are scrubbed, not removed.
+  items, invoices, payments, invoice payments of its invoices, discounts, segment membership
+  and history, attributes, tags, activity, outbox messages, its stored events, the deletion's
+  own included) are removed, and every later event of it is dropped (its stored copy deleted),
+  whenever it arrives. Stored events of other objects that merely mention it are scrubbed.
 
-Either way a tombstone (`customer_tombstones`: id, account, deletion time and event) stays,
-and `admit_event` applies the policy to every later event of that customer, whatever its
-age and in whatever order events arrive: in `delete` mode the event's effects are dropped and
-the stored event is deleted (a second delivery is stored again, then deleted again); in
-`anonymize` mode the event is scrubbed in the store and in memory, applied, and the
-anonymization is laid over the rows it wrote. Because that overlay is re-applied after every
-event, the rows' own versions are left as the events wrote them (a subscription keeps its
-last event's fields, with status `canceled`), so the outcome does not depend on order.
+So the deletion and the customer's other events commute: a `customer.deleted` processed
+before the customer's earlier subscription events (a retry, a backlog, two workers) leaves
+the same rows as one processed after them, and `replay --rebuild` (which keeps tombstones and
+wipes rows) rebuilds the same history.
 
 Changing the mode: a replay (`stripeline replay`, with or without `--rebuild`) re-applies
 the *current* mode to past deletions, since it runs the stored `customer.deleted` event and
@@ -27,9 +32,11 @@ the customer's other events through this module again. Switching `anonymize` -> 
 and replaying removes previously anonymized customers. Switching `delete` -> `anonymize`
 cannot bring back what was deleted: those customers stay reduced to their tombstone.
 
-Known gap: the guard recognises a later event by its own `customer`; a customer-less event
+Known gaps: the guard recognises a later event by its own `customer`; a customer-less event
 that arrives after the deletion and names the customer only indirectly (a dispute opened
-later on one of its charges) is stored as it came.
+later on one of its charges) is stored as it came. In `delete` mode, an invoice payment
+(basil: its payload names only its invoice) delivered after the deletion purged that invoice
+cannot be traced to the customer and is kept as a row naming a missing invoice.
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
+import orjson
 
 from app.events import EventRecord
 from app.logging import log
-from app.processing import Handler, ProcessingContext, handlers_registry
+from app.processing import Handler, ProcessingContext
 from app.scrub import scrub_document, scrub_event
+from handlers import customers
+from handlers.writes import Projection
 
 DELETED_TAG = "deleted_customer_in_stripe"
 SCRUB_BATCH = 500
@@ -84,59 +94,73 @@ RETURNING {TOMBSTONE_COLUMNS}
 
 MARK_MENTIONS_SCRUBBED = "UPDATE customer_tombstones SET mentions_scrubbed_at = now() WHERE customer_id = $1"
 
-# In `anonymize` mode the customer stays even if no other event of it was ever received.
-ENSURE_CUSTOMER = """
-INSERT INTO customers (id, account, livemode, currency, delinquent, created_at, deleted_in_stripe,
-                       deleted_at, event_created, event_id)
-VALUES ($1, $2, $3, $4, coalesce($5, false), $6, true, $7, $8, $9)
-ON CONFLICT (id) DO NOTHING
+# The anonymization laid over the rows of customers deleted in Stripe ($1 ids, $2 deletion
+# times): cheap, idempotent, and a function of the rows and the tombstones alone. The rows keep
+# the versions of the events that wrote them, so a later event still applies by the model's
+# rules, and this is laid over it again. Stripe cancels every subscription of a deleted
+# customer; free text the merchant wrote on its invoices and payments may name the person.
+ANONYMIZE_CUSTOMERS = """
+WITH gone AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS g(customer_id, deleted_at)
+), anonymized AS (
+    UPDATE customers AS c
+    SET email = NULL, name = NULL, phone = NULL, description = NULL, address = NULL, metadata = '{}',
+        deleted_in_stripe = true, deleted_at = g.deleted_at
+    FROM gone AS g
+    WHERE c.id = g.customer_id
+      AND (c.email, c.name, c.phone, c.description, c.address, c.metadata, c.deleted_in_stripe, c.deleted_at)
+          IS DISTINCT FROM (NULL, NULL, NULL, NULL, NULL, '{}'::jsonb, true, g.deleted_at)
+    RETURNING 1
+), canceled AS (
+    UPDATE subscriptions AS s
+    SET status = CASE WHEN s.status IN ('canceled', 'incomplete_expired') THEN s.status ELSE 'canceled' END,
+        canceled_at = CASE WHEN s.status IN ('canceled', 'incomplete_expired') THEN s.canceled_at
+                           ELSE coalesce(s.canceled_at, g.deleted_at) END,
+        ended_at = CASE WHEN s.status IN ('canceled', 'incomplete_expired') THEN s.ended_at
+                        ELSE coalesce(s.ended_at, g.deleted_at) END,
+        metadata = '{}'
+    FROM gone AS g
+    WHERE s.customer_id = g.customer_id AND (s.status NOT IN ('canceled', 'incomplete_expired') OR s.metadata <> '{}')
+    RETURNING 1
+), invoices_scrubbed AS (
+    UPDATE invoices AS i SET description = NULL
+    FROM gone AS g WHERE i.customer_id = g.customer_id AND i.description IS NOT NULL
+    RETURNING 1
+), payments_scrubbed AS (
+    UPDATE payments AS p SET description = NULL
+    FROM gone AS g WHERE p.customer_id = g.customer_id AND p.description IS NOT NULL
+    RETURNING 1
+), tagged AS (
+    INSERT INTO customer_tags (customer_id, tag)
+    SELECT customer_id, $3 FROM gone
+    ON CONFLICT (customer_id, tag) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM anonymized) + (SELECT count(*) FROM canceled)
 """
 
-ANONYMIZE_CUSTOMER = """
-UPDATE customers
-SET email = NULL, name = NULL, phone = NULL, description = NULL, address = NULL, metadata = '{}',
-    deleted_in_stripe = true, deleted_at = $2
-WHERE id = $1
-  AND (email, name, phone, description, address, metadata, deleted_in_stripe, deleted_at)
-      IS DISTINCT FROM (NULL, NULL, NULL, NULL, NULL, '{}'::jsonb, true, $2)
-"""
-
-# Stripe cancels every subscription of a deleted customer. The row keeps the version of the
-# last event that wrote it; this overlay, re-applied after each later event, keeps it canceled.
-CANCEL_SUBSCRIPTIONS = """
-UPDATE subscriptions
-SET status = CASE WHEN status IN ('canceled', 'incomplete_expired') THEN status ELSE 'canceled' END,
-    canceled_at = CASE WHEN status IN ('canceled', 'incomplete_expired') THEN canceled_at
-                       ELSE coalesce(canceled_at, $2) END,
-    ended_at = CASE WHEN status IN ('canceled', 'incomplete_expired') THEN ended_at
-                    ELSE coalesce(ended_at, $2) END,
-    metadata = '{}'
-WHERE customer_id = $1 AND (status NOT IN ('canceled', 'incomplete_expired') OR metadata <> '{}')
-"""
-
-# Free text the merchant wrote for this customer may name them.
-SCRUB_INVOICES = "UPDATE invoices SET description = NULL WHERE customer_id = $1 AND description IS NOT NULL"
-SCRUB_PAYMENTS = "UPDATE payments SET description = NULL WHERE customer_id = $1 AND description IS NOT NULL"
-
-ADD_DELETED_TAG = """
-INSERT INTO customer_tags (customer_id, tag) VALUES ($1, $2) ON CONFLICT (customer_id, tag) DO NOTHING
-"""
-
-PURGE_CUSTOMER = """
-WITH items AS (
+PURGE_CUSTOMERS = """
+WITH gone AS (SELECT unnest($1::text[]) AS customer_id
+), owned_invoices AS (SELECT id FROM invoices WHERE customer_id IN (SELECT customer_id FROM gone)
+), items AS (
     DELETE FROM subscription_items
-    WHERE subscription_id IN (SELECT id FROM subscriptions WHERE customer_id = $1) RETURNING 1
-), gone_subscriptions AS (DELETE FROM subscriptions WHERE customer_id = $1 RETURNING 1
-), gone_invoices AS (DELETE FROM invoices WHERE customer_id = $1 RETURNING 1
-), gone_payments AS (DELETE FROM payments WHERE customer_id = $1 RETURNING 1
-), gone_discounts AS (DELETE FROM discounts WHERE customer_id = $1 RETURNING 1
-), gone_memberships AS (DELETE FROM segment_memberships WHERE customer_id = $1 RETURNING 1
-), gone_history AS (DELETE FROM segment_history WHERE customer_id = $1 RETURNING 1
-), gone_evaluations AS (DELETE FROM segment_evaluations WHERE customer_id = $1 RETURNING 1
-), gone_attributes AS (DELETE FROM customer_attributes WHERE customer_id = $1 RETURNING 1
-), gone_tags AS (DELETE FROM customer_tags WHERE customer_id = $1 RETURNING 1
-), gone_activity AS (DELETE FROM customer_activity WHERE customer_id = $1 RETURNING 1
-), gone_customer AS (DELETE FROM customers WHERE id = $1 RETURNING 1
+    WHERE subscription_id IN (SELECT id FROM subscriptions WHERE customer_id IN (SELECT customer_id FROM gone))
+    RETURNING 1
+), gone_subscriptions AS (DELETE FROM subscriptions WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_invoices AS (DELETE FROM invoices WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_payments AS (
+    -- charges name their customer; basil's invoice payments only their invoice
+    DELETE FROM payments
+    WHERE customer_id IN (SELECT customer_id FROM gone) OR invoice_id IN (SELECT id FROM owned_invoices)
+    RETURNING 1
+), gone_discounts AS (DELETE FROM discounts WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_memberships AS (DELETE FROM segment_memberships WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_history AS (DELETE FROM segment_history WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_evaluations AS (DELETE FROM segment_evaluations WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_attributes AS (DELETE FROM customer_attributes WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_tags AS (DELETE FROM customer_tags WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_activity AS (DELETE FROM customer_activity WHERE customer_id IN (SELECT customer_id FROM gone) RETURNING 1
+), gone_customers AS (DELETE FROM customers WHERE id IN (SELECT customer_id FROM gone) RETURNING 1
 )
 SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM gone_subscriptions)
      + (SELECT count(*) FROM gone_invoices) + (SELECT count(*) FROM gone_payments)
@@ -144,15 +168,16 @@ SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM gone_subscriptions)
      + (SELECT count(*) FROM gone_history) + (SELECT count(*) FROM gone_evaluations)
      + (SELECT count(*) FROM gone_attributes)
      + (SELECT count(*) FROM gone_tags) + (SELECT count(*) FROM gone_activity)
-     + (SELECT count(*) FROM gone_customer)
+     + (SELECT count(*) FROM gone_customers)
 """
 
-# SKIP LOCKED: an event another worker holds is waiting for this customer's lock, and will
-# meet the tombstone when it gets it; waiting for it here would deadlock.
+# The customer's stored events, and those of the invoice payments of its invoices ($2), which
+# name no customer. SKIP LOCKED: an event another worker holds is waiting for this customer's
+# lock, and will meet the tombstone when it gets it; waiting for it here would deadlock.
 DELETE_CUSTOMER_EVENTS = """
 WITH gone AS (
     DELETE FROM stripe_events WHERE id IN (
-        SELECT id FROM stripe_events WHERE customer_id = $1 FOR UPDATE SKIP LOCKED
+        SELECT id FROM stripe_events WHERE customer_id = $1 OR object_id = ANY($2::text[]) FOR UPDATE SKIP LOCKED
     ) RETURNING 1
 )
 SELECT count(*) FROM gone
@@ -160,16 +185,18 @@ SELECT count(*) FROM gone
 
 DELETE_EVENT = "DELETE FROM stripe_events WHERE id = $1"
 
-UPDATE_PAYLOAD = "UPDATE stripe_events SET payload = $2 WHERE id = $1"
-
+# Payloads travel as JSON text, encoded one by one in Python: one that cannot be encoded (or
+# read) must not fail the others (see `_scrubbed_text`).
 UPDATE_PAYLOADS = """
-UPDATE stripe_events AS e SET payload = scrubbed.payload
-FROM unnest($1::text[], $2::jsonb[]) AS scrubbed(id, payload)
+UPDATE stripe_events AS e SET payload = scrubbed.payload::jsonb
+FROM unnest($1::text[], $2::text[]) AS scrubbed(id, payload)
 WHERE e.id = scrubbed.id
 """
 
-OWN_EVENTS = """
-SELECT id, payload FROM stripe_events WHERE customer_id = $1 ORDER BY created, id FOR UPDATE SKIP LOCKED
+STORED_COLUMNS = "id, type, created, object_type, object_id, customer_id, payload::text AS payload"
+
+OWN_EVENTS = f"""
+SELECT {STORED_COLUMNS} FROM stripe_events WHERE customer_id = $1 ORDER BY created, id FOR UPDATE SKIP LOCKED
 """
 
 # Events that name no customer of their own but name this one inside (an expanded object), or
@@ -177,19 +204,21 @@ SELECT id, payload FROM stripe_events WHERE customer_id = $1 ORDER BY created, i
 # and email; a review, its charge). Events of other customers are not searched: Stripe never
 # puts one customer's data in another's objects. This reads every customer-less payload since
 # the customer existed, so it runs once per tombstone (mentions_scrubbed_at), not on replays.
-MENTIONING_EVENTS = """
-SELECT id, payload FROM stripe_events
+MENTIONING_EVENTS = f"""
+SELECT {STORED_COLUMNS} FROM stripe_events
 WHERE created >= $2 AND customer_id IS NULL
   AND (jsonb_path_exists(payload, 'strict $.** ? (@ == $id)', jsonb_build_object('id', $1::text))
-       OR payload #>> '{data,object,charge}' = ANY($3::text[])
-       OR payload #>> '{data,object,payment_intent}' = ANY($4::text[]))
+       OR payload #>> '{{data,object,charge}}' = ANY($3::text[])
+       OR payload #>> '{{data,object,payment_intent}}' = ANY($4::text[]))
 ORDER BY created, id
 FOR UPDATE SKIP LOCKED
 """
 
 PAYMENT_REFERENCES = """
 SELECT coalesce(array_agg(id) FILTER (WHERE kind = 'charge'), '{}') AS charges,
-       coalesce(array_agg(DISTINCT payment_intent_id) FILTER (WHERE payment_intent_id IS NOT NULL), '{}') AS intents
+       coalesce(array_agg(DISTINCT payment_intent_id) FILTER (WHERE payment_intent_id IS NOT NULL), '{}') AS intents,
+       coalesce((SELECT array_agg(p.id) FROM payments AS p JOIN invoices AS i ON i.id = p.invoice_id
+                 WHERE i.customer_id = $1 AND p.kind = 'invoice_payment'), '{}') AS invoice_payments
 FROM payments WHERE customer_id = $1
 """
 
@@ -218,62 +247,109 @@ def _when(value: Any) -> datetime | None:
     return None
 
 
+async def _load(conn: asyncpg.Connection, customer_ids: set[str], ctx: ProcessingContext) -> None:
+    """Look the customers up once per batch; `ctx.tombstones` holds None for those not deleted."""
+    ids = sorted(customer_ids - ctx.tombstones.keys())
+    if not ids:
+        return
+    ctx.tombstones.update(dict.fromkeys(ids))
+    for row in await conn.fetch(GET_TOMBSTONES, ids):
+        ctx.tombstones[row["customer_id"]] = _tombstone(row)
+
+
 async def load_tombstones(conn: asyncpg.Connection, records: list[EventRecord], ctx: ProcessingContext) -> None:
     """Find which customers of a batch are deleted, in one query, before any handler runs."""
-    ids = sorted({r.customer_id for r in records if r.customer_id} - ctx.tombstones.keys())
-    if ids:
-        for row in await conn.fetch(GET_TOMBSTONES, ids):
-            ctx.tombstones[row["customer_id"]] = _tombstone(row)
+    await _load(conn, {r.customer_id for r in records if r.customer_id}, ctx)
 
 
 async def admit_event(
     conn: asyncpg.Connection, record: EventRecord, handler: Handler | None, ctx: ProcessingContext
 ) -> tuple[EventRecord, Handler | None]:
     """What of an event of a deleted customer may apply: (the event to apply, its handler or None)."""
-    if record.type == "customer.deleted":
-        # The deletion itself, again (a re-delivery or a replay): it re-applies the current mode.
+    tombstone = ctx.tombstones.get(record.customer_id) if record.customer_id else None
+    if tombstone is None or record.type == "customer.deleted":
+        # Not deleted; or the deletion itself, again (a re-delivery, a replay): it re-applies the mode.
         return record, handler
-    tombstone: Tombstone = ctx.tombstones[record.customer_id]
     if ctx.settings.deleted_customers == "delete":
-        await conn.fetchval(PURGE_CUSTOMER, tombstone.customer_id)
         await conn.execute(DELETE_EVENT, record.id)
-        log.info("deleted_customer_event_dropped", event_id=record.id, event_type=record.type,
-                 customer_id=tombstone.customer_id)
+        # Touched, so that settle_deletions purges whatever an earlier mode left of the customer.
+        ctx.touched.add(tombstone.customer_id)
+        log.debug("deleted_customer_event_dropped", event_id=record.id, event_type=record.type)
         return record, None
     scrubbed = scrub_event(record.payload)
     if scrubbed != record.payload:
-        await conn.execute(UPDATE_PAYLOAD, record.id, scrubbed)
-        record = replace(record, payload=scrubbed)
-    if handler is None:
-        return record, None
-
-    async def apply_then_anonymize(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-        await handler(conn, event, ctx)
-        await anonymize_rows(conn, tombstone)
-
-    return record, apply_then_anonymize
+        await conn.execute(UPDATE_PAYLOADS, [record.id], [_encoded(record.id, scrubbed, _stub_of(record))])
+        record = replace(record, payload=scrubbed, raw=None)
+    return record, handler
 
 
-async def anonymize_rows(conn: asyncpg.Connection, tombstone: Tombstone) -> None:
-    """Lay the anonymization over the customer's rows; cheap, and idempotent."""
-    customer_id, deleted_at = tombstone.customer_id, tombstone.deleted_at
-    await conn.execute(ANONYMIZE_CUSTOMER, customer_id, deleted_at)
-    await conn.execute(CANCEL_SUBSCRIPTIONS, customer_id, deleted_at)
-    await conn.execute(SCRUB_INVOICES, customer_id)
-    await conn.execute(SCRUB_PAYMENTS, customer_id)
-    await conn.execute(ADD_DELETED_TAG, customer_id, DELETED_TAG)
+async def settle_deletions(conn: asyncpg.Connection, customer_ids: list[str], ctx: ProcessingContext) -> None:
+    """Refresher, first of all: apply the policy to what the batch wrote for deleted customers.
+
+    Runs after the batch's rows are written, so it sees them whichever order the deletion and
+    the customer's other events came in; customers touched only indirectly (the invoice's
+    customer of an invoice payment) are looked up here.
+    """
+    await _load(conn, set(customer_ids), ctx)
+    gone = [ctx.tombstones[c] for c in customer_ids if ctx.tombstones.get(c) is not None]
+    if not gone:
+        return
+    ids = [t.customer_id for t in gone]
+    if ctx.settings.deleted_customers == "delete":
+        await conn.fetchval(PURGE_CUSTOMERS, ids)
+    else:
+        await conn.fetchval(ANONYMIZE_CUSTOMERS, ids, [t.deleted_at for t in gone], DELETED_TAG)
+
+
+def _stub_of(row: Any) -> dict[str, Any]:
+    """What is kept of a stored event whose payload cannot be read or scrubbed: no personal data."""
+    get = row.__getitem__ if isinstance(row, (dict, asyncpg.Record)) else lambda key: getattr(row, key)
+    created = get("created")
+    return {
+        "id": get("id"),
+        "object": "event",
+        "type": get("type"),
+        "created": int(created.timestamp()) if isinstance(created, datetime) else created,
+        "data": {"object": {"id": get("object_id"), "object": get("object_type"), "customer": get("customer_id")}},
+        "stripeline_note": "payload unreadable; replaced when its customer was deleted in Stripe",
+    }
+
+
+def _encoded(event_id: str, payload: Any, stub: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(payload).decode()
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError: too deep, say
+        log.warning("stored_payload_replaced", event_id=event_id, reason="unencodable")
+        return orjson.dumps(stub).decode()
+
+
+def _scrubbed_text(row: asyncpg.Record) -> str | None:
+    """The stored payload without personal data, as JSON text; None when it had none.
+
+    A payload that cannot be read or scrubbed (nested deeper than any Stripe object) is
+    replaced by a stub: one odd event must never keep a customer's personal data in the store.
+    """
+    try:
+        payload = orjson.loads(row["payload"])
+        scrubbed = scrub_event(payload)
+    except (ValueError, RecursionError):  # orjson.JSONDecodeError is a ValueError
+        log.warning("stored_payload_replaced", event_id=row["id"], reason="unreadable")
+        return orjson.dumps(_stub_of(row)).decode()
+    if scrubbed == payload:
+        return None
+    return _encoded(row["id"], scrubbed, _stub_of(row))
 
 
 async def _scrub_payloads(conn: asyncpg.Connection, query: str, *args: Any) -> int:
-    """Scrub the stored events a query selects (id, payload), in batches; return how many changed."""
+    """Scrub the stored events a query selects, in batches; return how many changed."""
     changed = 0
     ids: list[str] = []
-    payloads: list[dict[str, Any]] = []
+    payloads: list[str] = []
     async for row in conn.cursor(query, *args, prefetch=SCRUB_BATCH):
-        scrubbed = scrub_event(row["payload"])
-        if scrubbed != row["payload"]:
+        text = _scrubbed_text(row)
+        if text is not None:
             ids.append(row["id"])
-            payloads.append(scrubbed)
+            payloads.append(text)
         if len(ids) >= SCRUB_BATCH:
             await conn.execute(UPDATE_PAYLOADS, ids, payloads)
             changed += len(ids)
@@ -285,13 +361,13 @@ async def _scrub_payloads(conn: asyncpg.Connection, query: str, *args: Any) -> i
 
 
 async def _scrub_mentions(
-    conn: asyncpg.Connection, tombstone: Tombstone, since: datetime | None, payments: asyncpg.Record
+    conn: asyncpg.Connection, tombstone: Tombstone, since: datetime | None, references: asyncpg.Record
 ) -> int:
     if tombstone.mentions_scrubbed_at is not None:
         return 0
     since = since or datetime(1970, 1, 1, tzinfo=timezone.utc)
     changed = await _scrub_payloads(
-        conn, MENTIONING_EVENTS, tombstone.customer_id, since, payments["charges"], payments["intents"]
+        conn, MENTIONING_EVENTS, tombstone.customer_id, since, references["charges"], references["intents"]
     )
     await conn.execute(MARK_MENTIONS_SCRUBBED, tombstone.customer_id)
     return changed
@@ -314,41 +390,36 @@ async def _outbox_mentions(conn: asyncpg.Connection, customer_id: str, *, delete
     return len(ids)
 
 
-async def _anonymize(
-    conn: asyncpg.Connection, event: EventRecord, tombstone: Tombstone, ctx: ProcessingContext
-) -> dict[str, int]:
-    obj = event.object
-    scrubbed = replace(event, payload=scrub_event(event.payload))
-    # The deleted customer's last snapshot is applied like any other (non-personal fields,
-    # versioned by the billing model's own rules), before the anonymization is laid over it.
-    snapshot = handlers_registry().get("customer.updated")
-    if snapshot is not None:
-        await snapshot(conn, scrubbed, ctx)
-    currency = obj.get("currency") if isinstance(obj.get("currency"), str) else None
-    delinquent = obj.get("delinquent") if isinstance(obj.get("delinquent"), bool) else None
-    await conn.execute(
-        ENSURE_CUSTOMER, tombstone.customer_id, event.account, event.livemode, currency, delinquent,
-        _when(obj.get("created")), tombstone.deleted_at, event.created, event.id,
-    )
-    await anonymize_rows(conn, tombstone)
+def _last_snapshot(event: EventRecord) -> Any:
+    """The customer as its deletion shows it, without personal data: its newest version. Some
+    API versions send only `{id, object, deleted}`: then the row is merely known to exist."""
+    scrubbed = replace(event, payload=scrub_event(event.payload), raw=None)
+    if "created" not in scrubbed.object:
+        return customers.customer_placeholder(scrubbed, event.customer_id)
+    return customers.customer_snapshot(scrubbed)
+
+
+async def _anonymize_stored(conn: asyncpg.Connection, event: EventRecord, tombstone: Tombstone) -> dict[str, int]:
     own = await _scrub_payloads(conn, OWN_EVENTS, tombstone.customer_id)
-    payments = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
-    mentions = await _scrub_mentions(conn, tombstone, _when(obj.get("created")), payments)
+    references = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
+    mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), references)
     outbox = await _outbox_mentions(conn, tombstone.customer_id, delete=False)
     return {"events_scrubbed": own + mentions, "outbox_scrubbed": outbox}
 
 
-async def _delete(conn: asyncpg.Connection, event: EventRecord, tombstone: Tombstone) -> dict[str, int]:
-    payments = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
-    rows = await conn.fetchval(PURGE_CUSTOMER, tombstone.customer_id)
-    events = await conn.fetchval(DELETE_CUSTOMER_EVENTS, tombstone.customer_id)
-    mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), payments)
+async def _delete_stored(conn: asyncpg.Connection, event: EventRecord, tombstone: Tombstone) -> dict[str, int]:
+    references = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
+    events = await conn.fetchval(DELETE_CUSTOMER_EVENTS, tombstone.customer_id, references["invoice_payments"])
+    mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), references)
     outbox = await _outbox_mentions(conn, tombstone.customer_id, delete=True)
-    return {"rows_deleted": rows, "events_deleted": events, "events_scrubbed": mentions, "outbox_deleted": outbox}
+    return {"events_deleted": events, "events_scrubbed": mentions, "outbox_deleted": outbox}
 
 
 async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Record the tombstone and apply the deletion policy to everything the customer left."""
+    """Record the tombstone and apply the deletion policy to what the customer left in the store.
+
+    The rows follow in `settle_deletions`, once this batch's writes are in.
+    """
     started = time.perf_counter()
     customer_id = event.customer_id
     if customer_id is None:
@@ -356,11 +427,15 @@ async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx:
         return
     row = await conn.fetchrow(RECORD_TOMBSTONE, customer_id, event.account, event.created, event.id)
     tombstone = ctx.tombstones[customer_id] = _tombstone(row)
+    ctx.touched.add(customer_id)
+    # What this batch staged so far is written now, so that the payments read below include it.
+    await ctx.writes.flush(conn, ctx)
     mode = ctx.settings.deleted_customers
     if mode == "delete":
-        counts = await _delete(conn, event, tombstone)
+        counts = await _delete_stored(conn, event, tombstone)
     else:
-        counts = await _anonymize(conn, event, tombstone, ctx)
+        ctx.writes.stage(_last_snapshot(event))
+        counts = await _anonymize_stored(conn, event, tombstone)
     log.info(
         "customer_deletion_applied",
         event_id=event.id,
@@ -369,3 +444,10 @@ async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         **counts,
     )
+
+
+# Tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS).
+PROJECTIONS = (
+    Projection({"customer.deleted": "tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS)"},
+               on_customer_deleted),
+)

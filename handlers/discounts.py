@@ -7,48 +7,52 @@ come from `customer.discount.*` events. Newer versions move the coupon to `sourc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from app.events import EventRecord
 from app.processing import ProcessingContext
 from handlers.fields import integer, ref, text, ts, verb_rank
-from handlers.writes import Snapshot, Table, embedded_snapshot, own_snapshot
+from handlers.writes import Bool, Json, Projection, Snapshot, Table, Text, Timestamp, embedded_snapshot, own_snapshot
 
-DISCOUNT_EVENTS = frozenset({"customer.discount.created", "customer.discount.updated", "customer.discount.deleted"})
+# Coupons applied to customers and subscriptions: a subscription's discount lowers its MRR.
+EVENTS = {
+    "customer.discount.created": "a coupon applied to a customer or subscription: lowers MRR from now on",
+    "customer.discount.updated": "a discount replaced or changed: new terms for MRR",
+    "customer.discount.deleted": "a discount removed or ended: marked deleted (terminal), MRR back to full price",
+}
+
+class DiscountRow(NamedTuple):
+    id: Text
+    account: Text
+    customer_id: Text
+    subscription_id: Text
+    coupon: Json  # the terms that matter for MRR (coupon_of)
+    start_at: Timestamp
+    end_at: Timestamp
+    deleted: Bool
+
 
 UPSERT_DISCOUNTS = """
 WITH incoming AS (
-    SELECT i.*
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-                $8::bool[], $9::timestamptz[], $10::int2[], $11::text[])
-         AS i(id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
-              event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
+    SELECT i.* FROM {incoming}
 ),
 stored AS (
     SELECT d.id, d.event_created, d.event_rank, d.event_id FROM discounts AS d JOIN incoming USING (id)
 ),
 written AS (
-    INSERT INTO discounts AS d (id, account, customer_id, subscription_id, coupon, start_at, end_at, deleted,
-                                event_created, event_rank, event_id)
-    SELECT id, account, customer_id, subscription_id, coupon::jsonb, start_at, end_at, deleted,
-           event_created, event_rank, event_id
-    FROM incoming ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
-        coupon = excluded.coupon, start_at = excluded.start_at, end_at = excluded.end_at, deleted = excluded.deleted,
-        event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
-        last_synced_at = now()
+    INSERT INTO discounts AS d ({columns})
+    SELECT {values} FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET {updates}, last_synced_at = now()
     WHERE NOT d.deleted
       AND ((excluded.event_created, excluded.event_rank) > (d.event_created, d.event_rank)
            OR ((excluded.event_created, excluded.event_rank) = (d.event_created, d.event_rank)
                AND CASE WHEN excluded.event_rank = 0 THEN excluded.event_id > d.event_id
-                        ELSE $12::bool AND excluded.event_id <> d.event_id END))
+                        ELSE {settled} AND excluded.event_id <> d.event_id END))
 )
 SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $12::bool AND i.event_rank > 0 AND s.event_created = i.event_created
+WHERE NOT {settled} AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 
@@ -82,16 +86,16 @@ def discount_id(discount: dict[str, Any], customer_id: str | None, subscription_
 
 
 def _row(event: EventRecord, discount: dict[str, Any], key: str, customer_id: str | None, subscription_id: str | None,
-         deleted: bool) -> tuple:
-    return (
-        key,
-        event.account,
-        customer_id,
-        subscription_id,
-        coupon_of(discount),
-        ts(discount.get("start")),
-        ts(discount.get("end")),
-        deleted,
+         deleted: bool) -> DiscountRow:
+    return DiscountRow(
+        id=key,
+        account=event.account,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        coupon=coupon_of(discount),
+        start_at=ts(discount.get("start")),
+        end_at=ts(discount.get("end")),
+        deleted=deleted,
     )
 
 
@@ -123,15 +127,16 @@ def embedded_discount_snapshot(
 
 DISCOUNTS = Table(
     name="discounts",
+    row=DiscountRow,
     order=40,
-    upsert=UPSERT_DISCOUNTS,
-    jsonb_columns=(4,),
-    evidence_types=DISCOUNT_EVENTS,
+    template=UPSERT_DISCOUNTS,
+    evidence_types=frozenset(EVENTS),
     project=discount_snapshot,
 )
 
 
-def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
+async def on_discount_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """The discount, and a placeholder for its customer."""
     from handlers.customers import customer_placeholder
 
     ctx.writes.note(event, ctx)
@@ -139,16 +144,4 @@ def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
     ctx.writes.stage(customer_placeholder(event, ref(event.object.get("customer"))))
 
 
-async def on_discount_created(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A coupon applied to a customer or subscription: lowers MRR from now on."""
-    _stage(event, ctx)
-
-
-async def on_discount_updated(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A discount replaced or changed: new terms for MRR."""
-    _stage(event, ctx)
-
-
-async def on_discount_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A discount removed or ended: marked deleted (terminal), MRR back to full price."""
-    _stage(event, ctx)
+PROJECTIONS = (Projection(EVENTS, on_discount_event),)

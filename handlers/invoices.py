@@ -10,7 +10,7 @@ handler. A deleted (draft) invoice keeps its row, marked deleted, terminal.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -19,22 +19,22 @@ from app.processing import ProcessingContext
 from handlers import payments
 from handlers.customers import customer_placeholder
 from handlers.fields import CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
-from handlers.writes import Snapshot, Table, own_snapshot
+from handlers.writes import BigInt, Bool, Int, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
 
-INVOICE_EVENTS = frozenset(
-    {
-        "invoice.created",
-        "invoice.finalized",
-        "invoice.updated",
-        "invoice.paid",
-        "invoice.payment_succeeded",
-        "invoice.payment_failed",
-        "invoice.payment_action_required",
-        "invoice.voided",
-        "invoice.marked_uncollectible",
-        "invoice.deleted",
-    }
-)
+# Every one carries the whole invoice: paid amount and time give the last payment; created, paid
+# and failed are on the timeline.
+EVENTS = {
+    "invoice.created": "a new (draft) invoice; on the timeline",
+    "invoice.finalized": "draft to open: number and amounts fixed",
+    "invoice.updated": "any change; its previous_attributes order it among the invoice's events of its second",
+    "invoice.paid": "paid (by any means): amount and time of the customer's last payment",
+    "invoice.payment_succeeded": "paid by a successful charge; the same state as invoice.paid",
+    "invoice.payment_failed": "a failed attempt: attempt count and next retry; on the timeline",
+    "invoice.payment_action_required": "the customer must authenticate the payment (3-D Secure)",
+    "invoice.voided": "voided: final, never paid",
+    "invoice.marked_uncollectible": "given up on: final",
+    "invoice.deleted": "a draft deleted: the row stays, marked deleted, so no late event revives it",
+}
 
 STATUS_LEVELS = {"draft": 1, "open": 2, "paid": 3, "void": 3, "uncollectible": 3}
 # Events that move an invoice into its status: first among that status's events of a second.
@@ -42,44 +42,48 @@ ENTERING_EVENTS = frozenset(
     {"invoice.finalized", "invoice.paid", "invoice.payment_succeeded", "invoice.voided", "invoice.marked_uncollectible"}
 )
 
+class InvoiceRow(NamedTuple):
+    id: Text
+    account: Text
+    customer_id: Text
+    subscription_id: Text
+    status: Text  # draft | open | paid | void | uncollectible
+    number: Text
+    billing_reason: Text
+    currency: Text
+    amount_due: BigInt
+    amount_paid: BigInt
+    amount_remaining: BigInt
+    total: BigInt
+    description: Text  # the invoice's description, else its first line's
+    created_at: Timestamp
+    period_start: Timestamp
+    period_end: Timestamp
+    due_date: Timestamp
+    paid_at: Timestamp
+    attempt_count: Int
+    next_payment_attempt: Timestamp
+    deleted: Bool  # terminal: only drafts can be deleted
+
+
 UPSERT_INVOICES = """
 WITH incoming AS (
-    SELECT i.*
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[], $14::timestamptz[],
-                $15::timestamptz[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[],
-                $20::timestamptz[], $21::bool[], $22::timestamptz[], $23::int2[], $24::text[])
-         AS i(id, account, customer_id, subscription_id, status, number, billing_reason, currency, amount_due,
-              amount_paid, amount_remaining, total, description, created_at, period_start, period_end, due_date,
-              paid_at, attempt_count, next_payment_attempt, deleted, event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
+    SELECT i.* FROM {incoming}
 ),
 stored AS (
     SELECT inv.id, inv.event_created, inv.event_rank, inv.event_id FROM invoices AS inv JOIN incoming USING (id)
 ),
 written AS (
-    INSERT INTO invoices AS inv (id, account, customer_id, subscription_id, status, number, billing_reason, currency,
-                                 amount_due, amount_paid, amount_remaining, total, description, created_at,
-                                 period_start, period_end, due_date, paid_at, attempt_count, next_payment_attempt,
-                                 deleted, event_created, event_rank, event_id)
-    SELECT * FROM incoming ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        account = excluded.account, customer_id = excluded.customer_id, subscription_id = excluded.subscription_id,
-        status = excluded.status, number = excluded.number, billing_reason = excluded.billing_reason,
-        currency = excluded.currency, amount_due = excluded.amount_due, amount_paid = excluded.amount_paid,
-        amount_remaining = excluded.amount_remaining, total = excluded.total, description = excluded.description,
-        created_at = excluded.created_at, period_start = excluded.period_start, period_end = excluded.period_end,
-        due_date = excluded.due_date, paid_at = excluded.paid_at, attempt_count = excluded.attempt_count,
-        next_payment_attempt = excluded.next_payment_attempt, deleted = excluded.deleted,
-        event_created = excluded.event_created, event_rank = excluded.event_rank, event_id = excluded.event_id,
-        last_synced_at = now()
+    INSERT INTO invoices AS inv ({columns})
+    SELECT {values} FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET {updates}, last_synced_at = now()
     WHERE NOT inv.deleted
       AND ((excluded.event_created, excluded.event_rank) > (inv.event_created, inv.event_rank)
            OR ((excluded.event_created, excluded.event_rank) = (inv.event_created, inv.event_rank)
-               AND $25::bool AND excluded.event_id <> inv.event_id))
+               AND {settled} AND excluded.event_id <> inv.event_id))
 )
 SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $25::bool AND i.event_rank > 0 AND s.event_created = i.event_created
+WHERE NOT {settled} AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 
@@ -136,42 +140,44 @@ def invoice_snapshot(event: EventRecord) -> Snapshot:
     obj = event.object
     amount_paid, paid_at = _paid(obj)
     status = text(obj.get("status"))
-    row = (
-        obj["id"],
-        event.account,
-        ref(obj.get("customer")),
-        subscription_of(obj),
-        status if status in STATUS_LEVELS else None,
-        text(obj.get("number")),
-        text(obj.get("billing_reason")),
-        text(obj.get("currency")),
-        integer(obj.get("amount_due")),
-        amount_paid,
-        integer(obj.get("amount_remaining")),
-        integer(obj.get("total")),
-        _description(obj),
-        ts(obj.get("created")),
-        ts(obj.get("period_start")),
-        ts(obj.get("period_end")),
-        ts(obj.get("due_date")),
-        paid_at,
-        integer(obj.get("attempt_count")),
-        ts(obj.get("next_payment_attempt")),
-        event.type == "invoice.deleted" or obj.get("deleted") is True,
+    row = InvoiceRow(
+        id=obj["id"],
+        account=event.account,
+        customer_id=ref(obj.get("customer")),
+        subscription_id=subscription_of(obj),
+        status=status if status in STATUS_LEVELS else None,
+        number=text(obj.get("number")),
+        billing_reason=text(obj.get("billing_reason")),
+        currency=text(obj.get("currency")),
+        amount_due=integer(obj.get("amount_due")),
+        amount_paid=amount_paid,
+        amount_remaining=integer(obj.get("amount_remaining")),
+        total=integer(obj.get("total")),
+        description=_description(obj),
+        created_at=ts(obj.get("created")),
+        period_start=ts(obj.get("period_start")),
+        period_end=ts(obj.get("period_end")),
+        due_date=ts(obj.get("due_date")),
+        paid_at=paid_at,
+        attempt_count=integer(obj.get("attempt_count")),
+        next_payment_attempt=ts(obj.get("next_payment_attempt")),
+        deleted=event.type == "invoice.deleted" or obj.get("deleted") is True,
     )
     return own_snapshot(INVOICES, event, obj["id"], invoice_rank(event), row)
 
 
 INVOICES = Table(
     name="invoices",
+    row=InvoiceRow,
     order=60,
-    upsert=UPSERT_INVOICES,
-    evidence_types=INVOICE_EVENTS,
+    template=UPSERT_INVOICES,
+    evidence_types=frozenset(EVENTS),
     project=invoice_snapshot,
 )
 
 
-def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
+async def on_invoice_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """The invoice, a placeholder for its customer, and the payments it lists (basil)."""
     obj = event.object
     ctx.writes.note(event, ctx)
     ctx.writes.stage(invoice_snapshot(event))
@@ -180,53 +186,4 @@ def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
         ctx.writes.stage(payments.embedded_invoice_payment_snapshot(event, payment, obj["id"]))
 
 
-async def on_invoice_created(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A new (draft) invoice; on the timeline."""
-    _stage(event, ctx)
-
-
-async def on_invoice_finalized(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Draft to open: number and amounts fixed."""
-    _stage(event, ctx)
-
-
-async def on_invoice_updated(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Any change; its previous_attributes order it among the invoice's events of its second."""
-    _stage(event, ctx)
-
-
-async def on_invoice_paid(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Paid (by any means): amount and time of the customer's last payment."""
-    _stage(event, ctx)
-
-
-async def on_invoice_payment_succeeded(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Paid by a successful charge; the same state as `invoice.paid`."""
-    _stage(event, ctx)
-
-
-async def on_invoice_payment_failed(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A failed attempt: attempt count and next retry; on the timeline."""
-    _stage(event, ctx)
-
-
-async def on_invoice_payment_action_required(
-    conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext
-) -> None:
-    """The customer must authenticate the payment (3-D Secure)."""
-    _stage(event, ctx)
-
-
-async def on_invoice_voided(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Voided: final, never paid."""
-    _stage(event, ctx)
-
-
-async def on_invoice_marked_uncollectible(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Given up on: final."""
-    _stage(event, ctx)
-
-
-async def on_invoice_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A draft deleted: the row stays, marked deleted, so no late event revives it."""
-    _stage(event, ctx)
+PROJECTIONS = (Projection(EVENTS, on_invoice_event),)

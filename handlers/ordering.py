@@ -146,8 +146,15 @@ def _exact(group: list[Candidate], entry: list[int]) -> list[int]:
     return [s if s is not None else -(10**9) for s in full]
 
 
+def _plain(value: Any) -> Any:
+    """orjson writes tuples but not their subclasses (the named row types)."""
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
 def _key(state: Any) -> bytes:
-    return orjson.dumps(state, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(state, default=_plain, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
 
 
 def _walk(group: list[Candidate], entry: list[int], start: Any) -> list[int]:

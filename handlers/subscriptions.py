@@ -9,7 +9,7 @@ prices and products inside the items are stored too (handlers/catalog.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -18,89 +18,87 @@ from app.processing import ProcessingContext
 from handlers import catalog, discounts
 from handlers.customers import customer_placeholder
 from handlers.fields import CHANGED_RANK, CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
-from handlers.writes import Snapshot, Table, own_snapshot
+from handlers.writes import Bool, Int, Json, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
 
-SUBSCRIPTION_EVENTS = frozenset(
-    {
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-        "customer.subscription.paused",
-        "customer.subscription.resumed",
-        "customer.subscription.trial_will_end",
-        "customer.subscription.pending_update_applied",
-        "customer.subscription.pending_update_expired",
-    }
-)
+# Every one carries the whole subscription: status drives every segment, items and prices MRR.
+EVENTS = {
+    "customer.subscription.created": "a new subscription (trialing, incomplete or active), with its items and prices",
+    "customer.subscription.updated": "any change: status, quantity, price, trial, cancel_at_period_end, discount",
+    "customer.subscription.deleted": "ended for good: status canceled, the row kept (churn segments need it)",
+    "customer.subscription.paused": "status paused: out of MRR and the Customers segment until resumed",
+    "customer.subscription.resumed": "back from paused: counts in MRR again",
+    "customer.subscription.trial_will_end": "three days before a trial ends: a snapshot as good as any other",
+    "customer.subscription.pending_update_applied": "a pending change (price, quantity) took effect after payment",
+    "customer.subscription.pending_update_expired": "a pending change lapsed unpaid: the subscription as it stays",
+}
 
 # Statuses a subscription never leaves: after every live status of the same second.
 FINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 FINAL_RANK = CHANGED_RANK + 10
 
+class SubscriptionRow(NamedTuple):
+    id: Text
+    account: Text
+    customer_id: Text
+    status: Text
+    currency: Text
+    created_at: Timestamp
+    trial_start: Timestamp
+    trial_end: Timestamp
+    canceled_at: Timestamp
+    ended_at: Timestamp
+    cancel_at: Timestamp
+    cancel_at_period_end: Bool
+    current_period_start: Timestamp
+    current_period_end: Timestamp
+    discount_ids: Json  # the ids of the discounts it names; null when its payload does not say
+    metadata: Json
+
+
+class ItemRow(NamedTuple):
+    id: Text
+    subscription_id: Text
+    price_id: Text
+    product_id: Text
+    quantity: Int
+    current_period_start: Timestamp  # basil and later keep the period on each item
+    current_period_end: Timestamp
+
+
+# Items are part of the subscription's snapshot: replaced when it is, and only then.
 UPSERT_SUBSCRIPTIONS = """
 WITH incoming AS (
-    SELECT i.*
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-                $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::bool[],
-                $13::timestamptz[], $14::timestamptz[], $15::text[], $16::text[], $17::timestamptz[], $18::int2[],
-                $19::text[])
-         AS i(id, account, customer_id, status, currency, created_at, trial_start, trial_end, canceled_at, ended_at,
-              cancel_at, cancel_at_period_end, current_period_start, current_period_end, discount_ids, metadata,
-              event_created, event_rank, event_id)
-    WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones AS t WHERE t.customer_id = i.customer_id)
+    SELECT i.* FROM {incoming}
 ),
 stored AS (
     SELECT s.id, s.event_created, s.event_rank, s.event_id FROM subscriptions AS s JOIN incoming USING (id)
 ),
 written AS (
-    INSERT INTO subscriptions AS s (id, account, customer_id, status, currency, created_at, trial_start, trial_end,
-                                    canceled_at, ended_at, cancel_at, cancel_at_period_end, current_period_start,
-                                    current_period_end, discount_ids, metadata, event_created, event_rank, event_id)
-    SELECT id, account, customer_id, status, currency, created_at, trial_start, trial_end, canceled_at, ended_at,
-           cancel_at, cancel_at_period_end, current_period_start, current_period_end, discount_ids::jsonb,
-           metadata::jsonb, event_created, event_rank, event_id
-    FROM incoming ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        account = excluded.account, customer_id = excluded.customer_id, status = excluded.status,
-        currency = excluded.currency, created_at = excluded.created_at, trial_start = excluded.trial_start,
-        trial_end = excluded.trial_end, canceled_at = excluded.canceled_at, ended_at = excluded.ended_at,
-        cancel_at = excluded.cancel_at, cancel_at_period_end = excluded.cancel_at_period_end,
-        current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
-        discount_ids = excluded.discount_ids, metadata = excluded.metadata, event_created = excluded.event_created,
-        event_rank = excluded.event_rank, event_id = excluded.event_id, last_synced_at = now()
+    INSERT INTO subscriptions AS s ({columns})
+    SELECT {values} FROM incoming ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET {updates}, last_synced_at = now()
     WHERE (excluded.event_created, excluded.event_rank) > (s.event_created, s.event_rank)
        -- an equal version with another event: replaced only once settled by evidence
        OR ((excluded.event_created, excluded.event_rank) = (s.event_created, s.event_rank)
-           AND $27::bool AND excluded.event_id <> s.event_id)
+           AND {settled} AND excluded.event_id <> s.event_id)
     RETURNING id
 ),
 items AS (
-    SELECT it.*
-    FROM unnest($20::text[], $21::text[], $22::text[], $23::text[], $24::int4[], $25::timestamptz[],
-                $26::timestamptz[])
-         AS it(id, subscription_id, price_id, product_id, quantity, current_period_start, current_period_end)
+    SELECT it.* FROM {children}
     WHERE it.subscription_id IN (SELECT id FROM written)
 ),
 removed AS (
     DELETE FROM subscription_items AS si USING written AS w
-    WHERE si.subscription_id = w.id AND NOT (si.id = ANY($20::text[]))
+    WHERE si.subscription_id = w.id AND NOT (si.id = ANY({child_ids}))
 ),
 replaced AS (
-    INSERT INTO subscription_items (id, subscription_id, price_id, product_id, quantity, current_period_start,
-                                    current_period_end)
+    INSERT INTO subscription_items ({child_columns})
     SELECT * FROM items ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        subscription_id = excluded.subscription_id, price_id = excluded.price_id, product_id = excluded.product_id,
-        quantity = excluded.quantity, current_period_start = excluded.current_period_start,
-        current_period_end = excluded.current_period_end
-    WHERE (subscription_items.subscription_id, subscription_items.price_id, subscription_items.product_id,
-           subscription_items.quantity, subscription_items.current_period_start,
-           subscription_items.current_period_end)
-          IS DISTINCT FROM (excluded.subscription_id, excluded.price_id, excluded.product_id, excluded.quantity,
-                            excluded.current_period_start, excluded.current_period_end)
+    ON CONFLICT (id) DO UPDATE SET {child_updates}
+    WHERE {child_changed}
 )
 SELECT i.id, s.event_id FROM incoming AS i JOIN stored AS s USING (id)
-WHERE NOT $27::bool AND i.event_rank > 0 AND s.event_created = i.event_created
+WHERE NOT {settled} AND i.event_rank > 0 AND s.event_created = i.event_created
 """
 
 
@@ -124,25 +122,26 @@ def _price_of(item: dict[str, Any]) -> Any:
     return item.get("price") if item.get("price") is not None else item.get("plan")
 
 
-def _item_row(subscription_id: str, item: dict[str, Any]) -> tuple:
+def _item_row(subscription_id: str, item: dict[str, Any]) -> ItemRow:
     price = _price_of(item)
     quantity = integer(item.get("quantity"))
-    return (
-        item["id"],
-        subscription_id,
-        ref(price),
-        ref(price.get("product")) if isinstance(price, dict) else None,
-        quantity if quantity is not None and quantity >= 0 else 1,
-        ts(item.get("current_period_start")),
-        ts(item.get("current_period_end")),
+    return ItemRow(
+        id=item["id"],
+        subscription_id=subscription_id,
+        price_id=ref(price),
+        product_id=ref(price.get("product")) if isinstance(price, dict) else None,
+        quantity=quantity if quantity is not None and quantity >= 0 else 1,
+        current_period_start=ts(item.get("current_period_start")),
+        current_period_end=ts(item.get("current_period_end")),
     )
 
 
-def _period(obj: dict[str, Any], items: tuple) -> tuple:
+def _period(obj: dict[str, Any], items: tuple[ItemRow, ...]) -> tuple:
     if "current_period_end" in obj:
         return ts(obj.get("current_period_start")), ts(obj.get("current_period_end"))
     # basil: the period lives on each item; the next renewal is the earliest end.
-    periods = [(row[6], row[5]) for row in items if row[6] is not None]
+    periods = [(item.current_period_end, item.current_period_start) for item in items
+               if item.current_period_end is not None]
     if not periods:
         return None, None
     end, start = min(periods)
@@ -165,23 +164,23 @@ def subscription_snapshot(event: EventRecord) -> Snapshot:
     subscription_id = obj["id"]
     items = tuple(_item_row(subscription_id, item) for item in _items(obj))
     period_start, period_end = _period(obj, items)
-    row = (
-        subscription_id,
-        event.account,
-        ref(obj.get("customer")),
-        text(obj.get("status")),
-        text(obj.get("currency")),
-        ts(obj.get("created")),
-        ts(obj.get("trial_start")),
-        ts(obj.get("trial_end")),
-        ts(obj.get("canceled_at")),
-        ts(obj.get("ended_at")),
-        ts(obj.get("cancel_at")),
-        obj.get("cancel_at_period_end") is True,
-        period_start,
-        period_end,
-        _discount_ids(obj),
-        obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {},
+    row = SubscriptionRow(
+        id=subscription_id,
+        account=event.account,
+        customer_id=ref(obj.get("customer")),
+        status=text(obj.get("status")),
+        currency=text(obj.get("currency")),
+        created_at=ts(obj.get("created")),
+        trial_start=ts(obj.get("trial_start")),
+        trial_end=ts(obj.get("trial_end")),
+        canceled_at=ts(obj.get("canceled_at")),
+        ended_at=ts(obj.get("ended_at")),
+        cancel_at=ts(obj.get("cancel_at")),
+        cancel_at_period_end=obj.get("cancel_at_period_end") is True,
+        current_period_start=period_start,
+        current_period_end=period_end,
+        discount_ids=_discount_ids(obj),
+        metadata=obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {},
     )
     return own_snapshot(SUBSCRIPTIONS, event, subscription_id, subscription_rank(event), row, items)
 
@@ -205,60 +204,21 @@ def embedded_snapshots(event: EventRecord) -> list[Snapshot | None]:
 
 SUBSCRIPTIONS = Table(
     name="subscriptions",
+    row=SubscriptionRow,
     order=50,
-    upsert=UPSERT_SUBSCRIPTIONS,
-    jsonb_columns=(14, 15),
-    child_width=7,
-    evidence_types=SUBSCRIPTION_EVENTS,
+    template=UPSERT_SUBSCRIPTIONS,
+    child=ItemRow,
+    child_table="subscription_items",
+    evidence_types=frozenset(EVENTS),
     project=subscription_snapshot,
 )
 
 
-def _stage(event: EventRecord, ctx: ProcessingContext) -> None:
+async def on_subscription_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """The subscription with its items, and its customer, prices, products and discounts."""
     ctx.writes.note(event, ctx)
     ctx.writes.stage(subscription_snapshot(event))
     ctx.writes.stage_all(embedded_snapshots(event))
 
 
-async def on_subscription_created(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """A new subscription (trialing, incomplete or active), with its items and prices."""
-    _stage(event, ctx)
-
-
-async def on_subscription_updated(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Any change: status, quantity, price, trial, cancel_at_period_end, discount."""
-    _stage(event, ctx)
-
-
-async def on_subscription_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Ended for good: status canceled, the row kept (churn segments need it)."""
-    _stage(event, ctx)
-
-
-async def on_subscription_paused(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Status paused: out of MRR until resumed."""
-    _stage(event, ctx)
-
-
-async def on_subscription_resumed(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Back from paused: counts in MRR again."""
-    _stage(event, ctx)
-
-
-async def on_subscription_trial_will_end(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Three days before a trial ends; its snapshot is as good as any other's."""
-    _stage(event, ctx)
-
-
-async def on_subscription_pending_update_applied(
-    conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext
-) -> None:
-    """A pending change (new price or quantity) took effect after payment."""
-    _stage(event, ctx)
-
-
-async def on_subscription_pending_update_expired(
-    conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext
-) -> None:
-    """A pending change lapsed unpaid: the subscription as it stays."""
-    _stage(event, ctx)
+PROJECTIONS = (Projection(EVENTS, on_subscription_event),)

@@ -21,17 +21,19 @@ payments) use the context-free order (created, rank, event id). Rows of a custom
 written under that customer's advisory lock (taken by app.processing); shared rows are
 upserted in key order, table by table, with the version guard inside the statement.
 
-Tombstones. A deleted row keeps its version and a terminal flag; no later or older event
-revives it. Rows of a customer in customer_tombstones are never written again.
+Deleted objects. A deleted row (an invoice, a discount, a price) keeps its version and a terminal
+flag; no later or older event revives it. A customer deleted in Stripe is not a row flag but a
+policy laid over its rows after each batch (handlers/deletion.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -65,24 +67,100 @@ FROM (SELECT DISTINCT customer_id FROM invoices
 """
 
 
+@dataclass(frozen=True)
+class Projection:
+    """The event types of one Stripe object, what each means to us, and the handler that
+    applies them. Each handler module declares its own; handlers/__init__.py gathers them."""
+
+    events: Mapping[str, str]
+    handler: Any  # app.processing.Handler
+
+
+# The PostgreSQL type of each field of a row type (a NamedTuple), as its annotation says.
+# jsonb values travel as JSON text and are cast in the statement.
+Text = Annotated[str | None, "text"]
+Bool = Annotated[bool | None, "bool"]
+Timestamp = Annotated[datetime | None, "timestamptz"]
+BigInt = Annotated[int | None, "int8"]
+Int = Annotated[int | None, "int4"]
+Json = Annotated[Any, "jsonb"]
+
+# Every written row keeps the version of the event that wrote it.
+VERSION_COLUMNS = (("event_created", "timestamptz"), ("event_rank", "int2"), ("event_id", "text"))
+
+
+def columns_of(row_type: type) -> tuple[tuple[str, str], ...]:
+    """(name, PostgreSQL type) of each field of a NamedTuple row type, in order."""
+    hints = typing.get_type_hints(row_type, include_extras=True)
+    return tuple((name, hints[name].__metadata__[0]) for name in row_type._fields)
+
+
+def _unnest(columns: tuple[tuple[str, str], ...], first: int, alias: str) -> str:
+    arrays = ", ".join(f"${first + i}::{'text' if kind == 'jsonb' else kind}[]" for i, (_, kind) in enumerate(columns))
+    return f"unnest({arrays}) AS {alias}({', '.join(name for name, _ in columns)})"
+
+
+def _names(columns: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(name for name, _ in columns)
+
+
 @dataclass(frozen=True, eq=False)
 class Table:
-    """How one table is written: its upsert and, for evidence tables, how to re-project ties."""
+    """How one table is written: its row type, its upsert and, for evidence tables, how to
+    re-project ties.
+
+    The upsert is written once as a template whose column lists and `unnest` parameters are
+    derived from the row type: {incoming} (the rows and their versions as `i`), {columns} and
+    {values} (what INSERT writes, jsonb cast), {updates} (every column but the key and the
+    version, from `excluded`), and for a child row type (subscription items) {children} (as
+    `it`), {child_ids} (the array of child keys), {child_columns}, {child_updates} and
+    {child_changed}; evidence tables take {settled} last (a boolean: an equal version with
+    another event id may be replaced) and return the keys whose stored version ties with the
+    incoming one.
+    """
 
     name: str
+    row: type
     # Fixed flush order: concurrent batches lock shared rows table by table, in key order.
     order: int
-    # One array parameter per row column, then event_created, event_rank, event_id, then one
-    # per child column (subscription items); evidence tables then take `settled` (a boolean:
-    # an equal version with another event id may be replaced) and return the keys whose
-    # stored version ties with the incoming one.
-    upsert: str
-    jsonb_columns: tuple[int, ...] = ()
-    child_width: int = 0
+    template: str
+    # Rows written with each row and replaced with it (subscription items), and their table.
+    child: type | None = None
+    child_table: str = ""
     # Own event types whose same-second ties are settled by handlers/ordering.py, and the
     # projection that turns such an event into this table's snapshot.
     evidence_types: frozenset[str] = frozenset()
     project: Callable[[EventRecord], Snapshot] | None = None
+    upsert: str = field(init=False)
+    # Positions of the jsonb fields of the row type, encoded to text before they are sent.
+    jsonb_positions: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        own = columns_of(self.row)
+        written = own + VERSION_COLUMNS
+        children = columns_of(self.child) if self.child is not None else ()
+        after_rows = len(written) + 1
+        parts = {
+            "incoming": _unnest(written, 1, "i"),
+            "columns": _names(written),
+            "values": ", ".join(
+                f"{name}::jsonb" if kind == "jsonb" else "coalesce(event_created, '-infinity')"
+                if name == "event_created" else name
+                for name, kind in written
+            ),
+            "updates": ", ".join(f"{name} = excluded.{name}" for name, _ in written[1:]),
+            "children": _unnest(children, after_rows, "it") if children else "",
+            "child_ids": f"${after_rows}::text[]",
+            "child_columns": _names(children),
+            "child_updates": ", ".join(f"{name} = excluded.{name}" for name, _ in children[1:]),
+            "child_changed": (
+                f"({', '.join(f'{self.child_table}.{name}' for name, _ in children[1:])}) IS DISTINCT FROM "
+                f"({', '.join(f'excluded.{name}' for name, _ in children[1:])})" if children else ""
+            ),
+            "settled": f"${after_rows + len(children)}::bool",
+        }
+        object.__setattr__(self, "upsert", self.template.format(**parts))
+        object.__setattr__(self, "jsonb_positions", tuple(i for i, (_, kind) in enumerate(own) if kind == "jsonb"))
 
     @property
     def evidence(self) -> bool:
@@ -98,8 +176,8 @@ class Snapshot:
     created: datetime
     rank: int
     event_id: str | None
-    row: tuple
-    children: tuple = ()
+    row: tuple  # the table's row type
+    children: tuple = ()  # rows of its child row type
     # The object's own event, kept for evidence when ties are settled.
     event: EventRecord | None = None
 
@@ -276,17 +354,17 @@ async def _write(
     rows stored from the same second as their incoming snapshot."""
     snapshots.sort(key=lambda s: s.key)
     columns = [list(column) for column in zip(*(s.row for s in snapshots))]
-    for position in table.jsonb_columns:
+    for position in table.jsonb_positions:
         columns[position] = [_json(v) for v in columns[position]]
     columns.append([None if s.created is NEG_INFINITY else s.created for s in snapshots])
     columns.append([s.rank for s in snapshots])
     columns.append([s.event_id for s in snapshots])
-    if table.child_width:
+    if table.child is not None:
         children = [child for s in snapshots for child in s.children]
         if children:
             columns.extend(list(column) for column in zip(*children))
         else:
-            columns.extend([] for _ in range(table.child_width))
+            columns.extend([] for _ in table.child._fields)
     if not table.evidence:
         await conn.execute(table.upsert, *columns)
         return []

@@ -1,8 +1,10 @@
 """A simulated Stripe account: event streams as Stripe sends them, and the final truth.
 
 Customers sign up, subscribe (with or without a trial), change quantity, price and
-cancel_at_period_end, get discounts, fail and recover payments, pause, cancel; the catalog
-changes. Each action emits the events Stripe emits, in Stripe's order, with Stripe's
+cancel_at_period_end, get discounts, fail and recover payments, pause, cancel, and some are
+deleted (Stripe cancels their subscriptions; a refund of an old charge may still come later);
+the catalog changes; now and then `stripeline backfill` lists an object (a synthetic snapshot
+event, as app/backfill.py stores it). Each action emits the events Stripe emits, in Stripe's order, with Stripe's
 same-second bursts (a subscription's creation, its first invoice's creation, finalization and
 payment, the charge, the invoice payment and the customer's currency all share a second) and
 `previous_attributes` on every `*.updated` event. Each customer uses one API version shape.
@@ -48,6 +50,7 @@ class Account:
     open_invoice: dict[str, str] = field(default_factory=dict)  # subscription -> unpaid invoice
     discount_of: dict[str, str] = field(default_factory=dict)  # subscription -> discount
     deleted: set[str] = field(default_factory=set)  # invoices and discounts deleted
+    gone: set[str] = field(default_factory=set)  # customers deleted in Stripe
     # States each object had in the current second (an object never returns to one of them).
     _seen: dict[str, tuple[int, set[bytes]]] = field(default_factory=dict)
     _counter: int = 0
@@ -403,6 +406,32 @@ class Account:
         self.notify("invoice.deleted", invoice["id"], version)
         self.deleted.add(invoice["id"])
 
+    def delete_customer(self, customer_id: str) -> None:
+        """Stripe cancels the customer's live subscriptions at once, then deletes it."""
+        version = self.version_of[customer_id]
+        for sub_id in self.subscriptions:
+            if self.owner[sub_id] == customer_id and self.objects[sub_id]["status"] not in ("canceled",
+                                                                                          "incomplete_expired"):
+                self.cancel(sub_id)
+        self.emit("customer.deleted", self.objects[customer_id], api_version=version)
+        self.gone.add(customer_id)
+
+    def snapshot(self) -> None:
+        """`stripeline backfill` lists a live object: a synthetic `*.updated` event of its current
+        state, dated when the listing started, with the id app/backfill.py gives it."""
+        kinds = {"customer": "customer.updated", "subscription": "customer.subscription.updated",
+                 "invoice": "invoice.updated", "price": "price.updated", "product": "product.updated"}
+        listed = [o for o in self.objects.values() if o.get("object") in kinds and o["id"] not in self.deleted
+                  and o["id"] not in self.gone and o.get("customer") not in self.gone]
+        if not listed:
+            return
+        obj = self.rng.choice(listed)
+        self.tick()  # a listing starts on a second of its own (one snapshot per object and second)
+        version = self.version_of.get(obj.get("customer") or obj["id"], f.NEW_API_VERSION)
+        self.emit(kinds[obj["object"]], obj, None, version)
+        self.events[-1]["id"] = f"evt_backfill_{obj['id']}_{self.clock}"
+        self.events[-1]["pending_webhooks"] = 0
+
     # --- a whole stream -------------------------------------------------------------------
 
     def act(self) -> None:
@@ -417,7 +446,16 @@ class Account:
         if roll < 0.16 and self.prices:
             self.rng.choice((self.rename_price, self.rename_product))()
             return
-        customer_id = self.rng.choice(self.customers)
+        present = [c for c in self.customers if c not in self.gone]
+        if roll < 0.166 and len(present) > 1:
+            self.delete_customer(self.rng.choice(present))
+            return
+        if roll < 0.19:
+            self.snapshot()
+            return
+        if not present:
+            return
+        customer_id = self.rng.choice(present)
         subs = [s for s in self.subscriptions if self.owner[s] == customer_id]
         live = [s for s in subs if self.objects[s]["status"] not in ("canceled", "incomplete_expired")]
         if not live:

@@ -1,4 +1,4 @@
-"""customer.created / customer.updated, and the deletion mark the deletion policy uses."""
+"""customer.created / customer.updated, and a customer row once Stripe deleted the customer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import itertools
 
 import pytest
 
-from app.events import event_from_payload
-from handlers.customers import mark_customer_deleted
 from tests import factories as f
 from tests.handlers.billing_support import apply, row
 
@@ -87,39 +85,27 @@ def _for_customer(payload, customer_id):
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole_customer", "id_only"])
-async def test_a_customer_marked_deleted_is_never_revived_by_older_or_later_updates(conn, settings, whole):
-    customer = f.customer_object(email="gone@example.com", created=T)
+async def test_a_customer_deleted_in_stripe_stays_deleted_and_anonymous_whatever_updates_follow(conn, settings, whole):
+    customer = f.customer_object(email="gone@example.com", currency="usd", created=T)
     await apply(conn, settings, [f.event("customer.created", customer, created=T)])
-    deleted_obj = {**customer, "deleted": True} if whole else f.deleted_customer_object(customer["id"])
-    deletion = event_from_payload(f.event("customer.deleted", deleted_obj, created=T + 10))
-    async with conn.transaction():
-        assert await mark_customer_deleted(conn, deletion) is True
-        assert await mark_customer_deleted(conn, deletion) is False  # delivered twice
+    deleted_obj = customer if whole else f.deleted_customer_object(customer["id"])
+    deletion = f.event("customer.deleted", deleted_obj, created=T + 10)
+    await apply(conn, settings, [deletion])
+    await apply(conn, settings, [deletion])  # delivered twice
     for created in (T + 5, T + 10, T + 20):
-        changed, previous = f.changed(customer, email=f"back{created}@example.com")
+        changed, previous = f.changed(customer, email=f"back{created}@example.com", currency="eur")
         await apply(conn, settings, [f.event("customer.updated", changed, created=created, previous_attributes=previous)])
     stored = await row(conn, "customers", customer["id"])
-    assert stored["deleted_in_stripe"] is True
+    assert (stored["deleted_in_stripe"], stored["email"], stored["name"]) == (True, None, None)
     assert stored["deleted_at"].timestamp() == T + 10
-    assert stored["email"] == "gone@example.com"  # what the deletion policy does with it is its own
-    assert stored["event_id"] == deletion.id
+    # Non-personal fields follow the newest event, as for any customer.
+    assert stored["currency"] == "eur"
 
 
-async def test_deletion_mark_creates_an_unknown_customer_without_personal_data(conn, settings):
+async def test_a_customer_first_known_by_its_deletion_is_kept_without_personal_data(conn, settings):
     customer = f.customer_object(email="never@example.com", currency="usd", created=T)
-    deletion = event_from_payload(f.event("customer.deleted", {**customer, "deleted": True}, created=T + 3))
-    async with conn.transaction():
-        await mark_customer_deleted(conn, deletion)
+    await apply(conn, settings, [f.event("customer.deleted", customer, created=T + 3)])
     await apply(conn, settings, [f.event("customer.created", customer, created=T)])
     stored = await row(conn, "customers", customer["id"])
     assert (stored["deleted_in_stripe"], stored["email"], stored["currency"]) == (True, None, "usd")
-
-
-async def test_deletion_mark_skips_a_tombstoned_customer(conn, settings):
-    customer_id = f.new_id("cus")
-    await conn.execute(
-        "INSERT INTO customer_tombstones (customer_id, deleted_at, event_id) VALUES ($1, now(), 'evt_x')", customer_id
-    )
-    deletion = event_from_payload(f.event("customer.deleted", f.deleted_customer_object(customer_id)))
-    assert await mark_customer_deleted(conn, deletion) is False
-    assert await row(conn, "customers", customer_id) is None
+    assert stored["created_at"].timestamp() == T

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timezone
 
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from app.events import EVENT_COLUMNS, event_from_payload, record_from_row
-from app.processing import ProcessingContext, apply_events
+from app.events import EVENT_COLUMNS, event_from_payload, insert_events, parse_event, record_from_row
+from app.processing import ProcessingContext, apply_events, process_events
 from handlers.deletion import DELETED_TAG, OWNED_TABLES
 from tests.factories import event
 from tests.personal_data import (
-    DELETED_AT, T0, Person, charge, customer, deletion, deliver, find_everywhere, seed_rows, stream,
+    DELETED_AT, T0, Person, charge, customer, deletion, deliver, find_everywhere, stream,
 )
 
 DELETED_AT_TIME = datetime.fromtimestamp(DELETED_AT, timezone.utc)
@@ -43,9 +44,24 @@ def arrivals(person: Person, arrival: str) -> list[list[dict]]:
     raise AssertionError(arrival)
 
 
-async def deliver_all(pool, settings, deliveries):
-    for payloads in deliveries:
+async def deliver_all(pool, settings, deliveries, client=None, person: Person | None = None):
+    """Deliver each group in turn; once the first is in, the user adds their data through the API
+    (attributes, a tag, activity), as they would once the customer shows up."""
+    for number, payloads in enumerate(deliveries):
         await deliver(pool, settings, payloads)
+        if number == 0 and person is not None:
+            await add_user_data(client, person)
+
+
+async def add_user_data(client, person: Person) -> None:
+    """What users add to a customer themselves; nothing when it is not (or no longer) there."""
+    customer_id = person.customer_id
+    answers = [
+        await client.put(f"/api/customers/{customer_id}/attributes", json={"plan_tier": "gold", "seats": 3}),
+        await client.post(f"/api/customers/{customer_id}/tags", json={"tag": "vip"}),
+        await client.post("/api/activity", json={"customer": customer_id, "at": "2025-10-12T08:00:00Z"}),
+    ]
+    assert {answer.status_code for answer in answers} <= {200, 201, 404}
 
 
 async def assert_anonymized(conn, person: Person):
@@ -76,29 +92,28 @@ async def assert_deleted(conn, person: Person):
     assert tombstone["deleted_at"] == DELETED_AT_TIME
 
 
-async def test_anonymized_customer_leaves_no_personal_data_in_any_table(pool, conn, settings):
+async def test_anonymized_customer_leaves_no_personal_data_in_any_table(pool, conn, settings, client):
     person = Person()
-    await seed_rows(conn, person)
+    events = stream(person)
+    await deliver_all(pool, settings, [[e] for e in events[:-2]], client, person)
     assert await find_everywhere(conn, person.marker)  # the search does find what is there
-    await deliver_all(pool, settings, [[e] for e in stream(person)])
+    await deliver_all(pool, settings, [[e] for e in events[-2:]])
     await assert_anonymized(conn, person)
     stored = await conn.fetchval("SELECT count(*) FROM stripe_events WHERE customer_id = $1", person.customer_id)
     assert stored == len(stream(person))
 
 
 @pytest.mark.parametrize("arrival", ["first", "middle", "last", "twice", "one_batch"])
-async def test_anonymize_holds_whatever_order_the_deletion_arrives_in(pool, conn, settings, arrival):
+async def test_anonymize_holds_whatever_order_the_deletion_arrives_in(pool, conn, settings, client, arrival):
     person = Person()
-    await seed_rows(conn, person)
-    await deliver_all(pool, settings, arrivals(person, arrival))
+    await deliver_all(pool, settings, arrivals(person, arrival), client, person)
     await assert_anonymized(conn, person)
 
 
 @pytest.mark.parametrize("arrival", ["first", "middle", "last", "twice", "one_batch"])
-async def test_delete_leaves_only_the_tombstone_whatever_the_order(pool, conn, settings, arrival):
+async def test_delete_leaves_only_the_tombstone_whatever_the_order(pool, conn, settings, client, arrival):
     person = Person()
-    await seed_rows(conn, person)
-    await deliver_all(pool, in_mode(settings, "delete"), arrivals(person, arrival))
+    await deliver_all(pool, in_mode(settings, "delete"), arrivals(person, arrival), client, person)
     await assert_deleted(conn, person)
 
 
@@ -125,12 +140,10 @@ async def test_late_event_of_an_anonymized_customer_is_stored_scrubbed(pool, con
     assert await find_everywhere(conn, person.marker) == []
 
 
-async def test_a_new_customer_with_a_new_id_is_unaffected(pool, conn, settings):
+async def test_a_new_customer_with_a_new_id_is_unaffected(pool, conn, settings, client):
     gone, newcomer = Person(), Person()
-    await seed_rows(conn, gone)
-    await seed_rows(conn, newcomer)
-    await deliver(pool, settings, [deletion(gone)])
-    await deliver_all(pool, settings, [[e] for e in stream(newcomer) if e["type"] != "customer.deleted"])
+    await deliver_all(pool, settings, [[e] for e in stream(gone)], client, gone)
+    await deliver_all(pool, settings, [[e] for e in stream(newcomer) if e["type"] != "customer.deleted"], client, newcomer)
     row = await conn.fetchrow("SELECT email, deleted_in_stripe FROM customers WHERE id = $1", newcomer.customer_id)
     assert row["email"] == newcomer.email and row["deleted_in_stripe"] is False
     first = await conn.fetchval("SELECT payload FROM stripe_events WHERE id = $1", f"evt_{newcomer.key}_2")
@@ -147,10 +160,9 @@ async def replay(pool, settings) -> None:
         await apply_events(conn, [record_from_row(r) for r in rows], ctx)
 
 
-async def test_replay_applies_a_newly_chosen_delete_mode_to_past_deletions(pool, conn, settings):
+async def test_replay_applies_a_newly_chosen_delete_mode_to_past_deletions(pool, conn, settings, client):
     person = Person()
-    await seed_rows(conn, person)
-    await deliver_all(pool, settings, [[e] for e in stream(person)])
+    await deliver_all(pool, settings, [[e] for e in stream(person)], client, person)
     await assert_anonymized(conn, person)
     await replay(pool, in_mode(settings, "delete"))
     await assert_deleted(conn, person)
@@ -162,20 +174,18 @@ TRUNCATE customers, products, prices, subscriptions, subscription_items, invoice
 """
 
 
-async def test_replay_after_a_rebuild_anonymizes_the_rebuilt_rows_again(pool, conn, settings):
+async def test_replay_after_a_rebuild_anonymizes_the_rebuilt_rows_again(pool, conn, settings, client):
     person = Person()
-    await seed_rows(conn, person)
-    await deliver_all(pool, settings, [[e] for e in stream(person)])
+    await deliver_all(pool, settings, [[e] for e in stream(person)], client, person)
     await conn.execute(REBUILD)
     await replay(pool, settings)
     await assert_anonymized(conn, person)
 
 
-async def test_replay_of_a_deleted_customer_in_delete_mode_changes_nothing(pool, conn, settings):
+async def test_replay_of_a_deleted_customer_in_delete_mode_changes_nothing(pool, conn, settings, client):
     person = Person()
     delete = in_mode(settings, "delete")
-    await seed_rows(conn, person)
-    await deliver_all(pool, delete, [[e] for e in stream(person)])
+    await deliver_all(pool, delete, [[e] for e in stream(person)], client, person)
     await replay(pool, delete)
     await replay(pool, settings)  # back to anonymize: what was deleted stays deleted
     await assert_deleted(conn, person)
@@ -190,11 +200,10 @@ async def test_every_table_owned_through_customer_id_is_purged_in_delete_mode(co
 
 
 @pytest.mark.parametrize("mode", ["anonymize", "delete"])
-async def test_logs_carry_no_personal_data(pool, conn, settings, mode):
+async def test_logs_carry_no_personal_data(pool, conn, settings, client, mode):
     person = Person()
-    await seed_rows(conn, person)
     with structlog.testing.capture_logs() as logs:
-        await deliver_all(pool, in_mode(settings, mode), arrivals(person, "middle"))
+        await deliver_all(pool, in_mode(settings, mode), arrivals(person, "middle"), client, person)
     assert any(line["event"] == "customer_deletion_applied" for line in logs)
     text = repr(logs)
     for needle in person.needles():
@@ -233,16 +242,14 @@ async def customer_state(conn, person: Person) -> str:
     order=st.permutations(range(8)),
     repeats=st.lists(st.integers(0, 7), max_size=3),
 )
-async def test_any_order_and_repetition_ends_in_the_stripe_order_state(pool, conn, settings, mode, order, repeats):
+async def test_any_order_and_repetition_ends_in_the_stripe_order_state(pool, conn, settings, client, mode, order, repeats):
     chosen = in_mode(settings, mode)
     in_order = Person()
     # The same person under another id: only the ids tell the two streams apart.
     shuffled = dataclasses.replace(in_order, key=Person().key)
-    for person in (in_order, shuffled):
-        await seed_rows(conn, person)
-    await deliver_all(pool, chosen, [[e] for e in stream(in_order)])
+    await deliver_all(pool, chosen, [[e] for e in stream(in_order)], client, in_order)
     events = stream(shuffled)
-    await deliver_all(pool, chosen, [[events[i]] for i in list(order) + repeats])
+    await deliver_all(pool, chosen, [[events[i]] for i in list(order) + repeats], client, shuffled)
     assert await customer_state(conn, shuffled) == await customer_state(conn, in_order)
 
 
@@ -267,7 +274,7 @@ async def write_what_the_event_says(conn, event, ctx):
 @pytest.mark.parametrize("mode", ["anonymize", "delete"])
 @pytest.mark.parametrize("arrival", ["first", "middle", "twice"])
 async def test_handlers_of_late_events_cannot_restore_data_or_revive_subscriptions(
-    pool, conn, settings, monkeypatch, mode, arrival
+    pool, conn, settings, client, monkeypatch, mode, arrival
 ):
     from handlers import HANDLERS
 
@@ -275,8 +282,7 @@ async def test_handlers_of_late_events_cannot_restore_data_or_revive_subscriptio
                  "customer.subscription.updated"):
         monkeypatch.setitem(HANDLERS, kind, write_what_the_event_says)
     person = Person()
-    await seed_rows(conn, person)
-    await deliver_all(pool, in_mode(settings, mode), arrivals(person, arrival))
+    await deliver_all(pool, in_mode(settings, mode), arrivals(person, arrival), client, person)
     if mode == "anonymize":
         await assert_anonymized(conn, person)
         status = await conn.fetchval("SELECT status FROM subscriptions WHERE id = $1", person.subscription_id)
@@ -302,11 +308,11 @@ def mentions(person: Person) -> list[dict]:
 
 
 @pytest.mark.parametrize("mode", ["anonymize", "delete"])
-async def test_events_naming_the_customer_indirectly_are_scrubbed_and_kept(pool, conn, settings, mode):
+async def test_events_naming_the_customer_indirectly_are_scrubbed_and_kept(pool, conn, settings, client, mode):
     person = Person()
-    await seed_rows(conn, person)
     chosen = in_mode(settings, mode)
     others = mentions(person)
+    await deliver_all(pool, chosen, [[e] for e in stream(person) if e["type"] != "customer.deleted"], client, person)
     await deliver_all(pool, chosen, [[e] for e in others])
     await deliver(pool, chosen, [deletion(person)])
     for needle in person.needles():
@@ -315,3 +321,30 @@ async def test_events_naming_the_customer_indirectly_are_scrubbed_and_kept(pool,
                             [e["id"] for e in others])
     assert len(kept) == 2
     assert kept[0]["payload"]["data"]["object"]["amount"] == 7500
+
+
+def nested(depth: int, leaf: str) -> dict:
+    value: dict = {"note": leaf}
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+@pytest.mark.parametrize("mode", ["anonymize", "delete"])
+async def test_an_unreadable_stored_event_never_blocks_its_customers_deletion(pool, conn, settings, client, mode):
+    # Stored before ingest refused such payloads, or by an import: deeper than any Stripe object,
+    # so deep that it cannot be written back as JSON.
+    person = Person()
+    chosen = in_mode(settings, mode)
+    odd = event("customer.updated", {**customer(person), "test_clock": nested(300, person.email)}, created=T0 + 120)
+    await deliver_all(pool, chosen, [[e] for e in stream(person)[:2]], client, person)
+    async with pool.acquire() as conn_:
+        await insert_events(conn_, [parse_event(json.dumps(odd).encode())])
+    await process_events(pool, [odd["id"]], chosen)
+    outcome = await deliver(pool, chosen, [deletion(person)])
+    assert outcome.processed and not outcome.failed and not outcome.retry
+    for needle in person.needles():
+        assert await find_everywhere(conn, needle) == [], needle
+    if mode == "anonymize":
+        kept = await conn.fetchval("SELECT payload FROM stripe_events WHERE id = $1", odd["id"])
+        assert kept["type"] == "customer.updated" and kept["data"]["object"]["id"] == person.customer_id

@@ -9,7 +9,6 @@ import pytest
 
 from app.events import event_from_payload, insert_events
 from app.processing import process_events
-from handlers import HANDLERS, invoices
 from tests import factories as f
 from tests.handlers.billing_support import apply, row
 
@@ -132,8 +131,3 @@ async def test_upcoming_invoice_is_ignored_and_never_stored_as_an_invoice(pool, 
     outcome = await process_events(pool, [record.id], settings)
     assert outcome.ignored == [record.id]
     assert await conn.fetchval("SELECT count(*) FROM invoices") == 0
-
-
-def test_every_invoice_event_type_is_registered_to_its_handler():
-    registered = {t for t, h in HANDLERS.items() if h.__module__ == invoices.__name__}
-    assert registered == invoices.INVOICE_EVENTS

@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 
-from handlers import HANDLERS, subscriptions
 from tests import factories as f
 from tests.handlers.billing_support import ITEMS_OF, apply, row
 
@@ -143,8 +142,3 @@ async def test_a_price_s_own_event_beats_its_copy_inside_a_subscription_of_the_s
     later = f.event("customer.subscription.updated", sub, created=T + 1, previous_attributes={"metadata": {}})
     await apply(conn, settings, [later])
     assert (await row(conn, "prices", price["id"]))["nickname"] == "Team monthly"  # a newer copy is newer
-
-
-def test_every_subscription_event_type_is_registered_to_its_handler():
-    registered = {t for t, h in HANDLERS.items() if h.__module__ == subscriptions.__name__}
-    assert registered == subscriptions.SUBSCRIPTION_EVENTS

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from app.events import event_from_payload, insert_events
@@ -136,28 +138,31 @@ async def test_placeholder_customer_is_replaced_by_the_real_customer_whenever_it
     assert (await row(conn, "customers", customer["id"]))["email"] == "late@example.com"
 
 
-async def test_nothing_is_written_for_a_tombstoned_customer(conn, settings):
+@pytest.mark.parametrize("mode", ["anonymize", "delete"])
+async def test_rows_of_a_customer_deleted_before_its_events_follow_the_deletion_policy(conn, settings, mode):
+    settings = dataclasses.replace(settings, deleted_customers=mode)
     customer = f.customer_object()
-    await conn.execute(
-        "INSERT INTO customer_tombstones (customer_id, deleted_at, event_id) VALUES ($1, now(), 'evt_gone')",
-        customer["id"],
-    )
-    subscription = f.subscription_object(customer["id"], [(f.price_object(), 1)])
-    invoice = f.invoice_object(customer["id"], subscription=subscription["id"])
+    subscription = f.subscription_object(customer["id"], [(f.price_object(), 1)], created=1_700_000_100)
+    invoice = f.invoice_object(customer["id"], subscription=subscription["id"], created=1_700_000_100)
+    await apply(conn, settings, [f.event("customer.deleted", customer, created=1_700_000_500)])
     await apply(
         conn,
         settings,
         [
-            f.event("customer.updated", customer),
-            f.event("customer.subscription.updated", subscription),
-            f.event("invoice.created", invoice),
-            f.event("charge.succeeded", f.charge_object(customer["id"])),
+            f.event("customer.updated", customer, created=1_700_000_050),
+            f.event("customer.subscription.updated", subscription, created=1_700_000_100),
+            f.event("invoice.created", invoice, created=1_700_000_100),
+            f.event("charge.succeeded", f.charge_object(customer["id"]), created=1_700_000_100),
         ],
     )
-    assert await row(conn, "customers", customer["id"]) is None
-    assert await row(conn, "subscriptions", subscription["id"]) is None
-    assert await row(conn, "invoices", invoice["id"]) is None
-    assert await conn.fetchval("SELECT count(*) FROM payments WHERE customer_id = $1", customer["id"]) == 0
+    kept = mode == "anonymize"
+    stored = await row(conn, "customers", customer["id"])
+    assert (stored is not None) == kept
+    assert ((await row(conn, "subscriptions", subscription["id"])) or {}).get("status") == ("canceled" if kept else None)
+    assert ((await row(conn, "invoices", invoice["id"])) is not None) == kept
+    assert await conn.fetchval("SELECT count(*) FROM payments WHERE customer_id = $1", customer["id"]) == int(kept)
+    if kept:
+        assert (stored["email"], stored["deleted_in_stripe"]) == (None, True)
 
 
 async def test_flushing_twice_writes_once(conn, settings):

@@ -80,10 +80,30 @@ def last_payment(account: Account, customer_id: str) -> tuple | None:
     return payment_id, amount, description, _at(at)
 
 
-def mismatches(account: Account, state: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Every way the model state differs from the account's truth (empty when it holds)."""
+def _owner(account: Account, obj: dict[str, Any]) -> str | None:
+    """The customer an object belongs to (an invoice payment's is its invoice's)."""
+    if obj.get("object") == "customer":
+        return obj["id"]
+    if obj.get("object") == "invoice_payment":
+        return account.objects.get(obj["invoice"], {}).get("customer")
+    return obj.get("customer") if isinstance(obj.get("customer"), str) else None
+
+
+def mismatches(account: Account, state: dict[str, list[dict[str, Any]]], mode: str = "anonymize") -> list[str]:
+    """Every way the model state differs from the account's truth (empty when it holds).
+
+    A customer deleted in Stripe is, in `anonymize` mode, kept without personal data (its
+    subscriptions canceled, its history kept); in `delete` mode nothing of it is left.
+    """
     rows = {table: {r["id"]: r for r in found} for table, found in state.items()}
     problems = []
+    if mode == "delete":
+        for table, found in rows.items():
+            for key, row in found.items():
+                obj = account.objects.get(key)
+                owner = row.get("customer_id") or (obj and _owner(account, obj))
+                if key in account.gone or owner in account.gone:
+                    problems.append(f"{table}.{key} of a deleted customer is still there")
     # Catalog objects the stream showed (a price may exist only in Stripe, never sent to us).
     shown = set()
     for event in account.events:
@@ -96,25 +116,37 @@ def mismatches(account: Account, state: dict[str, list[dict[str, Any]]]) -> list
         if got != want:
             problems.append(f"{what}: got {got!r}, want {want!r}")
 
+    gone = account.gone if mode == "delete" else set()
+    anonymous = account.gone if mode == "anonymize" else set()
     for customer_id in account.customers:
+        if customer_id in gone:
+            continue
         obj, row = account.objects[customer_id], rows["customers"].get(customer_id)
         if row is None:
             problems.append(f"{customer_id} missing")
             continue
+        deleted = customer_id in anonymous
+        check(f"{customer_id}.deleted_in_stripe", row["deleted_in_stripe"], deleted)
         for key in ("email", "name", "phone", "currency", "delinquent", "metadata"):
-            check(f"{customer_id}.{key}", row[key], obj[key])
+            want = ({} if key == "metadata" else None) if deleted and key not in ("currency", "delinquent") else obj[key]
+            check(f"{customer_id}.{key}", row[key], want)
         check(f"{customer_id}.mrr", row["mrr"], customer_mrr(account, customer_id))
         paid = (row["last_payment_id"], row["last_payment_amount"], row["last_payment_description"],
                 row["last_payment_at"])
         want = last_payment(account, customer_id) or (None, None, None, None)
+        if deleted and want[0] is not None:
+            want = (want[0], want[1], None, want[3])  # the merchant's free text may name the person
         check(f"{customer_id}.last_payment", paid, want)
     for sub_id in account.subscriptions:
+        if account.owner[sub_id] in gone:
+            continue
         obj, row = account.objects[sub_id], rows["subscriptions"].get(sub_id)
         if row is None:
             problems.append(f"{sub_id} missing")
             continue
         for key in ("status", "cancel_at_period_end", "metadata"):
-            check(f"{sub_id}.{key}", row[key], obj[key])
+            want = {} if key == "metadata" and account.owner[sub_id] in anonymous else obj[key]
+            check(f"{sub_id}.{key}", row[key], want)
         check(f"{sub_id}.discount_ids", row["discount_ids"], discount_ids(obj))
         items = sorted((i["id"], _price(i)["id"], i.get("quantity", 1)) for i in obj["items"]["data"])
         got = sorted((i["id"], i["price_id"], i["quantity"]) for i in state["subscription_items"]
@@ -122,6 +154,8 @@ def mismatches(account: Account, state: dict[str, list[dict[str, Any]]]) -> list
         check(f"{sub_id}.items", got, items)
     for obj in account.objects.values():
         kind = obj.get("object")
+        if _owner(account, obj) in gone:
+            continue
         if kind == "invoice":
             row = rows["invoices"].get(obj["id"])
             want = (obj["status"], obj["amount_paid"], obj["attempt_count"], obj["id"] in account.deleted)
