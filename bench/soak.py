@@ -63,10 +63,11 @@ def stream(deliveries_wanted: int, seed: int) -> Account:
 
 
 async def rss(cluster: Cluster) -> str:
-    """Resident memory of each process (waiting a little for a worker a fault just restarted)."""
+    """Resident memory of each process (waiting a little for a worker a fault just restarted:
+    dead, or only just exec'd, it shows a few kB)."""
     for _ in range(20):
         sizes = {process.name: process.rss_mb() for process in cluster.processes}
-        if all(sizes.values()):
+        if all(size > 5 for size in sizes.values()):
             break
         await asyncio.sleep(0.5)
     return ", ".join(f"{name} {size:.0f} MB" for name, size in sizes.items())
