@@ -95,7 +95,7 @@ async def soak(args: argparse.Namespace) -> int:
                 await asyncio.sleep(max(0.0, started + (n + 1) * args.fault_every - time.monotonic()))
                 if time.monotonic() - started >= seconds:
                     return
-                fault = FAULTS[n % len(FAULTS)]
+                fault = args.faults[n % len(args.faults)]
                 print(f"{time.monotonic() - started:6.0f}s  {fault}", flush=True)
                 await inflict(cluster, fault, args.outage)
 
@@ -144,6 +144,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=50, help="webhook deliveries per second")
     parser.add_argument("--fault-every", type=float, default=60, help="seconds between faults")
     parser.add_argument("--outage", type=float, default=10, help="seconds Redis or PostgreSQL stays down or frozen")
+    parser.add_argument("--faults", type=lambda text: text.split(","), default=list(FAULTS),
+                        help=f"comma separated, inflicted in turn (default: {','.join(FAULTS)})")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--settle", type=float, default=180, help="seconds allowed for the backlog at the end")
     parser.add_argument("--seed", type=int, default=1)
