@@ -5,18 +5,16 @@ Routes about customers and segments live in their own modules and are gathered h
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app import events, queue, replay
-from app.api_input import BadInput, check_request, is_digits
+from app.api_input import check_request, is_digits
 from app.logging import log
 from app.responses import JSONResponse, error, iso
 
@@ -25,32 +23,28 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # Pending work older than this makes the sync "lagging".
 LAGGING_AFTER_SECONDS = 60
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
 
 
 def authorized(endpoint: Endpoint, accepts: frozenset[str] | None = None) -> Endpoint:
-    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`; answer 503 if the store is down.
+    """Require `Authorization: Bearer $STRIPELINE_API_TOKEN`, and check the request's parameters.
 
-    Ids in the path are checked, and with `accepts` (the query parameters the route takes, as
-    its OpenAPI description lists them) an unknown parameter is refused, as Stripe's API does:
-    a typo such as `?stauts=failed` must not quietly list everything.
+    Ids in the path and values in the query are checked (api_input.check_request), and with
+    `accepts` (the query parameters the route takes, as its OpenAPI description lists them) an
+    unknown parameter is refused, as Stripe's API does: a typo such as `?stauts=failed` must not
+    quietly list everything. Errors are mapped to answers by app.responses, for the whole app.
     """
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
         token = request.app.state.settings.api_token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Both sides as UTF-8 bytes: compare_digest refuses non-ASCII str, and an odd header
+        # must be a 401, not an error.
         if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             return error(401, "missing or wrong bearer token")
-        try:
-            check_request(request, accepts)
-        except BadInput as problem:
-            return error(400, str(problem))
-        try:
-            return await endpoint(request)
-        except DB_ERRORS as problem:
-            log.warning("api_database_unavailable", path=request.url.path, error=type(problem).__name__)
-            return error(503, "database unavailable")
+        check_request(request, accepts)
+        return await endpoint(request)
 
     return guarded
 

@@ -18,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import api_input
-from app.api_input import BadInput
 from app.responses import JSONResponse, error
 from handlers.customers import address_of
 
@@ -281,12 +280,9 @@ def timeline_entries(rows: list[Any]) -> list[dict[str, Any]]:
 
 async def find_customers(request: Request) -> Response:
     """Customers whose id, email or name starts with `q` (any case); every customer without it."""
-    try:
-        query = api_input.query_text(request, "q")
-        limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
-        after = api_input.query_text(request, "after") or ""
-    except BadInput as problem:
-        return error(400, str(problem))
+    query = api_input.query_text(request, "q")
+    limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    after = api_input.query_text(request, "after") or ""
     async with request.app.state.pool.acquire() as conn:
         if query is None:
             rows = await conn.fetch(ALL_CUSTOMERS, after, limit + 1)
@@ -303,11 +299,8 @@ async def find_customers(request: Request) -> Response:
 
 async def customer_events(request: Request) -> Response:
     customer_id = request.path_params["customer_id"]
-    try:
-        limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
-        before = api_input.query_text(request, "after")
-    except BadInput as problem:
-        return error(400, str(problem))
+    limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    before = api_input.query_text(request, "after")
     async with request.app.state.pool.acquire() as conn:
         if not await conn.fetchval(CUSTOMER_EXISTS, customer_id):
             return error(404, "no such customer")

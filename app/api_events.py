@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import api_input, queue
-from app.api_input import BadInput
+from app.responses import BadInput
 from app.logging import log
 from app.replay import ReplayRefused, glob_to_regex
 from app.responses import JSONResponse, error
@@ -133,13 +133,10 @@ def _listing(row: Any) -> dict[str, Any]:
 
 
 async def list_events(request: Request) -> Response:
-    try:
-        selected = filter_from_query(request)
-        limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
-        after = request.query_params.get("after")
-        cursor = api_input.decode_cursor(after) if after else None
-    except BadInput as problem:
-        return error(400, str(problem))
+    selected = filter_from_query(request)
+    limit = api_input.parse_limit(request, DEFAULT_LIMIT, MAX_LIMIT)
+    after = request.query_params.get("after")
+    cursor = api_input.decode_cursor(after) if after else None
     conditions, values = selected.where()
     if cursor is not None:
         conditions.append(AFTER_CLAUSE.format(len(values) + 1, len(values) + 2))
@@ -185,8 +182,6 @@ async def retry_events(request: Request) -> Response:
         selected = filter_from_body(await read_body(request.scope, request.receive, MAX_RETRY_BODY_BYTES))
     except BodyTooLarge:
         return error(413, f"body larger than {MAX_RETRY_BODY_BYTES} bytes")
-    except BadInput as problem:
-        return error(400, str(problem))
     conditions, values = selected.where()
     sql = " AND ".join([RETRY_EVENTS, *conditions]) + " RETURNING e.id"
     async with state.pool.acquire() as conn:

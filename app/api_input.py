@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from app.responses import BadInput
+
 # Stripe ids and emails are far shorter; anything longer is not one.
 MAX_TEXT = 512
 
@@ -25,10 +27,6 @@ MICROSECOND = timedelta(microseconds=1)
 
 # In a query string "+" arrives as a space: "...T12:00:00 01:00" meant "+01:00".
 _SPACED_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
-
-
-class BadInput(Exception):
-    """The request is malformed; the message says how."""
 
 
 def text(value: Any, name: str) -> str:
@@ -102,10 +100,15 @@ def decode_cursor(value: str) -> tuple[datetime, str]:
 
 
 def check_request(request: Request, accepts: frozenset[str] | None) -> None:
-    """Path ids PostgreSQL can hold, and (with `accepts`) no query parameter the route does not take."""
+    """Path ids and query values PostgreSQL can hold (no NUL: text cannot hold one, so it is bad
+    input, never a reason to query or to answer 503), and (with `accepts`) no query parameter
+    the route does not take."""
     for name, value in request.path_params.items():
         if len(value) > MAX_TEXT or "\x00" in value:
             raise BadInput(f"{name} is too long or holds a NUL character")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise BadInput(f"{name[:40]!r} must not contain a NUL character")
     if accepts is None:
         return
     unknown = sorted(set(request.query_params) - accepts)

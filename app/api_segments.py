@@ -1,6 +1,7 @@
 """/api/segments (counts, members, history) and /api/activity (product activity).
 
-Endpoints here are wrapped by `api.authorized`; their input is checked by app.api_input.
+Endpoints here are wrapped by `api.authorized`; their input is checked by app.api_input and
+refused with BadInput, which app.responses answers 400 with a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import api_input
-from app.api_input import BadInput, parse_time
+from app.api_input import parse_time
 from app.metrics import COUNT_MEMBERS
 from app.processing import lock_customers
-from app.responses import JSONResponse, error, iso
+from app.responses import BadInput, JSONResponse, error, iso
 from app.web import MAX_BODY_BYTES, BodyTooLarge, read_body
 from handlers import segments
 
@@ -98,16 +99,13 @@ async def segment_customers(request: Request) -> Response:
     segment = _segment(request)
     if segment is None:
         return error(404, "no such segment")
-    try:
-        limit = parse_limit(request)
-        after = request.query_params.get("after") or ""
-        if after:
-            after = api_input.text(after, "after")
-        expand = request.query_params.get("expand")
-        if expand is not None and expand not in EXPANSIONS:
-            raise BadInput("expand must be customer (or left out for bare ids)")
-    except BadInput as problem:
-        return error(400, str(problem))
+    limit = parse_limit(request)
+    after = request.query_params.get("after") or ""
+    if after:
+        after = api_input.text(after, "after")
+    expand = request.query_params.get("expand")
+    if expand is not None and expand not in EXPANSIONS:
+        raise BadInput("expand must be customer (or left out for bare ids)")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(SEGMENT_MEMBERS_EXPANDED if expand else SEGMENT_MEMBERS, segment.key, after, limit + 1)
     page = rows[:limit]
@@ -138,14 +136,11 @@ async def segment_history(request: Request) -> Response:
     if segment is None:
         return error(404, "no such segment")
     query = request.query_params
-    try:
-        limit = parse_limit(request)
-        since = parse_time(query["since"], "since") if query.get("since") else BEGINNING
-        after = query.get("after")
-        if after is not None and not api_input.is_digits(after):
-            raise BadInput("after must be the `next` cursor of a previous page")
-    except BadInput as problem:
-        return error(400, str(problem))
+    limit = parse_limit(request)
+    since = parse_time(query["since"], "since") if query.get("since") else BEGINNING
+    after = query.get("after")
+    if after is not None and not api_input.is_digits(after):
+        raise BadInput("after must be the `next` cursor of a previous page")
     async with request.app.state.pool.acquire() as conn:
         cursor = (BEGINNING, 0)
         if after is not None:
@@ -213,10 +208,7 @@ async def record_activity(request: Request) -> Response:
         body = await read_body(request.scope, request.receive)
     except BodyTooLarge:
         return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        items = parse_activity(body, now)
-    except BadInput as problem:
-        return error(400, str(problem))
+    items = parse_activity(body, now)
     single = len(items) == 1
     async with state.pool.acquire() as conn, conn.transaction():
         ids = {row["id"] for row in await conn.fetch(CUSTOMERS_BY_ID, [v for f, v, _ in items if f == "customer"])}

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.processing import lock_customers
-from app.responses import JSONResponse, error
+from app.responses import BadInput, JSONResponse, error
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ATTRIBUTES = 100
@@ -28,8 +28,8 @@ MAX_TAGS = 100
 MAX_TAG_BODY_BYTES = 4 * 1024
 
 
-class BadRequest(Exception):
-    """The request body is not what this route accepts; the message says why."""
+class BadRequest(BadInput):
+    """The request body is not what this route accepts; the message says why (answered 400)."""
 
 
 CUSTOMER_EXISTS = "SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)"
@@ -47,7 +47,7 @@ REMOVE_TAG = "DELETE FROM customer_tags WHERE customer_id = $1 AND tag = $2 RETU
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON, refusing anything over `limit` bytes before reading it all."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:  # not "²"
         raise BadRequest(f"body is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -73,6 +73,9 @@ def validate_attributes(value: Any) -> dict[str, Any]:
     for position, (key, item) in enumerate(value.items(), start=1):
         if not key.strip() or len(key) > MAX_KEY_LENGTH:
             raise BadRequest(f"attribute {position}: names must be 1 to {MAX_KEY_LENGTH} characters")
+        if "\x00" in key or (isinstance(item, str) and "\x00" in item):
+            # PostgreSQL's jsonb cannot hold U+0000.
+            raise BadRequest(f"attribute {position}: names and values must not contain a NUL character")
         if isinstance(item, (dict, list)):
             raise BadRequest(
                 f"attribute {key!r} is {_kind(item)}: values must be strings, numbers, booleans or null"
@@ -116,10 +119,7 @@ async def get_attributes(request: Request) -> Response:
 
 async def put_attributes(request: Request) -> Response:
     customer_id = _customer(request)
-    try:
-        attributes = validate_attributes(await read_json(request, MAX_BODY_BYTES))
-    except BadRequest as problem:
-        return error(400, str(problem))
+    attributes = validate_attributes(await read_json(request, MAX_BODY_BYTES))
     async with request.app.state.pool.acquire() as conn, conn.transaction():
         await lock_customers(conn, [customer_id])
         if not await conn.fetchval(CUSTOMER_EXISTS, customer_id):
@@ -139,10 +139,7 @@ async def get_tags(request: Request) -> Response:
 
 async def add_tag(request: Request) -> Response:
     customer_id = _customer(request)
-    try:
-        tag = validate_tag(await read_json(request, MAX_TAG_BODY_BYTES))
-    except BadRequest as problem:
-        return error(400, str(problem))
+    tag = validate_tag(await read_json(request, MAX_TAG_BODY_BYTES))
     async with request.app.state.pool.acquire() as conn, conn.transaction():
         await lock_customers(conn, [customer_id])
         if not await conn.fetchval(CUSTOMER_EXISTS, customer_id):

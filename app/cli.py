@@ -58,6 +58,8 @@ def _exit_cleanly(signum, frame) -> None:
 def _web(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from app.http_limits import LimitedHttpToolsProtocol
+
     settings.require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so that the process
     # would end "killed by SIGTERM"; a platform stopping a dyno expects exit code 0 instead.
@@ -74,8 +76,10 @@ def _web(args: argparse.Namespace, settings: Settings) -> int:
         # Our logging (app.logging) renders uvicorn's lines too, as JSON by default.
         log_config=None,
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
+        http=LimitedHttpToolsProtocol,  # 431 for a request head over 32 KiB
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        timeout_graceful_shutdown=20,  # in-flight requests finish; Heroku kills after 30 s
     )
     return 0
 

@@ -54,7 +54,7 @@ def _table(counts: dict[str, int]) -> str:
 
 
 async def _run(settings: Settings, really: bool) -> int:
-    conn = await connect(settings.database_url)
+    conn = await connect(settings.database_url, schema=settings.schema, process="erase")
     try:
         if not really:
             counts = await count_rows(conn)

@@ -10,11 +10,27 @@ from typing import Any
 import asyncpg
 import orjson
 
+# Stripe's ids are at most 255 characters; PostgreSQL cannot index a value over about 2,700
+# bytes, so one longer id would fail the INSERT of every event stored with it.
 MAX_ID_LENGTH = 255
+# Stripe's limit for an email address, which the model indexes (lower(email)).
+MAX_EMAIL_LENGTH = 512
+# Stripe objects nest a dozen levels or so (event, data, object, a list, an expanded price).
+# orjson writes at most 254 levels and an API answer wraps the payload in more, so a deeper
+# event could be stored but never shown, scrubbed or processed (SECURITY.md).
+MAX_DEPTH = 64
+# Keys whose string values are Stripe ids that the model stores in indexed columns.
+REFERENCE_KEYS = frozenset(
+    {
+        "id", "customer", "subscription", "invoice", "price", "product", "plan", "charge", "payment_intent",
+        "subscription_item", "coupon", "promotion_code", "discount", "latest_invoice", "payment_method",
+        "default_payment_method", "balance_transaction",
+    }
+)  # fmt: skip
 
 
 class InvalidEvent(Exception):
-    """The body is not a JSON Stripe event."""
+    """The body is not a JSON Stripe event, or holds a value no Stripe event holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +84,41 @@ def _text(value: Any, name: str, required: bool = True) -> str | None:
     return value
 
 
+def _optional_text(value: Any, name: str) -> str | None:
+    """A string field we keep when present (an empty or non-string one counts as absent)."""
+    return _text(value, name) if isinstance(value, str) and value else None
+
+
+def _check_values(value: Any, depth: int = 1, references: bool = True) -> bool:
+    """Refuse nesting beyond MAX_DEPTH and overlong ids or emails; return True if a float is seen.
+
+    Metadata is the account's own free text (Stripe allows 500 characters a value), not ids.
+    """
+    if depth > MAX_DEPTH:
+        raise InvalidEvent(f"event is nested more than {MAX_DEPTH} levels deep")
+    floats = False
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(item, str):
+            if references and len(item) > MAX_ID_LENGTH and key in REFERENCE_KEYS:
+                raise InvalidEvent(f"event {key!r} is longer than {MAX_ID_LENGTH} characters: not a Stripe id")
+            if key == "email" and len(item) > MAX_EMAIL_LENGTH:
+                raise InvalidEvent(f"event 'email' is longer than {MAX_EMAIL_LENGTH} characters")
+        elif isinstance(item, (dict, list)):
+            floats |= _check_values(item, depth + 1, references and key != "metadata")
+        elif isinstance(item, float):
+            floats = True
+    return floats
+
+
 def event_from_payload(payload: Any, raw: bytes | None = None) -> EventRecord:
     """Validate a decoded Stripe event object and describe it as a row."""
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
+    if _check_values(payload) and raw is not None:
+        # PostgreSQL refuses some numbers JSON allows (1e-20000 overflows numeric) and orjson
+        # reads them as plain floats: store orjson's own spelling, which PostgreSQL accepts.
+        raw = None
     if payload.get("object", "event") != "event":
         raise InvalidEvent("body is not a Stripe event (object is not 'event')")
     created = payload.get("created")
@@ -87,9 +134,9 @@ def event_from_payload(payload: Any, raw: bytes | None = None) -> EventRecord:
         type=_text(payload.get("type"), "type"),
         account=_text(payload.get("account"), "account", required=False),
         livemode=payload.get("livemode") is True,
-        api_version=payload.get("api_version") if isinstance(payload.get("api_version"), str) else None,
+        api_version=_optional_text(payload.get("api_version"), "api_version"),
         created=datetime.fromtimestamp(created, timezone.utc),
-        object_type=obj.get("object") if isinstance(obj.get("object"), str) else None,
+        object_type=_optional_text(obj.get("object"), "data.object.object"),
         object_id=object_id if isinstance(object_id, str) and object_id else None,
         customer_id=customer_of(obj),
         payload=payload,

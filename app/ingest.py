@@ -5,6 +5,13 @@ has gathered (up to MAX_BATCH), stores it in one statement, enqueues one arq job
 events, and only then releases the waiting requests. Under load, batches grow by themselves;
 alone, a request waits for nothing but its own round trip. An event is acknowledged only after
 its row is committed.
+
+Faults: an event whose values PostgreSQL refuses is refused alone (400) and the rest of its
+batch is stored. A connection that died under the flusher (a terminated backend, a restart) is
+replaced and the batch tried once more; only a real outage answers 503. Enqueueing never holds
+an acknowledgement hostage: Redis gets ENQUEUE_WAIT_SECONDS, and while it is known to be down
+(or frozen) new events are left pending for the worker's sweeper, with one probe per backoff
+step to notice its return. Each outage is logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from arq.connections import ArqRedis
 
 from app import events, queue
 from app.logging import log
+from app.outages import Backoff, Dependency, blames_content, is_connection_lost
 
 MAX_BATCH = 256
 FLUSHERS = 4
@@ -27,10 +35,9 @@ class StoreUnavailable(Exception):
     """PostgreSQL could not store the event; Stripe should retry later."""
 
 
-# PostgreSQL refused what is in an event (or it would not encode): no retry will help.
-UNSTORABLE = (asyncpg.DataError, ValueError, TypeError)
-# Anything else from PostgreSQL (down, restarting, not migrated yet): the batch may succeed later.
-UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+# Redis answers in well under a millisecond; one that has not answered by then is frozen or
+# gone, and the sweeper will enqueue the stored events instead.
+ENQUEUE_WAIT_SECONDS = 0.5
 
 # How often a summary line reports what the flushers did (per-event lines are debug).
 SUMMARY_EVERY_SECONDS = 10.0
@@ -58,23 +65,45 @@ class _Tally:
 
 
 class Ingestor:
-    def __init__(self, pool: asyncpg.Pool, redis: ArqRedis, queue_name: str, metrics=None):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: ArqRedis,
+        queue_name: str,
+        metrics=None,
+        *,
+        postgres: Dependency | None = None,
+        redis_state: Dependency | None = None,
+    ):
         self._pool = pool
         self._redis = redis
         self._queue_name = queue_name
         self._metrics = metrics
+        self.postgres = postgres or Dependency("postgres")
+        self.redis = redis_state or Dependency("redis")
+        self._redis_backoff = Backoff(first=0.5)
+        self._next_redis_probe = 0.0
         self._waiting: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._tally = _Tally(since=time.monotonic())
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(_Flusher())) for _ in range(FLUSHERS)]
+        # Each flusher holds a connection for good: leave two for /readyz and the API.
+        flushers = max(1, min(FLUSHERS, self._pool.get_max_size() - 2))
+        self._tasks = [asyncio.create_task(self._run(_Flusher())) for _ in range(flushers)]
+        self._tasks.append(asyncio.create_task(self._report()))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._summarise(force=True)
+
+    async def _report(self) -> None:
+        """The summary line on a timer: a burst is reported when it ends, not at the next webhook."""
+        while True:
+            await asyncio.sleep(SUMMARY_EVERY_SECONDS)
+            self._summarise()
 
     async def submit(self, event: events.EventRecord) -> bool:
         """Store and enqueue one event; return True when it was already stored (a duplicate).
@@ -119,7 +148,7 @@ class Ingestor:
         first: dict[str, events.EventRecord] = {}
         for item in batch:
             first.setdefault(item.event.id, item.event)
-        new_ids, refused = await self._store(flusher, list(first.values()))
+        new_ids, refused = await self._store_once_more_if_lost(flusher, list(first.values()))
         stored_at = time.perf_counter()
         new_in_order = [event_id for event_id in first if event_id in new_ids]
         enqueued = await self._enqueue(new_in_order)
@@ -150,25 +179,49 @@ class Ingestor:
         tally.not_enqueued += 0 if enqueued else len(new_in_order)
         self._summarise()
 
+    async def _store_once_more_if_lost(
+        self, flusher: _Flusher, records: list[events.EventRecord]
+    ) -> tuple[set[str], dict[str, str]]:
+        """Store; a connection that died under us costs one more try on a fresh one, not a 503."""
+        for attempt in (1, 2):
+            try:
+                stored = await self._store(flusher, records)
+            except StoreUnavailable as unavailable:
+                cause = unavailable.__cause__
+                if attempt == 1 and is_connection_lost(cause):
+                    log.debug("ingest_connection_replaced", error=type(cause).__name__)
+                    # Its idle siblings most likely died with it (a restart, terminated
+                    # backends): the retry must get a new connection, not another dead one.
+                    self._pool.expire_connections()
+                    continue
+                self.postgres.failed(cause, deferred=len(records))
+                raise
+            self.postgres.answered()
+            return stored
+        raise AssertionError("unreachable")
+
     async def _store(self, flusher: _Flusher, records: list[events.EventRecord]) -> tuple[set[str], dict[str, str]]:
         """Insert in one statement; return (new ids, {refused id: reason}).
 
         If PostgreSQL refuses the data of one event, the others are stored one by one so that
-        only that event is refused.
+        only that event is refused. Raises StoreUnavailable (from the cause) for anything else.
         """
         try:
             if flusher.conn is None:
                 flusher.conn = await self._pool.acquire()
-            return await events.insert_events(flusher.conn, records), {}
-        except UNSTORABLE as error:
+            new_ids = await events.insert_events(flusher.conn, records)
+        except Exception as error:  # noqa: BLE001 - sorted below: the event's fault, or the server's
+            if not blames_content(error):
+                await self._let_go(flusher)
+                raise StoreUnavailable() from error
             if len(records) == 1:
                 record = records[0]
-                log.error("event_not_storable", event_id=record.id, event_type=record.type, error=type(error).__name__)
-                return set(), {record.id: f"event cannot be stored: {type(error).__name__}"}
-        except UNAVAILABLE as error:
-            log.warning("events_not_stored", count=len(records), error=type(error).__name__)
-            raise StoreUnavailable() from error
-        new_ids: set[str] = set()
+                reason = getattr(error, "sqlstate", None) or type(error).__name__
+                log.warning("event_not_storable", event_id=record.id, event_type=record.type, error=type(error).__name__)
+                return set(), {record.id: f"event cannot be stored: PostgreSQL refused a value ({reason})"}
+        else:
+            return new_ids, {}
+        new_ids = set()
         refused: dict[str, str] = {}
         for record in records:
             new, not_stored = await self._store(flusher, [record])
@@ -180,13 +233,19 @@ class Ingestor:
         """Enqueue stored events; if Redis is down they stay pending and the sweeper enqueues them."""
         if not event_ids:
             return True
-        try:
-            async with asyncio.timeout(2):  # not wait_for: no task of its own per batch
-                await queue.enqueue_events(self._redis, self._queue_name, event_ids)
-            return True
-        except Exception as error:  # noqa: BLE001 - Redis trouble never fails a stored event
-            log.warning("events_not_enqueued", count=len(event_ids), error=type(error).__name__)
+        if not self.redis.up and time.monotonic() < self._next_redis_probe:
+            self.redis.defer(len(event_ids))
             return False
+        try:
+            async with asyncio.timeout(ENQUEUE_WAIT_SECONDS):  # not wait_for: no task of its own per batch
+                await queue.enqueue_events(self._redis, self._queue_name, event_ids)
+        except Exception as error:  # noqa: BLE001 - Redis trouble never fails a stored event
+            self.redis.failed(error, deferred=len(event_ids))
+            self._next_redis_probe = time.monotonic() + self._redis_backoff.next()
+            return False
+        self.redis.answered()
+        self._redis_backoff.reset()
+        return True
 
     def _summarise(self, force: bool = False) -> None:
         """One info line per interval instead of one per webhook, which would cost throughput."""

@@ -28,6 +28,7 @@ import asyncpg
 
 from app.events import EVENT_COLUMNS, EventRecord, record_from_row
 from app.logging import log
+from app.outages import is_connection_lost, is_outage
 from app.settings import Settings
 
 
@@ -289,12 +290,22 @@ class Engine:
     settings: Settings
     registry: Registry
 
-    async def run(self, batch: Batch, policy: Policy) -> Outcome:
-        """Apply a batch; a failure is isolated down to the one event that causes it."""
+    async def run(self, batch: Batch, policy: Policy, *, lost_once: bool = False) -> Outcome:
+        """Apply a batch; a failure is isolated down to the one event that causes it.
+
+        An outage is no event's fault: it is neither split nor counted against an event, but
+        raised for the caller (the worker reports it once; the sweeper brings the events back).
+        A connection that died under the batch costs one retry on a fresh one first.
+        """
         started = time.perf_counter()
         try:
             outcome = await self._together(batch, policy)
         except Exception as error:
+            if is_outage(error):
+                if is_connection_lost(error) and not lost_once:
+                    self.pool.expire_connections()  # its idle siblings most likely died with it
+                    return await self.run(batch, policy, lost_once=True)
+                raise
             parts = batch.halves()
             if not parts:
                 return await self._failed(batch, policy, error, started)

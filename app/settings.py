@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from urllib.parse import parse_qs, urlparse
 
 DELETION_MODES = ("anonymize", "delete")
@@ -117,6 +117,23 @@ def _secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     return secrets
 
 
+def _without_password(url: str | None) -> str | None:
+    """The URL with its password (if any) replaced by ***, for repr and messages."""
+    if not url:
+        return url
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+# Fields never shown by repr(): secrets, and URLs that may carry a password (shown without it).
+SECRET_FIELDS = ("webhook_secrets", "api_token", "stripe_api_key", "segment_webhook_secret")
+URL_FIELDS = ("database_url", "redis_url", "stripe_api_base", "segment_webhook_url")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -135,11 +152,25 @@ class Settings:
     retry_base_seconds: int = 5
     segment_refresh_seconds: int = 60
     segment_webhook_url: str | None = None
-    segment_webhook_secret: str | None = field(default=None, repr=False)
+    segment_webhook_secret: str | None = None
     schema: str = DEFAULT_SCHEMA
     # None: each kind of process takes its default from DEFAULT_POOL_SIZES.
     db_pool_size: int | None = None
     web_concurrency: int = 1
+    # Proxies whose X-Forwarded-For/-Proto headers the web process believes (uvicorn's
+    # forwarded_allow_ips); None believes nobody's, so a client cannot forge its address.
+    forwarded_allow_ips: str | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in SECRET_FIELDS and value:
+                value = "<hidden>"
+            elif item.name in URL_FIELDS:
+                value = _without_password(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +197,7 @@ class Settings:
             # Three: a replay holds one connection for its lock, one to read ahead, one to apply.
             db_pool_size=_int(env, "STRIPELINE_DB_POOL_SIZE", 0, minimum=3) or None,
             web_concurrency=_web_concurrency(env),
+            forwarded_allow_ips=env.get("STRIPELINE_FORWARDED_ALLOW_IPS", "").strip() or None,
         )
 
     def pool_size(self, process: str) -> int:

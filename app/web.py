@@ -10,17 +10,20 @@ from collections.abc import AsyncIterator
 import asyncpg
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import api, dashboard, events, metrics
-from app.db import create_pool
+from app.db import open_pool
 from app.ingest import Ingestor, StoreUnavailable
 from app.logging import log
+from app.outages import Dependency, dependency_of, ping_postgres
 from app.queue import redis_pool
-from app.responses import JSONResponse
+from app.responses import ErrorAnswers, JSONResponse
 from app.settings import Settings
 from app.signature import SignatureError, verify
 
@@ -139,6 +142,25 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(await metrics.render(request.app.state), media_type=metrics.CONTENT_TYPE)
 
 
+class NoStore:
+    """ASGI middleware: answers under /api/ carry `Cache-Control: no-store` (they hold customer data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
 class ASGIEndpoint:
     """Wraps an ASGI function so that Starlette's Route does not wrap it in Request/Response."""
 
@@ -157,16 +179,35 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
         state = app.state
         state.pool = pool or await _open_pool(settings)
         state.redis = redis or redis_pool(settings.redis_url)
-        state.ingestor = Ingestor(state.pool, state.redis, settings.queue_name, metrics=state.metrics)
+        state.ingestor = Ingestor(
+            state.pool,
+            state.redis,
+            settings.queue_name,
+            metrics=state.metrics,
+            postgres=state.dependencies["postgres"],
+            redis_state=state.dependencies["redis"],
+        )
         await state.ingestor.start()
         try:
             yield
         finally:
             await state.ingestor.stop()
+            for dependency in state.dependencies.values():
+                await dependency.close()
             if redis is None:
                 await state.redis.aclose()
             if pool is None:
                 await state.pool.close()
+
+    state = State()
+    # What this process knows of its servers: each outage is logged once, not once per request.
+    state.dependencies = {
+        "postgres": Dependency("postgres", probe=lambda: ping_postgres(state.pool)),
+        "redis": Dependency("redis", probe=lambda: state.redis.ping()),
+    }
+
+    def report_outage(problem: Exception) -> None:
+        state.dependencies[dependency_of(problem)].failed(problem)
 
     app = Starlette(
         routes=[
@@ -178,8 +219,10 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
             *api.routes(),
             *dashboard.ROUTES,
         ],
+        middleware=[Middleware(NoStore), Middleware(ErrorAnswers, report_outage=report_outage)],
         lifespan=lifespan,
     )
+    app.state = state
     app.state.settings = settings
     app.state.metrics = metrics.WebMetrics()
     return app
@@ -188,4 +231,4 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
     # min_size=0: the web process starts even while PostgreSQL is down, and answers 503
     # to webhooks (Stripe retries) until it is back.
-    return await create_pool(settings.database_url, min_size=0, max_size=10)
+    return await open_pool(settings, "web", min_size=0)

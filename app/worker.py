@@ -1,17 +1,30 @@
-"""The arq worker: jobs and crons. Everything a job needs arrives through `ctx`."""
+"""The arq worker: jobs and crons. Everything a job needs arrives through `ctx`.
+
+It outlives its servers. While Redis is down or frozen the poll loop backs off and retries
+(app.arq_worker); while PostgreSQL is down jobs leave their events pending (the sweeper
+enqueues them again once it is back). Each outage is logged once when it starts and once when
+it ends, and the worker never exits for one. On SIGTERM or SIGINT it stops taking jobs, gives
+the ones it holds STOP_WAIT_SECONDS to finish and hands the rest back (their transactions roll
+back, so no attempt is counted, and arq leaves their jobs queued for the next worker), then
+exits 0 with a line saying so.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import cron
 
 from app import events, queue, worker_metrics
-from app.db import create_pool
+from app.arq_worker import Worker, dependencies_of, run_worker_until_stopped
+from app.db import open_pool
 from app.garbage import quiet_garbage_collector
 from app.logging import configure_logging, log
+from app.outages import dependency_of, is_outage
 from app.outbound import check_segment_webhook, deliver_segment_webhooks
 from app.processing import process_events as process_stored_events
 from app.segment_jobs import refresh_segments
@@ -35,6 +48,33 @@ LIMIT $2
 """
 
 
+Job = Callable[..., Awaitable[Any]]
+
+
+def outliving_outages(job: Job) -> Job:
+    """Skip the job while PostgreSQL is known to be down; report an outage it meets instead of failing.
+
+    Every job's work is redone later by design: events stay pending until processed (the
+    sweeper enqueues them again), crons run again on their next tick.
+    """
+
+    @functools.wraps(job)
+    async def guarded(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        dependencies = dependencies_of(ctx)
+        if not dependencies["postgres"].up:
+            return None
+        try:
+            return await job(ctx, *args, **kwargs)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            dependencies[dependency_of(error)].failed(error)
+            return None
+
+    return guarded
+
+
+@outliving_outages
 async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
     settings: Settings = ctx["settings"]
     outcome = await process_stored_events(ctx["pool"], event_ids, settings, fill_up_to=FILL_BATCH_UP_TO)
@@ -51,8 +91,13 @@ async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str,
     }
 
 
+@outliving_outages
 async def requeue_stale_events(ctx: dict[str, Any]) -> int:
     """Enqueue pending events that no job is carrying, so nothing stored is ever stranded.
+
+    Each sweep's jobs get ids of their own: a job id that is still queued (its worker was
+    killed holding it, so it waits for arq's in-progress key to expire) must not keep the
+    events it names from being enqueued again. Processing twice is harmless.
 
     Also folds the event count deltas (app.events), busy or not: every statement adds one.
     """
@@ -64,9 +109,10 @@ async def requeue_stale_events(ctx: dict[str, Any]) -> int:
     total = 0
     async with ctx["pool"].acquire() as conn:
         ids = [row["id"] for row in await conn.fetch(STALE_PENDING, float(STALE_AFTER_SECONDS), SWEEP_BATCH * 10)]
+    sweep = time.time_ns()
     for start in range(0, len(ids), SWEEP_BATCH):
         chunk = ids[start : start + SWEEP_BATCH]
-        await queue.enqueue_events(ctx["redis"], settings.queue_name, chunk)
+        await queue.enqueue_events(ctx["redis"], settings.queue_name, chunk, job_id=f"sweep:{sweep}:{start}")
         total += len(chunk)
     if total:
         log.info("stale_events_requeued", count=total)
@@ -77,13 +123,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or Settings.from_env()
     ctx["settings"] = settings
     if "pool" not in ctx:
-        ctx["pool"] = await create_pool(settings.database_url, max_size=12)
+        # min_size=0: the worker starts while PostgreSQL is down, and waits for it.
+        ctx["pool"] = await open_pool(settings, "worker", min_size=0)
         ctx["owns_pool"] = True
+    dependencies_of(ctx)
     for hook in WORKER_STARTUP:
         await hook(ctx)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    for dependency in ctx.get("dependencies", {}).values():
+        await dependency.close()
     if ctx.get("owns_pool"):
         await ctx["pool"].close()
 
@@ -95,10 +145,10 @@ WORKER_STARTUP: list = [check_segment_webhook]
 CRON_JOBS: list = [
     cron(requeue_stale_events, second=set(range(0, 60, 10)), run_at_startup=True, unique=True),
     # Ticks every 5 s; runs at most once per STRIPELINE_SEGMENT_REFRESH_SECONDS (see the job).
-    cron(refresh_segments, second=set(range(0, 60, 5)), run_at_startup=True, unique=True),
-    cron(deliver_segment_webhooks, second=set(range(2, 60, 5)), unique=True),
+    cron(outliving_outages(refresh_segments), second=set(range(0, 60, 5)), run_at_startup=True, unique=True),
+    cron(outliving_outages(deliver_segment_webhooks), second=set(range(2, 60, 5)), unique=True),
 ]
-FUNCTIONS: list = [process_events, refresh_segments, deliver_segment_webhooks]
+FUNCTIONS: list = [process_events, outliving_outages(refresh_segments), outliving_outages(deliver_segment_webhooks)]
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
@@ -117,26 +167,17 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "poll_delay": 0.02,
         "keep_result": 0,
         "job_timeout": 300,
-        "max_tries": 1,  # retries are ours: attempts and backoff live on the event row
+        # Retries of failed events are ours (attempts and backoff live on the event row); arq
+        # runs a job again only when it was handed back on SIGTERM, which is not an attempt.
+        "max_tries": 10,
         "handle_signals": True,
     }
     return worker_metrics.instrument(options)
 
 
 async def run_worker(settings: Settings) -> None:
-    from arq.worker import Worker
-
     settings.require("DATABASE_URL", "REDIS_URL")
-    worker = Worker(**worker_settings(settings))
-    # arq's signal handler stops the worker by cancelling `main_task`, which only its own
-    # `Worker.run()` sets; without it SIGTERM cancels the running jobs and the worker polls on.
-    worker.main_task = asyncio.ensure_future(worker.main())
-    try:
-        await worker.main_task
-    except asyncio.CancelledError:
-        pass  # stopped by SIGINT or SIGTERM
-    finally:
-        await worker.close()
+    await run_worker_until_stopped(Worker(**worker_settings(settings)))
 
 
 def main(settings: Settings) -> None:

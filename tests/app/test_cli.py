@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -73,10 +74,30 @@ def test_migrate_with_postgres_unreachable_says_so_in_one_line():
     assert len(error_lines(result)) == 1 and "cannot connect" in result.stderr
 
 
-def test_worker_with_redis_unreachable_says_so(db_url):
-    result = stripeline("worker", env={"DATABASE_URL": db_url, "REDIS_URL": unreachable_redis()})
-    assert result.returncode == 1
-    assert error_lines(result)[-1].startswith("stripeline: cannot connect to Redis")
+def test_worker_with_redis_unreachable_waits_for_it_says_so_once_and_stops_cleanly(db_url):
+    import signal
+
+    from tests.app.test_dev import wait_until
+
+    env = {"DATABASE_URL": db_url, "REDIS_URL": unreachable_redis(), "PATH": os.environ.get("PATH", "")}
+    worker = subprocess.Popen([*stripeline_command(), "worker"], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    try:
+        def said_unavailable() -> bool:
+            lines.append(json.loads(worker.stdout.readline() or "{}"))
+            return lines[-1].get("event") == "dependency_unavailable"
+
+        wait_until(said_unavailable)
+        time.sleep(1.5)  # polls keep failing meanwhile: no more lines, no exit
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+    lines += [json.loads(line) for line in out.splitlines() if line.strip()]
+    events = [line["event"] for line in lines if line]
+    assert events == ["worker_started", "dependency_unavailable", "worker_stopping", "worker_stopped"]
+    assert worker.returncode == 0 and err == ""
 
 
 @pytest.fixture

@@ -167,3 +167,23 @@ async def test_postgres_scheme_url_connects(db_url):
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+def test_repr_and_str_show_no_secret_and_no_password():
+    env = {**FULL, "STRIPE_API_KEY": "rk_live_apikey123", "STRIPELINE_SEGMENT_WEBHOOK_SECRET": "seg-secret-9",
+           "STRIPELINE_SEGMENT_WEBHOOK_URL": "https://hook:hookpass@hooks.example.com/x",
+           "DATABASE_URL": "postgres://user:dbpass42@db.example.com:5432/d1"}
+    settings = Settings.from_env(env)
+    for shown in (repr(settings), str(settings), f"{settings!r}", f"{[settings]}"):
+        for secret in ("dbpass42", "secret@", ":secret", "whsec_new", "whsec_old", "token'", "rk_live_apikey123",
+                       "seg-secret-9", "hookpass"):
+            assert secret not in shown, secret
+    assert "postgres://user:***@db.example.com:5432/d1" in repr(settings)
+    assert "webhook_tolerance=300" in repr(settings)
+
+
+def test_forwarded_headers_are_trusted_from_nobody_unless_configured():
+    assert Settings.from_env(FULL).forwarded_allow_ips is None
+    assert Settings.from_env({**FULL, "STRIPELINE_FORWARDED_ALLOW_IPS": " 10.0.0.1,10.0.0.2 "}).forwarded_allow_ips == (
+        "10.0.0.1,10.0.0.2"
+    )

@@ -5,15 +5,24 @@ Handlers are registered for the test with monkeypatch on the real HANDLERS dict.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import signal
+
+import pytest
+import structlog
 from arq.worker import Worker
 
 import handlers
 from app import worker as worker_module
-from app.queue import redis_pool
+from app.db import create_pool
+from app.events import insert_events, parse_event
+from app.queue import enqueue_events, redis_pool
 from app.web import create_app
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
-from tests.services import serving, unreachable_redis
+from tests.servers import REDIS_PASSWORD, RedisServer
+from tests.services import serving, unreachable_postgres, unreachable_redis
 
 URL = "/webhooks/stripe"
 TEST_TYPE = "test.happened"
@@ -129,7 +138,7 @@ async def test_failure_that_clears_up_is_processed_on_retry(client, conn, pool, 
     async def on_test_happened(conn, record, ctx):
         attempts.append(record.id)
         if len(attempts) == 1:
-            raise ConnectionError("flaky")
+            raise RuntimeError("flaky")  # a bug that goes away; an outage is not counted at all
 
     monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
     payload = handled_event()
@@ -254,3 +263,171 @@ async def test_events_that_joined_a_failing_batch_are_processed_at_once_and_only
     culprit = await status_of(conn, joined_bad["id"])
     assert (culprit["status"], culprit["attempts"]) == ("pending", 1)
     assert culprit["last_error"] == "RuntimeError: broken"
+
+
+# --- Outages and stopping: our Worker (arq's, made to outlive its servers) --------------------
+
+
+def own_worker(settings, pool, **overrides) -> worker_module.Worker:
+    options = worker_module.worker_settings(settings)
+    options.update(cron_jobs=[], handle_signals=False, poll_delay=0.02, ctx={"settings": settings, "pool": pool})
+    options.update(overrides)
+    return worker_module.Worker(**options)
+
+
+async def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_worker_rides_out_a_redis_outage_and_logs_it_once(settings, pool, conn, own_redis):
+    settings = dataclasses.replace(settings, redis_url=own_redis.url)
+    worker = own_worker(settings, pool, redis_settings=None, redis_pool=redis_pool(own_redis.url))
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+        await asyncio.sleep(0.3)
+        own_redis.kill()
+        await asyncio.sleep(2.0)  # many polls fail meanwhile
+        own_redis.start()
+        payload = ping_event()
+        await insert_events(conn, [parse_event(signed(payload, WEBHOOK_SECRET)[0])])
+        queue_client = redis_pool(own_redis.url)
+        await enqueue_events(queue_client, settings.queue_name, [payload["id"]])
+        await queue_client.aclose()
+        await wait_for(lambda: status_is(conn, payload["id"], "ignored"))
+        worker.handle_sig(signal.SIGTERM)
+        await running
+    events = [line["event"] for line in logs if line.get("dependency") == "redis"]
+    assert events == ["dependency_unavailable", "dependency_available"]
+    assert not running.exception()
+
+
+async def test_jobs_leave_their_events_pending_while_postgres_is_down_and_say_so_once(settings, redis):
+    broken = await create_pool(unreachable_postgres(), min_size=0)
+    ctx = {"settings": settings, "pool": broken, "redis": redis}
+    with structlog.testing.capture_logs() as logs:
+        first = await worker_module.process_events(ctx, ["evt_a", "evt_b"])
+        second = await worker_module.process_events(ctx, ["evt_c"])
+        swept = await worker_module.requeue_stale_events(ctx)
+    await worker_module.dependencies_of(ctx)["postgres"].close()
+    await broken.close()
+    assert (first, second, swept) == (None, None, None)
+    assert [line["event"] for line in logs if line.get("dependency") == "postgres"] == ["dependency_unavailable"]
+    assert worker_module.dependencies_of(ctx)["postgres"].failures == 1  # the others did not even try
+
+
+async def status_is(conn, event_id: str, status: str) -> bool:
+    return await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id) == status
+
+
+async def test_sigterm_lets_the_batch_in_hand_finish_then_stops(client, conn, pool, settings, monkeypatch):
+    started = asyncio.Event()
+
+    async def on_test_happened(conn, record, ctx):
+        started.set()
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payload = handled_event()
+    await deliver(client, payload)
+    worker = own_worker(settings, pool)
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+        await asyncio.wait_for(started.wait(), 20)
+        worker.handle_sig(signal.SIGTERM)
+        await running
+    assert (await status_of(conn, payload["id"]))["status"] == "processed"
+    (stopped,) = [line for line in logs if line["event"] == "worker_stopped"]
+    assert (stopped["signal"], stopped["jobs_complete"], stopped["handed_back"]) == ("SIGTERM", 1, 0)
+
+
+async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_counting_an_attempt(
+    client, conn, pool, settings, redis, monkeypatch
+):
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def on_test_happened(conn, record, ctx):
+        started.set()
+        await release.wait()
+
+    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    payload = handled_event()
+    await deliver(client, payload)
+    worker = own_worker(settings, pool, stop_wait=0.2)
+    running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+    await asyncio.wait_for(started.wait(), 20)
+    worker.handle_sig(signal.SIGTERM)
+    await running
+    assert worker.handed_back == 1
+    row = await status_of(conn, payload["id"])
+    assert (row["status"], row["attempts"], row["last_error"]) == ("pending", 0, None)
+    # The job is still queued: the next worker takes it at once, not after a sweep.
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
+    release.set()
+    await run_worker_until_idle(settings, pool)
+    assert (await status_of(conn, payload["id"]))["status"] == "processed"
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` WATCH
+    commands: the network failing just as arq claims a job, after it has seen the job queued."""
+
+    def __init__(self, port: int, cuts: int) -> None:
+        self.port = port
+        self.cuts = cuts
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(reader, writer, watching: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if watching and self.cuts and b"WATCH" in data:
+                        self.cuts -= 1
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            for side in (client_writer, upstream_writer):
+                side.close()
+
+        await asyncio.gather(pump(client_reader, upstream_writer, True), pump(upstream_reader, client_writer, False))
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+async def test_redis_failing_while_a_job_starts_costs_no_job_slot(settings, pool, conn, own_redis):
+    proxy = CuttingProxy(own_redis.port, cuts=3)
+    url = await proxy.start()
+    settings = dataclasses.replace(settings, redis_url=url)
+    payload = ping_event()
+    await insert_events(conn, [parse_event(signed(payload, WEBHOOK_SECRET)[0])])
+    client = redis_pool(own_redis.url)
+    await enqueue_events(client, settings.queue_name, [payload["id"]])
+    await client.aclose()
+    worker = own_worker(settings, pool, max_jobs=1, redis_settings=None, redis_pool=redis_pool(url))
+    running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+    # With one slot, a slot lost to a failed claim would leave the worker unable to run any job.
+    await wait_for(lambda: status_is(conn, payload["id"], "ignored"))
+    worker.handle_sig(signal.SIGTERM)
+    await running
+    await proxy.stop()
+    assert proxy.cuts == 0 and worker.redis_state.outages >= 1  # the claims did fail
+    assert worker.job_counter == 0 and worker.jobs_complete == 1
