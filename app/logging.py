@@ -11,7 +11,7 @@ import sys
 import orjson
 import structlog
 
-from app.settings import Settings
+from stripeline.settings import Settings
 
 
 def _dumps(value, **_kwargs) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from redis import exceptions as redis_errors
 
-from app.logging import log
+from stripeline.logging import log
 
 # Data exception, integrity constraint violation, program limit exceeded: the values are at fault.
 CONTENT_SQLSTATE_CLASSES = ("22", "23", "54")
@@ -35,6 +35,10 @@ REDIS_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 # asyncpg's own "cannot switch to state N; another operation is in progress": a connection the
 # server dropped in the middle of an operation (seen during PostgreSQL restarts).
 BROKEN_CONNECTION = asyncpg.exceptions._base.InternalClientError
+
+# What reading the stores can raise when PostgreSQL is not there to answer (metrics read at
+# scrape time, workers pushing theirs): caught wherever a reading may be skipped for now.
+STORE_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
 def blames_content(error: BaseException) -> bool:

@@ -1,7 +1,7 @@
 """What the benches share: the checkout they measure, the real-sized stream, and the meters.
 
 - `Checkout` (`--code DIR`, default this repository): the measured processes (`stripeline
-  web`, `worker`, `migrate`, `import`, `replay`) run as DIR's `.venv/bin/python -m app.cli`
+  web`, `worker`, `migrate`, `import`, `replay`) run as DIR's `.venv/bin/python -m stripeline`
   with cwd=DIR, so that two checkouts can be compared on the same stream and machine. The
   benches drive the product only through those processes and HTTP; the stream, the in-order
   reference state and the figures come from this checkout's code.

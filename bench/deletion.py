@@ -22,13 +22,16 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from app.db import connect
-from app.events import EVENT_COLUMNS, event_from_payload, insert_events, record_from_row
-from app.migrate import migrate
-from app.processing import ProcessingContext, apply_events
-from app.settings import Settings
 from bench.common import simulated_events, size_line
-from handlers.deletion import load_tombstones
+from stripeline.handlers import registry
+from stripeline.handlers.deletion import load_tombstones
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EVENT_COLUMNS, event_from_payload, record_from_row
+from stripeline.processing.engine import apply_events
+from stripeline.settings import Settings
+from stripeline.store.db import connect
+from stripeline.store.event_log import insert_events
+from stripeline.store.migrate import migrate
 from tests.factories import event
 from tests.personal_data import T0, Person, deletion, seed_rows, stream
 from tests.services import with_database
@@ -70,7 +73,7 @@ async def time_deletion(conn: asyncpg.Connection, person: Person, settings: Sett
     started = time.perf_counter()
     async with conn.transaction():
         row = await conn.fetchrow(f"SELECT {EVENT_COLUMNS} FROM stripe_events WHERE id = $1", payload["id"])
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), registry=registry())
         await apply_events(conn, [record_from_row(row)], ctx)
     return (time.perf_counter() - started) * 1000
 
@@ -79,7 +82,7 @@ async def time_replayed_deletion(conn: asyncpg.Connection, person: Person, setti
     payload = {**deletion(person), "id": f"evt_{person.key}_again"}
     started = time.perf_counter()
     async with conn.transaction():
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), registry=registry())
         await apply_events(conn, [event_from_payload(payload)], ctx)
     return (time.perf_counter() - started) * 1000
 
@@ -88,7 +91,7 @@ async def time_guard_lookup(conn: asyncpg.Connection, people: list[Person], sett
     records = [event_from_payload(p) for person in people[:32] for p in stream(person)][:256]
     samples = []
     for _ in range(50):
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), registry=registry())
         started = time.perf_counter()
         await load_tombstones(conn, records, ctx)
         samples.append((time.perf_counter() - started) * 1000)

@@ -39,7 +39,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.signature import sign  # noqa: E402
 from bench.common import (  # noqa: E402
     SCHEMAS,
     SECRET,
@@ -54,6 +53,7 @@ from bench.common import (  # noqa: E402
     simulated_account,
     size_line,
 )
+from stripeline.signature import sign  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WARMUP_REQUESTS = 1000

@@ -33,17 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from app.db import create_pool  # noqa: E402
-from app.events import event_from_payload, insert_events  # noqa: E402
-from app.migrate import migrate as migrate_here  # noqa: E402
-from app.processing import INTAKE, Batch, Engine, default_registry  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from app.signature import sign  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
-    Checkout,
     SECRET,
     TOKEN,
+    Checkout,
     add_common_arguments,
     bodies_of,
     checkout_of,
@@ -59,6 +53,13 @@ from bench.common import (  # noqa: E402
     stop,
     wait_for_http,
 )
+from stripeline.handlers import registry  # noqa: E402
+from stripeline.model.events import event_from_payload, insert_events  # noqa: E402
+from stripeline.processing.engine import INTAKE, Batch, Engine  # noqa: E402
+from stripeline.settings import Settings  # noqa: E402
+from stripeline.signature import sign  # noqa: E402
+from stripeline.store.db import create_pool  # noqa: E402
+from stripeline.store.migrate import migrate as migrate_here  # noqa: E402
 from tests.observed import differing, first_difference  # noqa: E402
 
 
@@ -70,7 +71,7 @@ async def reference(database_url: str, payloads: list[dict], settings: Settings,
             await migrate_here(conn)
             records = [event_from_payload(p) for p in payloads]
             await insert_events(conn, records)
-        engine = Engine(pool, settings, default_registry())
+        engine = Engine(pool, settings, registry())
         ordered = [r.id for r in sorted(records, key=lambda r: (r.created, r.id))]
         for start in range(0, len(ordered), batch):
             outcome = await engine.run(Batch(ordered[start : start + batch]), INTAKE)

@@ -40,13 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 
-from app.db import connect  # noqa: E402
-from app.events import event_from_payload, insert_events  # noqa: E402
-from app.migrate import migrate as migrate_here  # noqa: E402
-from app.processing import ProcessingContext, apply_events  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from app.signature import sign  # noqa: E402
-from tests.observed import differing  # noqa: E402
 from bench.common import (  # noqa: E402
     SCHEMAS,
     SECRET,
@@ -70,8 +63,17 @@ from bench.common import (  # noqa: E402
     stop,
     wait_for_http,
 )
+from stripeline.handlers import registry
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import event_from_payload, insert_events  # noqa: E402
+from stripeline.processing.engine import apply_events  # noqa: E402
+from stripeline.settings import Settings  # noqa: E402
+from stripeline.signature import sign  # noqa: E402
+from stripeline.store.db import connect  # noqa: E402
+from stripeline.store.migrate import migrate as migrate_here  # noqa: E402
 from tests.handlers.billing_support import model_state  # noqa: E402
 from tests.handlers.truth import mismatches  # noqa: E402
+from tests.observed import differing  # noqa: E402
 from tests.simulation import Account  # noqa: E402
 
 LAG = """
@@ -135,7 +137,7 @@ async def in_order_state(account: Account, payloads: list[dict], batch: int) -> 
             started = time.perf_counter()
             for start in range(0, len(records), batch):
                 async with conn.transaction():
-                    ctx = ProcessingContext(settings=Settings(), now=datetime.now(timezone.utc))
+                    ctx = ProcessingContext(settings=Settings(), now=datetime.now(timezone.utc), registry=registry())
                     await apply_events(conn, records[start : start + batch], ctx)
             rate = len(records) / (time.perf_counter() - started)
             return await model_state(conn, account.customers, account.prices, account.products), rate

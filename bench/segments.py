@@ -25,11 +25,11 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from app.api_segments import COUNT_MEMBERS
-from app.db import connect
-from app.migrate import migrate
-from app.settings import Settings
-from handlers import segments
+from stripeline.handlers import segments
+from stripeline.http.api_segments import COUNT_MEMBERS
+from stripeline.settings import Settings
+from stripeline.store.db import connect
+from stripeline.store.migrate import migrate
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
 

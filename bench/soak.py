@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from app.logging import configure_logging  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from stripeline.logging import configure_logging  # noqa: E402
+from stripeline.settings import Settings  # noqa: E402
 from tests.faults.cluster import (  # noqa: E402
     FAULTS,
     Cluster,

@@ -9,14 +9,24 @@ and marked `ignored`.
 A handler is `async def on_<object>_event(conn, event, ctx) -> None`. It reads and writes
 PostgreSQL through `conn` inside the caller's transaction and never commits, enqueues or
 calls the network. The billing handlers are projections: they stage row snapshots on
-`ctx.writes`, written in one flush per batch (handlers/writes.py) before the refreshers run.
+`ctx.writes`, written in one flush per batch (app/model/writes.py) before the refreshers run.
 """
 
 from __future__ import annotations
 
-from app.processing import Handler, Refresher, Registry
-from handlers import billing, catalog, customers, deletion, discounts, invoices, payments, segments, subscriptions
-from handlers.writes import Projection
+from stripeline.handlers import (
+    billing,
+    catalog,
+    customers,
+    deletion,
+    discounts,
+    invoices,
+    payments,
+    segments,
+    subscriptions,
+)
+from stripeline.model.context import Handler, Refresher, Registry
+from stripeline.model.writes import Projection
 
 # Every Stripe object we project, one module each.
 MODULES = (customers, deletion, subscriptions, invoices, payments, catalog, discounts)
@@ -45,5 +55,9 @@ REFRESHERS: list[Refresher] = [
 def registry() -> Registry:
     """The product's registry: these handlers and refreshers, and the deletion policy's guard."""
     return Registry(
-        handlers=HANDLERS, refreshers=tuple(REFRESHERS), prepare=deletion.load_tombstones, admit=deletion.admit_event
+        handlers=HANDLERS,
+        refreshers=tuple(REFRESHERS),
+        prepare=deletion.load_tombstones,
+        admit=deletion.admit_event,
+        placeholder=customers.customer_placeholder,
     )

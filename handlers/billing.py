@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from app.processing import ProcessingContext
+from stripeline.model.context import ProcessingContext
 
 REFRESH_BILLING = """
 WITH target AS (

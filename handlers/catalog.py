@@ -13,10 +13,20 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers.fields import integer, ref, text, verb_rank
-from handlers.writes import BigInt, Bool, Int, Projection, Snapshot, Table, Text, embedded_snapshot, own_snapshot
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import integer, ref, text, verb_rank
+from stripeline.model.writes import (
+    BigInt,
+    Bool,
+    Int,
+    Projection,
+    Snapshot,
+    Table,
+    Text,
+    embedded_snapshot,
+    own_snapshot,
+)
 
 INTERVALS = frozenset({"day", "week", "month", "year"})
 

@@ -11,11 +11,21 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers import discounts
-from handlers.fields import text, ts, verb_rank
-from handlers.writes import Bool, Json, Projection, Snapshot, Table, Text, Timestamp, own_snapshot, placeholder_snapshot
+from stripeline.handlers import discounts
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import text, ts, verb_rank
+from stripeline.model.writes import (
+    Bool,
+    Json,
+    Projection,
+    Snapshot,
+    Table,
+    Text,
+    Timestamp,
+    own_snapshot,
+    placeholder_snapshot,
+)
 
 # The fields Encharge maps (email, name, phone, address, currency, delinquent); `customer.deleted`
 # is handlers/deletion.py's.
@@ -111,7 +121,7 @@ CUSTOMERS = Table(
 
 async def on_customer_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """The customer, and (before basil) the customer-wide coupon it carries."""
-    ctx.writes.note(event, ctx)
+    ctx.touch(event)
     ctx.writes.stage(customer_snapshot(event))
     # Before basil a customer-wide coupon arrives inside the customer.
     discount = event.object.get("discount")

@@ -14,7 +14,7 @@ whatever order they arrive in and whichever path applies them (live, replay, reb
   the merchant's free text on invoices and payments erased, the tag `deleted_customer_in_stripe`.
   Custom attributes stay. Every stored payload of the customer, and every customer-less
   payload that names it or its charges (disputes, reviews), is scrubbed of personal data
-  (`app.scrub` lists the fields); a later event is scrubbed before its handler sees it.
+  (`stripeline.model.scrub` lists the fields); a later event is scrubbed before its handler sees it.
 - `delete` (Chargebee's cascade): the customer and everything it owned (subscriptions and
   items, invoices, payments, invoice payments of its invoices, discounts, segment membership
   and history, attributes, tags, activity, outbox messages, its stored events, the deletion's
@@ -49,13 +49,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app import tables
-from app.events import EventRecord
-from app.logging import log
-from app.processing import Handler, ProcessingContext
-from app.scrub import scrub_document, scrub_event
-from handlers import customers
-from handlers.writes import Projection
+from stripeline.handlers import customers
+from stripeline.logging import log
+from stripeline.model import tables
+from stripeline.model.context import Handler, ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.scrub import scrub_document, scrub_event
+from stripeline.model.writes import Projection
 
 DELETED_TAG = "deleted_customer_in_stripe"
 SCRUB_BATCH = 500
@@ -132,7 +132,7 @@ WITH gone AS (
 SELECT (SELECT count(*) FROM anonymized) + (SELECT count(*) FROM canceled)
 """
 
-# Every row the customers ($1) own, by the catalogue of tables (app/tables.py).
+# Every row the customers ($1) own, by the catalogue of tables (app/model/tables.py).
 PURGE_CUSTOMERS = tables.purge_statement()
 
 # The customer's stored events, and those of the invoice payments of its invoices ($2), which

@@ -11,10 +11,20 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers.fields import integer, ref, text, ts, verb_rank
-from handlers.writes import Bool, Json, Projection, Snapshot, Table, Text, Timestamp, embedded_snapshot, own_snapshot
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import integer, ref, text, ts, verb_rank
+from stripeline.model.writes import (
+    Bool,
+    Json,
+    Projection,
+    Snapshot,
+    Table,
+    Text,
+    Timestamp,
+    embedded_snapshot,
+    own_snapshot,
+)
 
 # Coupons applied to customers and subscriptions: a subscription's discount lowers its MRR.
 EVENTS = {
@@ -137,11 +147,8 @@ DISCOUNTS = Table(
 
 async def on_discount_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """The discount, and a placeholder for its customer."""
-    from handlers.customers import customer_placeholder
-
-    ctx.writes.note(event, ctx)
+    ctx.touch(event)
     ctx.writes.stage(discount_snapshot(event))
-    ctx.writes.stage(customer_placeholder(event, ref(event.object.get("customer"))))
 
 
 PROJECTIONS = (Projection(EVENTS, on_discount_event),)

@@ -14,12 +14,11 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers import payments
-from handlers.customers import customer_placeholder
-from handlers.fields import CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
-from handlers.writes import BigInt, Bool, Int, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
+from stripeline.handlers import payments
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
+from stripeline.model.writes import BigInt, Bool, Int, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
 
 # Every one carries the whole invoice: paid amount and time give the last payment; created, paid
 # and failed are on the timeline.
@@ -179,9 +178,8 @@ INVOICES = Table(
 async def on_invoice_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """The invoice, a placeholder for its customer, and the payments it lists (basil)."""
     obj = event.object
-    ctx.writes.note(event, ctx)
+    ctx.touch(event)
     ctx.writes.stage(invoice_snapshot(event))
-    ctx.writes.stage(customer_placeholder(event, ref(obj.get("customer"))))
     for payment in _payments(obj):
         ctx.writes.stage(payments.embedded_invoice_payment_snapshot(event, payment, obj["id"]))
 

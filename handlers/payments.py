@@ -1,7 +1,7 @@
 """Payments: charges (`charge.succeeded`, `.failed`, `.refunded`) and basil's invoice payments.
 
 An `invoice_payment` payload names its invoice but not its customer: the customer is the
-invoice's, found when the batch is flushed (handlers/writes.py) and joined when read. Before
+invoice's, found when the batch is flushed (app/model/writes.py) and joined when read. Before
 basil a charge names its invoice; from basil on it does not. Payments follow the context-free
 order (created, rank, event id): a refund after the charge it refunds.
 """
@@ -12,11 +12,19 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers.customers import customer_placeholder
-from handlers.fields import CHANGED_RANK, integer, ref, text, ts
-from handlers.writes import BigInt, Projection, Snapshot, Table, Text, Timestamp, embedded_snapshot, own_snapshot
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import CHANGED_RANK, integer, ref, text, ts
+from stripeline.model.writes import (
+    BigInt,
+    Projection,
+    Snapshot,
+    Table,
+    Text,
+    Timestamp,
+    embedded_snapshot,
+    own_snapshot,
+)
 
 REFUNDED_RANK = CHANGED_RANK + 10
 
@@ -125,9 +133,8 @@ INVOICE_PAYMENT_EVENTS = {
 
 async def on_charge_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """The charge, and a placeholder for its customer."""
-    ctx.writes.note(event, ctx)
+    ctx.touch(event)
     ctx.writes.stage(charge_snapshot(event))
-    ctx.writes.stage(customer_placeholder(event, ref(event.object.get("customer"))))
 
 
 

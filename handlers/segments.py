@@ -10,11 +10,11 @@ now(), so tests freeze and advance time and replay is deterministic.
 Time-based segments change with no event (a trial ends, activity grows old). Each segment
 names its `wakes`: the instants at which its answer may flip. The earliest one still ahead is
 kept per customer in `segment_evaluations.review_at`, and the scheduled refresh
-(app/segment_jobs.py) re-evaluates just the customers that are due, instead of scanning
+(app/worker/segment_jobs.py) re-evaluates just the customers that are due, instead of scanning
 everyone every minute.
 
 Concurrency: evaluations of single customers run under the per-customer lock of event
-processing (app.processing.lock_customers) and share REFRESH_LOCK; a full refresh takes
+processing (stripeline.processing.engine.lock_customers) and share REFRESH_LOCK; a full refresh takes
 REFRESH_LOCK alone. So one customer is never evaluated by two transactions at once, and
 `segment_evaluations` (the diff's base) always agrees with `segment_memberships`.
 
@@ -37,8 +37,8 @@ from datetime import datetime
 
 import asyncpg
 
-from app.processing import ProcessingContext
-from app.settings import Settings
+from stripeline.model.context import ProcessingContext
+from stripeline.settings import Settings
 
 
 @dataclass(frozen=True)

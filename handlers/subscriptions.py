@@ -13,12 +13,11 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from app.events import EventRecord
-from app.processing import ProcessingContext
-from handlers import catalog, discounts
-from handlers.customers import customer_placeholder
-from handlers.fields import CHANGED_RANK, CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
-from handlers.writes import Bool, Int, Json, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
+from stripeline.handlers import catalog, discounts
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EventRecord
+from stripeline.model.fields import CHANGED_RANK, CREATED_RANK, DELETED_RANK, integer, listed, ref, text, ts
+from stripeline.model.writes import Bool, Int, Json, Projection, Snapshot, Table, Text, Timestamp, own_snapshot
 
 # Every one carries the whole subscription: status drives every segment, items and prices MRR.
 EVENTS = {
@@ -186,10 +185,10 @@ def subscription_snapshot(event: EventRecord) -> Snapshot:
 
 
 def embedded_snapshots(event: EventRecord) -> list[Snapshot | None]:
-    """What else the payload tells: its customer, its prices and products, its discounts."""
+    """What else the payload tells: its prices and products, its discounts."""
     obj = event.object
     customer_id = ref(obj.get("customer"))
-    found: list[Snapshot | None] = [customer_placeholder(event, customer_id)]
+    found: list[Snapshot | None] = []
     for item in _items(obj):
         found.extend(catalog.embedded_catalog_snapshots(event, _price_of(item)))
     embedded = [d for d in listed(obj.get("discounts")) if isinstance(d, dict)]
@@ -216,7 +215,7 @@ SUBSCRIPTIONS = Table(
 
 async def on_subscription_event(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
     """The subscription with its items, and its customer, prices, products and discounts."""
-    ctx.writes.note(event, ctx)
+    ctx.touch(event)
     ctx.writes.stage(subscription_snapshot(event))
     ctx.writes.stage_all(embedded_snapshots(event))
 

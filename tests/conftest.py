@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from app.db import connect, create_pool
-from app.migrate import migrate
-from app.queue import redis_pool
-from app.settings import DEFAULT_SCHEMA, Settings
-from tests import services
+from stripeline.settings import DEFAULT_SCHEMA, Settings
+from stripeline.store.db import connect, create_pool
+from stripeline.store.migrate import migrate
+from stripeline.store.queue import redis_pool
+from tests import registries, services
 
 API_TOKEN = "test-api-token"
 WEBHOOK_SECRET = "whsec_test_secret"
@@ -228,6 +228,12 @@ def settings(db_url, redis_url) -> Settings:
 
 
 @pytest.fixture
+def registry():
+    """The product's handlers, refreshers and deletion policy (tests/registries.py builds others)."""
+    return registries.product()
+
+
+@pytest.fixture
 async def pool(settings):
     pool = await create_pool(settings.database_url, max_size=8)
     yield pool
@@ -242,7 +248,7 @@ async def conn(pool):
 
 @pytest.fixture
 async def app(settings, pool, redis):
-    from app.web import create_app
+    from stripeline.http.web import create_app
 
     app = create_app(settings, pool=pool, redis=redis)
     async with app.router.lifespan_context(app):

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from app.signature import sign
+from stripeline.signature import sign
 from tests.stripe_objects import (
     BASIL,
     NEW_API_VERSION,

@@ -13,9 +13,12 @@ from typing import Any
 
 import asyncpg
 
-from app.events import event_from_payload, insert_events
-from app.processing import Outcome, process_events
-from app.settings import Settings
+from stripeline.model.context import Registry
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import Outcome, process_events
+from stripeline.settings import Settings
+from stripeline.store.event_log import insert_events
+from tests import registries
 from tests.factories import event
 
 T0 = 1_760_000_000  # 2025-10-09: creation time of the customer in every stream
@@ -339,12 +342,15 @@ async def seed_rows(conn: asyncpg.Connection, person: Person) -> None:
     )
 
 
-async def deliver(pool: asyncpg.Pool, settings: Settings, payloads: list[dict[str, Any]]) -> Outcome:
+async def deliver(
+    pool: asyncpg.Pool, settings: Settings, payloads: list[dict[str, Any]], registry: Registry | None = None
+) -> Outcome:
     """Store events as ingest does and process the new ones together, in one batch."""
     records = [event_from_payload(p) for p in payloads]
     async with pool.acquire() as conn:
         new = await insert_events(conn, records)
-    return await process_events(pool, [r.id for r in records if r.id in new], settings)
+    return await process_events(pool, [r.id for r in records if r.id in new], settings,
+                                registry=registry or registries.product())
 
 
 TEXT_COLUMNS = """

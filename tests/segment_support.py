@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from app.settings import Settings
-from handlers import segments
+from stripeline.handlers import segments
+from stripeline.settings import Settings
 from tests.factories import new_id
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)

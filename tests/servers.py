@@ -60,7 +60,7 @@ def _redis_binary() -> str:
     if found:
         return found
     try:
-        from app.embedded import _valkey_binary
+        from stripeline.commands.embedded import _valkey_binary
 
         return _valkey_binary()
     except Exception as problem:  # noqa: BLE001 - any reason means none here

@@ -46,7 +46,7 @@ def running() -> Iterator[tuple[str, str]]:
 
 @contextlib.contextmanager
 def _embedded_postgres() -> Iterator[str]:
-    from app.embedded import embedded_postgres
+    from stripeline.commands.embedded import embedded_postgres
 
     with embedded_postgres(".stripeline/test-postgres") as url:
         yield url
@@ -54,7 +54,7 @@ def _embedded_postgres() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _embedded_redis() -> Iterator[str]:
-    from app.embedded import embedded_redis
+    from stripeline.commands.embedded import embedded_redis
 
     with embedded_redis(".stripeline/test-redis") as url:
         yield url

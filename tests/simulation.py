@@ -4,14 +4,14 @@ Customers sign up, subscribe (with or without a trial), change quantity, price a
 cancel_at_period_end, get discounts, fail and recover payments, pause, cancel, and some are
 deleted (Stripe cancels their subscriptions; a refund of an old charge may still come later);
 the catalog changes; now and then `stripeline backfill` lists an object (a synthetic snapshot
-event, as app/backfill.py stores it). Each action emits the events Stripe emits, in Stripe's order, with Stripe's
+event, as app/commands/backfill.py stores it). Each action emits the events Stripe emits, in Stripe's order, with Stripe's
 same-second bursts (a subscription's creation, its first invoice's creation, finalization and
 payment, the charge, the invoice payment and the customer's currency all share a second) and
 `previous_attributes` on every `*.updated` event. Each customer uses one API version shape.
 
 The account keeps the final state of every object, which is the truth the model must reach.
 One thing Stripe may do that the account never does: bring an object back, within one second,
-to a state it already had in that second (handlers/ordering.py explains why nothing can order
+to a state it already had in that second (app/model/ordering.py explains why nothing can order
 that from the payloads); it moves to the next second instead.
 """
 
@@ -442,7 +442,7 @@ class Account:
 
     def snapshot(self) -> None:
         """`stripeline backfill` lists a live object: a synthetic `*.updated` event of its current
-        state, dated when the listing started, with the id app/backfill.py gives it."""
+        state, dated when the listing started, with the id app/commands/backfill.py gives it."""
         kinds = {"customer": "customer.updated", "subscription": "customer.subscription.updated",
                  "invoice": "invoice.updated", "price": "price.updated", "product": "product.updated"}
 

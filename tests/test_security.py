@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app import signature
-from app.web import create_app
+from stripeline import signature
+from stripeline.http.web import create_app
 from tests.conftest import API_TOKEN
 from tests.services import serving
 
@@ -62,7 +62,7 @@ async def test_api_token_is_compared_in_constant_time_and_refused_when_wrong(cli
 
 
 def test_dashboard_keeps_the_token_in_the_tab_only():
-    script = (resources.files("app") / "static" / "dashboard.js").read_text()
+    script = (resources.files("stripeline.http") / "static" / "dashboard.js").read_text()
     assert "sessionStorage.setItem" in script
     for elsewhere in ("localStorage", "document.cookie", "indexedDB"):
         assert elsewhere not in script

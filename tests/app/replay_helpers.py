@@ -1,23 +1,22 @@
 """Helpers for the replay, import and backfill tests: handler stand-ins, histories, the CLI.
 
-Stand-ins for the billing handlers, which are not merged on this branch: small handlers with
-real SQL on the real tables, written as the contract asks of handlers (an older event never
-overwrites a newer one), plus one that is deliberately sensitive to order and repetition:
-invoice events append their id to the invoice's description, so only an exact, exactly-once
-replay in (created, id) order reproduces it. Tests that compare whole derived tables take
-`handlers_under_test`, which is the real handlers as soon as they are merged.
+The stand-ins (`doubles`) are small handlers with real SQL on the real tables, written as the
+contract asks of handlers (an older event never overwrites a newer one), plus one that is
+deliberately sensitive to order and repetition: invoice events append their id to the
+invoice's description, so only an exact, exactly-once replay in (created, id) order reproduces
+it. Tests that compare whole derived tables use the product's registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
 import sys
 from typing import Any
 
-import pytest
-
+from stripeline.model.context import Registry
 from tests import fake_stripe
 from tests.factories import event
 
@@ -97,30 +96,14 @@ DOUBLES = {
 }
 
 
-@pytest.fixture
-def billing_doubles(monkeypatch):
-    """The stand-in handlers and refresher, for tests that assert what the stand-ins write."""
-    import handlers
-
-    monkeypatch.setattr(handlers, "HANDLERS", dict(DOUBLES))
-    monkeypatch.setattr(handlers, "REFRESHERS", [refresh_customers])
-    return handlers
+def doubles() -> Registry:
+    """The stand-in handlers and refresher."""
+    return Registry(handlers=dict(DOUBLES), refreshers=(refresh_customers,))
 
 
-@pytest.fixture
-def handlers_under_test(monkeypatch):
-    """The real billing handlers once they are merged; the stand-ins until then.
-
-    Tests using this compare whole derived tables, so they hold for any correct handlers.
-    """
-    import handlers
-
-    if not handlers.HANDLERS:
-        monkeypatch.setattr(handlers, "HANDLERS", dict(DOUBLES))
-        monkeypatch.setattr(handlers, "REFRESHERS", [refresh_customers])
-    else:  # tests may swap entries; keep the module's own dict intact
-        monkeypatch.setattr(handlers, "HANDLERS", dict(handlers.HANDLERS))
-    return handlers
+def with_handlers(registry: Registry, replaced: dict) -> Registry:
+    """The registry with these event types handled by these handlers."""
+    return dataclasses.replace(registry, handlers={**registry.handlers, **replaced})
 
 
 def customer_history(rng: random.Random, base: int, *, ignored: bool = True) -> list[dict[str, Any]]:
@@ -174,7 +157,7 @@ ORDER BY ordinal_position
 
 async def derived_state(conn) -> dict[str, list[tuple]]:
     """Every Stripe-derived table in full, but for times of writing (defaults of now(), entered_at)."""
-    from app.replay import DERIVED_TABLES
+    from stripeline.processing.replay import DERIVED_TABLES
 
     state = {}
     for table in DERIVED_TABLES:
@@ -202,7 +185,7 @@ async def billing_model(conn) -> dict[str, list]:
 
 def command(argv: list[str], settings) -> int:
     """Run a subcommand in this process (so test handlers apply), past `main`'s logging setup."""
-    from app.cli import build_parser
+    from stripeline.commands.cli import build_parser
 
     args = build_parser().parse_args(argv)
     return args.run(args, settings)
@@ -217,13 +200,13 @@ def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> s
 
     In-process `main()` would point structlog at this test's captured stdout for good.
     """
-    command = [sys.executable, "-m", "app.cli", *argv]
+    command = [sys.executable, "-m", "stripeline", *argv]
     return subprocess.run(command, input=stdin, capture_output=True, env=_environment(env), timeout=60)
 
 
 def stripeline_process(*argv: str, env: dict[str, str]) -> subprocess.Popen:
     """`stripeline` started in the background, for a test to signal."""
-    command = [sys.executable, "-m", "app.cli", *argv]
+    command = [sys.executable, "-m", "stripeline", *argv]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(env))
 
 

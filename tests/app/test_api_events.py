@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-import handlers
-from app.db import create_pool
-from app.events import insert_events, parse_event
-from app.queue import redis_pool
-from app.web import create_app
+from stripeline.http.web import create_app
+from stripeline.model.events import parse_event
+from stripeline.store.db import create_pool
+from stripeline.store.event_log import insert_events
+from stripeline.store.queue import redis_pool
+from tests import registries
 from tests.app.test_worker import run_worker_until_idle
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
@@ -257,17 +260,15 @@ async def test_bad_retry_filters_are_400_and_retry_nothing(client, conn, body):
 # --- GET /api/sync/history ------------------------------------------------------------------------
 
 
-async def test_sync_history_counts_received_processed_and_failed_per_minute(client, pool, conn, settings, monkeypatch):
+async def test_sync_history_counts_received_processed_and_failed_per_minute(client, pool, conn, settings):
     async def on_test_failed(conn, record, ctx):
         raise RuntimeError("handler bug")
 
-    monkeypatch.setitem(handlers.HANDLERS, "test.failed", on_test_failed)
-    # One after the other: a failing event that joins others' batch leaves them to the sweeper,
-    # which burst-mode workers do not run.
+    registry = registries.replacing({"test.failed": on_test_failed})
     for payload in [ping_event(), ping_event(), event("test.failed", {"id": "obj_1", "object": "thing"})]:
         body, headers = signed(payload, WEBHOOK_SECRET)
         assert (await client.post("/webhooks/stripe", content=body, headers=headers)).status_code == 200
-        await run_worker_until_idle(settings, pool)
+        await run_worker_until_idle(settings, pool, registry)
 
     answer = await client.get("/api/sync/history", params={"minutes": 5})
     assert answer.status_code == 200

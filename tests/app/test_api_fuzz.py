@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.api import routes
+from stripeline.http.routes import api_routes as routes
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, signed
 from tests.fuzzing import assert_sound, fuzz_settings, fuzz_tally, odd_text, raw_numbers  # noqa: F401 - fuzz_tally by name

@@ -6,7 +6,9 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.segment_support import add_customer, add_subscription, evaluate, history_of, members_of
 

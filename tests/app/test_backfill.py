@@ -8,18 +8,18 @@ import time
 
 import pytest
 
-from app.backfill import BackfillCounts, BackfillError, Backoff, backfill, stripe_client
-from app.events import event_from_payload, insert_events
-from app.processing import process_events
-from app.progress import Tally
-from app.replay import replay
-from tests import fake_stripe
-from tests.app.replay_helpers import derived_state, handlers_under_test, stripeline, summary_lines  # noqa: F401
+from stripeline.commands.backfill import BackfillCounts, BackfillError, Backoff, backfill, stripe_client
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import process_events
+from stripeline.processing.replay import replay
+from stripeline.processing.runs import Tally
+from stripeline.store.event_log import insert_events
+from tests import fake_stripe, registries
+from tests.app.replay_helpers import derived_state, stripeline, summary_lines
 from tests.factories import event as webhook_event
 from tests.fake_stripe import API_KEY, FakeStripe
 
-# The real handlers once merged, stand-ins before: these tests assert contract fields only.
-pytestmark = pytest.mark.usefixtures("handlers_under_test")
+# These tests assert contract fields only, through the product's handlers.
 
 DAY = 86400
 
@@ -59,7 +59,8 @@ def populate(fake: FakeStripe, customers: int) -> dict[str, list]:
 
 async def run(pool, settings, *, backoff=Backoff(first=0.01, cap=0.05, attempts=4), **kwargs):
     tally, counts = Tally(), BackfillCounts()
-    await backfill(pool, settings, stripe_client(settings), tally, counts, backoff=backoff, **kwargs)
+    await backfill(pool, settings, stripe_client(settings), tally, counts, backoff=backoff,
+                   registry=registries.product(), **kwargs)
     return tally, counts
 
 
@@ -164,7 +165,7 @@ async def store_and_process(pool, settings, payload) -> None:
     record = event_from_payload(payload)
     async with pool.acquire() as conn:
         await insert_events(conn, [record])
-    await process_events(pool, [record.id], settings)
+    await process_events(pool, [record.id], settings, registry=registries.product())
 
 
 async def test_a_listing_never_overwrites_a_newer_webhook_but_updates_an_older_one(pool, conn, stripe_settings, fake):
@@ -202,7 +203,7 @@ async def test_replay_rebuild_reproduces_the_backfilled_state(pool, conn, stripe
     await run(pool, stripe_settings)
     backfilled = await derived_state(conn)
 
-    await replay(pool, stripe_settings, rebuild=True)
+    await replay(pool, stripe_settings, rebuild=True, registry=registries.product())
 
     assert await derived_state(conn) == backfilled
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.migrate import load_migrations
+from stripeline.store.migrate import load_migrations
 from tests.services import closed_port, unreachable_postgres, unreachable_redis, with_database
 
 
 def stripeline_command() -> list[str]:
     """The installed console script (or the module, when it is not installed)."""
     script = shutil.which("stripeline", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "app.cli"]
+    return [script] if script else [sys.executable, "-m", "stripeline"]
 
 
 def stripeline(*args: str, env: dict[str, str], cwd: str = "/") -> subprocess.CompletedProcess:
@@ -152,7 +152,7 @@ def test_web_and_library_lines_are_json_on_stdout_with_nothing_on_stderr(db_url,
 
 
 def test_every_command_help_shows_an_example_and_the_variables_it_needs(capsys):
-    from app.cli import build_parser
+    from stripeline.commands.cli import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
@@ -239,7 +239,7 @@ def test_healthcheck_fails_in_one_line_when_the_web_does_not_answer():
     ],
 )
 def test_healthcheck_checks_the_web_only_in_a_container_started_as_the_web(tmp_path, init, checks_the_web):
-    from app.cli import _container_runs_web
+    from stripeline.commands.cli import _container_runs_web
 
     (tmp_path / "cmdline").write_bytes(init)
     assert _container_runs_web(tmp_path / "cmdline") is checks_the_web

@@ -30,7 +30,7 @@ async def test_dashboard_page_script_and_stylesheet_are_served_without_data(clie
 
 def api_calls_the_script_makes() -> list[tuple[str, str]]:
     """(method, path) of each API call in the script, with sample values in place of its ${...} parts."""
-    script = (resources.files("app") / "static" / "dashboard.js").read_text()
+    script = (resources.files("stripeline.http") / "static" / "dashboard.js").read_text()
     calls = re.findall(r'api\(\s*[`"](/api/[^`"]*)[`"](\s*,\s*\{\s*method:\s*"([A-Z]+)")?', script)
     return [(method or "GET", re.sub(r"\$\{[^}]*\}", "x", path).split("?")[0]) for path, _, method in calls]
 

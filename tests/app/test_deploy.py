@@ -28,7 +28,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.migrate import load_migrations
+from stripeline.store.migrate import load_migrations
 from tests.app import deploy_support as deploy
 from tests.factories import signed
 from tests.services import closed_port
@@ -208,7 +208,7 @@ async def test_every_platform_builds_releases_serves_and_processes_webhooks_from
     for name, (code, output) in stopped.items():
         assert code == 0, (name, output[-2000:])
         assert "Traceback" not in output, (name, output[-2000:])
-    # Heroku's buildpack guessed WEB_CONCURRENCY=2: one web process all the same (see app.settings).
+    # Heroku's buildpack guessed WEB_CONCURRENCY=2: one web process all the same (see stripeline.settings).
     assert stopped["heroku web"][1].count("Started server process") == 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from app.signature import sign
+from stripeline.signature import sign
 from tests.app.deploy_support import long_profile
 from tests.app.test_cli import stripeline_command
 from tests.factories import body_of, ping_event
@@ -80,7 +80,7 @@ def test_dev_serves_processes_and_stops_cleanly_on_ctrl_c(db_url, redis_url, tmp
 
 
 def test_dev_secrets_survive_a_restart(tmp_path, monkeypatch):
-    from app.dev import dev_secrets
+    from stripeline.commands.dev import dev_secrets
 
     monkeypatch.chdir(tmp_path)
     first = dev_secrets()

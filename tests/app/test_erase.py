@@ -9,13 +9,13 @@ import re
 import subprocess
 import sys
 
-from app.erase import count_rows, erase_command
+from stripeline.commands.erase import count_rows, erase_command
 from tests.personal_data import Person, deliver, seed_rows, stream
 
 
 def run_cli(db_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": db_url, "LOG_FORMAT": "json"}
-    return subprocess.run([sys.executable, "-m", "app.cli", "erase", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stripeline", "erase", *args], env=env, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -62,7 +62,7 @@ async def test_erase_command_can_be_called_directly(pool, conn, settings):
 
 async def test_erase_without_a_database_url_names_the_variable():
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "app.cli", "erase", "--yes"], env=env,
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "stripeline", "erase", "--yes"], env=env,
                                    capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "DATABASE_URL" in done.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from app import events
+from stripeline.model import events
+from stripeline.store import event_log
 from tests.factories import ping_event
 
 STATUSES = ("pending", "processed", "ignored", "failed")
@@ -21,7 +24,7 @@ async def counted_by_scan(conn) -> dict[str, int]:
 
 
 async def store(conn, ids: list[str]) -> None:
-    await events.insert_events(conn, [events.event_from_payload(ping_event(id=i)) for i in ids])
+    await event_log.insert_events(conn, [events.event_from_payload(ping_event(id=i)) for i in ids])
 
 
 ids = st.sampled_from([f"evt_{n}" for n in range(12)])
@@ -61,8 +64,8 @@ async def test_counts_equal_a_scan_after_any_inserts_status_changes_deletes_and_
             await conn.execute("UPDATE stripe_events SET status = 'failed'")
             await tx.rollback()
         else:
-            await events.fold_counts(conn)
-        assert await events.count_by_status(conn) == await counted_by_scan(conn)
+            await event_log.fold_counts(conn)
+        assert await event_log.count_by_status(conn) == await counted_by_scan(conn)
 
 
 async def test_counts_stay_exact_while_the_web_stores_and_the_worker_folds_and_finishes(pool, conn):
@@ -79,21 +82,21 @@ async def test_counts_stay_exact_while_the_web_stores_and_the_worker_folds_and_f
                         "UPDATE stripe_events SET status = 'processed' WHERE id IN "
                         "(SELECT id FROM stripe_events WHERE status = 'pending' LIMIT 30 FOR UPDATE SKIP LOCKED)"
                     )
-                await events.fold_counts(own)
+                await event_log.fold_counts(own)
                 await asyncio.sleep(0)
 
     async def folder() -> None:
         async with pool.acquire() as own:
             for _ in range(40):
-                await events.fold_counts(own)
+                await event_log.fold_counts(own)
                 await asyncio.sleep(0.001)
 
     await asyncio.gather(web(), worker(), folder())
 
-    counts = await events.count_by_status(conn)
+    counts = await event_log.count_by_status(conn)
     assert counts == await counted_by_scan(conn)
     assert sum(counts.values()) == 1000
-    await events.fold_counts(conn)
+    await event_log.fold_counts(conn)
     assert await conn.fetchval("SELECT count(*) FROM stripe_event_counts") <= len(STATUSES)
 
 

@@ -7,8 +7,9 @@ import json
 import orjson
 import pytest
 
-from app.events import MAX_DEPTH, InvalidEvent, insert_events, parse_event
-from app.responses import JSONResponse
+from stripeline.http.responses import JSONResponse
+from stripeline.model.events import MAX_DEPTH, InvalidEvent, parse_event
+from stripeline.store.event_log import insert_events
 from tests.factories import body_of, event, ping_event
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from app.db import create_pool
-from app.queue import redis_pool
-from app.web import create_app
+from stripeline.http.web import create_app
+from stripeline.store.db import create_pool
+from stripeline.store.queue import redis_pool
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import ping_event, signed
 from tests.services import serving, unreachable_postgres, unreachable_redis

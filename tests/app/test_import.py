@@ -8,30 +8,31 @@ import re
 import orjson
 import pytest
 
-from app.event_files import Malformed, read_events
-from app.progress import Tally
-from app.intake import ImportCounts, import_events
-from app.settings import Settings
-from tests.app.replay_helpers import (  # noqa: F401 - billing_doubles is a fixture
-    billing_doubles,
+from stripeline.processing.event_files import Malformed, read_events
+from stripeline.processing.importing import ImportCounts, import_events
+from stripeline.processing.runs import Tally
+from stripeline.settings import Settings
+from tests.app.replay_helpers import (
     billing_model,
     command,
+    doubles,
     generated_history,
     stripeline,
     summary_lines,
+    with_handlers,
 )
 from tests.factories import event, new_id
-
-pytestmark = pytest.mark.usefixtures("billing_doubles")  # the tests read what the stand-ins wrote
 
 
 def jsonl(*values) -> bytes:
     return b"\n".join(v if isinstance(v, bytes) else orjson.dumps(v) for v in values) + b"\n"
 
 
-async def run_import(pool, settings, data: bytes):
+async def run_import(pool, settings, data: bytes, registry=None):
+    """Import through the stand-in handlers (the tests read what they wrote)."""
     tally, counts = Tally(), ImportCounts()
-    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=7)
+    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=7,
+                        registry=registry or doubles())
     return tally, counts
 
 
@@ -115,7 +116,7 @@ def test_an_empty_file_imports_nothing():
     assert list(read_events(io.BytesIO(b"\n  \n"))) == []
 
 
-async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings, billing_doubles):
+async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings):
     payloads = generated_history(seed=14, customers=4)
     bad = next(p for p in payloads if p["type"] == "customer.subscription.updated")
 
@@ -123,8 +124,8 @@ async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn
         if record.id == bad["id"]:
             raise ValueError("handler bug")
 
-    billing_doubles.HANDLERS["customer.subscription.updated"] = fails
-    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+    buggy = with_handlers(doubles(), {"customer.subscription.updated": fails})
+    tally, counts = await run_import(pool, settings, jsonl(*payloads), buggy)
 
     assert tally.failed == 1 and tally.failures[0].startswith(bad["id"])
     assert tally.applied + tally.skipped == len(payloads) - 1

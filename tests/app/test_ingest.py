@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 import structlog
 
-from app import ingest
-from app.db import create_pool
-from app.events import InvalidEvent, parse_event
-from app.ingest import Ingestor
-from app.queue import redis_pool
-from app.web import create_app
+from stripeline.http import ingest
+from stripeline.http.ingest import Ingestor
+from stripeline.http.web import create_app
+from stripeline.model.events import InvalidEvent, parse_event
+from stripeline.store.db import create_pool
+from stripeline.store.queue import redis_pool
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import ping_event, signed
 from tests.servers import RedisServer

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from app.settings import Settings
+from stripeline.settings import Settings
 from tests.app import deploy_support as deploy
 
 CONTRACT_PROCESSES = {"release": "stripeline migrate", "web": "stripeline web", "worker": "stripeline worker"}
@@ -138,7 +138,7 @@ def _readme_section(title: str) -> str:
 
 
 def test_readme_connect_stripe_names_exactly_the_event_types_the_handlers_use():
-    from handlers import HANDLERS
+    from stripeline.handlers import HANDLERS
 
     section = _readme_section("Connect Stripe")
     listed = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section.split("Copy the endpoint")[0])
@@ -146,7 +146,7 @@ def test_readme_connect_stripe_names_exactly_the_event_types_the_handlers_use():
 
 
 def test_readme_connect_stripe_asks_read_access_to_exactly_what_backfill_lists():
-    from app.backfill import LISTINGS
+    from stripeline.commands.backfill import LISTINGS
 
     section = _readme_section("Connect Stripe")
     resources = re.findall(r"^\| (\w+) \| lists", section, flags=re.MULTILINE)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from app.db import create_pool
-from app.queue import redis_pool
-from app.web import MAX_BODY_BYTES, create_app
+from stripeline.http.body import WEBHOOK_MAX_BYTES as MAX_BODY_BYTES
+from stripeline.http.web import create_app
+from stripeline.store.db import create_pool
+from stripeline.store.queue import redis_pool
 from tests.app.test_health import samples
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import customer_object, event, ping_event, signed

@@ -7,8 +7,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from app.db import connect
-from app.migrate import load_migrations, migrate
+from stripeline.store import migrate as migrations
+from stripeline.store.db import connect
+from stripeline.store.migrate import load_migrations, migrate
 
 # The shape of stripeline's schema: what a migration run must reproduce exactly.
 SCHEMA_COLUMNS = """
@@ -73,15 +74,13 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(fresh_d
 
 
 async def test_upgrading_step_by_step_ends_in_the_same_schema_as_a_fresh_install(fresh_databases, monkeypatch):
-    import app.migrate
-
     everything = load_migrations()
     stepwise = await connect(await fresh_databases())
     fresh = await connect(await fresh_databases())
     try:
         for count in range(1, len(everything) + 1):
             # An older release knew only the first `count` migrations.
-            monkeypatch.setattr(app.migrate, "load_migrations", lambda count=count: everything[:count])
+            monkeypatch.setattr(migrations, "load_migrations", lambda count=count: everything[:count])
             assert [m.version for m in await migrate(stepwise)] == [everything[count - 1].version]
         monkeypatch.undo()
         await migrate(fresh)
@@ -137,8 +136,8 @@ async def test_another_applications_public_tables_survive_stripeline_migrate_unt
 async def test_an_install_in_public_moves_into_the_schema_with_its_data_and_ends_as_a_fresh_install(
     fresh_databases, monkeypatch
 ):
-    import app.migrate
-    from app.events import event_from_payload, insert_events
+    from stripeline.model.events import event_from_payload
+    from stripeline.store.event_log import insert_events
     from tests.factories import customer_object, event
 
     everything = load_migrations()
@@ -149,7 +148,7 @@ async def test_an_install_in_public_moves_into_the_schema_with_its_data_and_ends
         # A release before the schema setting, knowing the first four migrations, beside another app.
         await old.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, total bigint)")
         await old.execute("INSERT INTO public.orders (total) VALUES (1200)")
-        monkeypatch.setattr(app.migrate, "load_migrations", lambda: everything[:4])
+        monkeypatch.setattr(migrations, "load_migrations", lambda: everything[:4])
         await migrate(old, "public")
         stored = event_from_payload(event("customer.created", customer_object()))
         await insert_events(old, [stored])
@@ -175,7 +174,7 @@ async def test_an_install_in_public_moves_into_the_schema_with_its_data_and_ends
 
 
 async def test_a_schema_holding_another_applications_migrations_table_is_refused(fresh_databases):
-    from app.migrate import MigrationError
+    from stripeline.store.migrate import MigrationError
 
     conn = await connect(await fresh_databases(), schema="public")
     try:
@@ -188,7 +187,7 @@ async def test_a_schema_holding_another_applications_migrations_table_is_refused
 
 
 async def test_a_pooled_connection_is_back_in_the_schema_whatever_the_last_user_set(db_url):
-    from app.db import create_pool
+    from stripeline.store.db import create_pool
 
     pool = await create_pool(db_url, min_size=1, max_size=1)
     try:

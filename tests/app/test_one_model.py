@@ -15,15 +15,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from app.event_files import read_events
-from app.events import event_from_payload, insert_events
-from app.intake import ImportCounts, import_events
-from app.processing import process_events
-from app.progress import Tally
-from app.replay import replay
+from stripeline.commands.progress import Tally
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import process_events
+from stripeline.processing.event_files import read_events
+from stripeline.processing.importing import ImportCounts, import_events
+from stripeline.processing.replay import replay
+from stripeline.store.event_log import insert_events
 from tests import factories as f
+from tests import registries
 from tests.observed import differing, observed
 from tests.simulation import Account, generate
 
@@ -56,7 +60,7 @@ async def deliver_each(pool, settings, payloads) -> None:
         async with pool.acquire() as conn:
             new = await insert_events(conn, [record])
         if new:
-            await process_events(pool, [record.id], settings)
+            await process_events(pool, [record.id], settings, registry=registries.product())
 
 
 async def add_user_data(client, customer_id: str) -> None:
@@ -75,7 +79,7 @@ async def test_a_rebuild_keeps_the_history_of_a_customer_deleted_in_stripe(pool,
     assert seen["last_payment"]["amount"] == 5000
     assert "churned_customers" in seen["segments"]
 
-    await replay(pool, settings, rebuild=True)
+    await replay(pool, settings, rebuild=True, registry=registries.product())
 
     assert differing(await observed(client, [customer_id]), live) == []
 
@@ -98,7 +102,7 @@ async def test_import_of_a_stream_with_a_deletion_into_an_empty_database_gives_t
     await empty(conn)
     data = b"\n".join(orjson.dumps(p) for p in deletion + before) + b"\n"
     tally, counts = Tally(), ImportCounts()
-    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts)
+    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, registry=registries.product())
     assert (counts.stored, tally.failed) == (4, 0)
     assert differing(await observed(client, [customer_id]), live) == []
 
@@ -215,7 +219,8 @@ async def shuffled_live(pool, settings, client, world: Scenario, rng: random.Ran
         async def worker(share: list[str]) -> None:
             step = rng.choice((1, 2, 7))
             for start in range(0, len(share), step):
-                outcome = await process_events(pool, share[start : start + step], settings, fill_up_to=rng.choice((0, 5)))
+                outcome = await process_events(pool, share[start : start + step], settings,
+                                               fill_up_to=rng.choice((0, 5)), registry=registries.product())
                 assert not outcome.failed and not outcome.retry, outcome.errors
 
         await asyncio.gather(worker(new[0::2]), worker(new[1::2]))
@@ -225,7 +230,7 @@ async def shuffled_live(pool, settings, client, world: Scenario, rng: random.Ran
                 late.append(action)
     async with pool.acquire() as conn:
         left = [r["id"] for r in await conn.fetch("SELECT id FROM stripe_events WHERE status = 'pending'")]
-    assert not (await process_events(pool, left, settings)).failed
+    assert not (await process_events(pool, left, settings, registry=registries.product())).failed
     for action in late + actions:
         await add(client, *action)
     return await observed(client, world.customers)
@@ -237,7 +242,8 @@ async def imported(pool, settings, client, world: Scenario, rng: random.Random) 
     rng.shuffle(lines)
     data = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
     tally, counts = Tally(), ImportCounts()
-    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=50)
+    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=50,
+                        registry=registries.product())
     assert tally.failed == 0
     for action in world.user_data:
         await add(client, *action)
@@ -280,16 +286,16 @@ async def test_replay_rebuild_a_resumed_rebuild_and_import_give_the_live_model(
     want = await in_order(pool, settings, client, world)
     history = await conn.fetch("SELECT segment, customer_id, change FROM segment_history ORDER BY id")
 
-    await replay(pool, settings, batch_size=rng.choice((7, 1000)))
+    await replay(pool, settings, batch_size=rng.choice((7, 1000)), registry=registries.product())
     assert_same(await observed(client, world.customers), want)
 
-    await replay(pool, settings, rebuild=True, batch_size=rng.choice((7, 1000)))
+    await replay(pool, settings, rebuild=True, batch_size=rng.choice((7, 1000)), registry=registries.product())
     assert_same(await observed(client, world.customers), want)
 
     stop = asyncio.Event()
     stop.set()  # stops after the first batch, as a Ctrl-C would
-    assert (await replay(pool, settings, rebuild=True, batch_size=5, stop=stop)).interrupted
-    await replay(pool, settings)  # resumes the rebuild
+    assert (await replay(pool, settings, rebuild=True, batch_size=5, stop=stop, registry=registries.product())).interrupted
+    await replay(pool, settings, registry=registries.product())  # resumes the rebuild
     assert_same(await observed(client, world.customers), want)
     # A rebuild records no entry or exit that did not really happen.
     assert await conn.fetch("SELECT segment, customer_id, change FROM segment_history ORDER BY id") == history
@@ -310,6 +316,6 @@ async def test_switching_to_delete_mode_then_replaying_gives_the_delete_mode_mod
     await empty(conn)
     await in_order(pool, in_mode(settings, "anonymize"), client, world)
 
-    await replay(pool, in_mode(settings, "delete"), rebuild=rebuild)
+    await replay(pool, in_mode(settings, "delete"), rebuild=rebuild, registry=registries.product())
 
     assert_same(await observed(client, world.customers), want)

@@ -6,14 +6,15 @@ import asyncio
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.failures import FailureGroup
 from starlette.routing import Route
 
-from app import openapi
-from app.api import authorized
+from stripeline.http import openapi
+from stripeline.http.api import authorized
 from tests.app.test_worker import run_worker_until_idle
 from tests.conftest import API_TOKEN, WEBHOOK_SECRET
 from tests.factories import customer_object, event, signed

@@ -12,8 +12,9 @@ import orjson
 import pytest
 from arq.worker import Worker
 
-from app import outbound, worker
-from app.signature import verify
+from stripeline.signature import verify
+from stripeline.worker import jobs as worker
+from stripeline.worker import outbound
 from tests.segment_support import NOW, add_customer, add_subscription, evaluate
 
 SECRET = "whsec_segment_receiver"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from app import progress as progress_module
-from app.progress import FAILURES_SHOWN, Progress, summary_line
+from stripeline.commands import progress as progress_module
+from stripeline.commands.progress import FAILURES_SHOWN, Progress, summary_line
 
 
 class Terminal(io.StringIO):

@@ -12,7 +12,7 @@ import pytest
 from arq import create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.queue import redis_pool, redis_settings
+from stripeline.store.queue import redis_pool, redis_settings
 from tests.services import closed_port
 
 pytestmark = pytest.mark.skipif(

@@ -10,9 +10,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from app.db import create_pool
-from app.responses import BadInput, ErrorAnswers, JSONResponse
-from app.web import create_app
+from stripeline.http.responses import BadInput, ErrorAnswers, JSONResponse
+from stripeline.http.web import create_app
+from stripeline.store.db import create_pool
 from tests.conftest import API_TOKEN
 from tests.services import serving, unreachable_postgres
 

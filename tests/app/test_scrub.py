@@ -1,13 +1,15 @@
-"""app.scrub: personal data goes, billing facts stay, the input is never modified."""
+"""stripeline.model.scrub: personal data goes, billing facts stay, the input is never modified."""
 
 from __future__ import annotations
 
 import copy
 
 import orjson
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from app.scrub import scrub_document, scrub_event, scrub_object
+from stripeline.model.scrub import scrub_document, scrub_event, scrub_object
 from tests.factories import event
 from tests.personal_data import Person, charge, customer, invoice, stream, subscription
 

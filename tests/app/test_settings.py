@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from redis.asyncio.connection import SSLConnection
 
-from app.db import connect
-from app.queue import redis_pool, redis_settings
-from app.settings import ConfigError, Settings
+from stripeline.settings import ConfigError, Settings
+from stripeline.store.db import connect
+from stripeline.store.queue import redis_pool, redis_settings
 
 FULL = {
     "DATABASE_URL": "postgres://u:p@db.example.com:5432/d1",

@@ -1,8 +1,8 @@
-"""The catalogue of tables by role (app/tables.py) against the schema the migrations build."""
+"""The catalogue of tables by role (app/model/tables.py) against the schema the migrations build."""
 
 from __future__ import annotations
 
-from app import tables
+from stripeline.model import tables
 
 COLUMNS = """
 SELECT table_name, column_name FROM information_schema.columns

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.web import MAX_BODY_BYTES
+from stripeline.http.body import WEBHOOK_MAX_BYTES as MAX_BODY_BYTES
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import body_of, ping_event, signed
 from tests.fuzzing import assert_sound, fuzz_settings, fuzz_tally, odd_text, raw_numbers  # noqa: F401 - fuzz_tally by name
@@ -151,7 +151,7 @@ async def test_signed_event_of_any_shape_is_stored_and_shown_or_refused_with_a_r
     assert answer.status_code in (200, 400, 413)
     if answer.status_code != 200 or not isinstance(event_id, str) or "/" in event_id:
         return
-    stored_id = event_id.replace("\x00", "\ufffd")  # PostgreSQL cannot hold U+0000 (app.events)
+    stored_id = event_id.replace("\x00", "\ufffd")  # PostgreSQL cannot hold U+0000 (stripeline.store.event_log)
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", stored_id) == 1
     shown = await client.get(f"/api/events/{quote(stored_id, safe='')}")
     assert_sound(shown)

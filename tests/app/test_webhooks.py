@@ -177,8 +177,8 @@ async def test_event_with_nul_characters_is_stored_with_a_replacement(client, co
 
 
 async def test_event_is_stored_and_acknowledged_while_redis_is_down(settings, pool, conn):
-    from app.queue import redis_pool
-    from app.web import create_app
+    from stripeline.http.web import create_app
+    from stripeline.store.queue import redis_pool
 
     broken = redis_pool(unreachable_redis())
     payload = ping_event()
@@ -191,8 +191,8 @@ async def test_event_is_stored_and_acknowledged_while_redis_is_down(settings, po
 
 
 async def test_webhook_answers_503_while_postgres_is_unreachable(settings, redis):
-    from app.db import create_pool
-    from app.web import create_app
+    from stripeline.http.web import create_app
+    from stripeline.store.db import create_pool
 
     broken = await create_pool(unreachable_postgres(), min_size=0)
     body, headers = signed(ping_event(), WEBHOOK_SECRET)

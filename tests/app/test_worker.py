@@ -1,6 +1,7 @@
 """The worker: arq's Worker in burst mode against real Redis, processing stored events.
 
-Handlers are registered for the test with monkeypatch on the real HANDLERS dict.
+A test hands the worker its own registry (the product's with a test handler added), as arq
+intends: through the worker's ctx.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import pytest
 import structlog
 from arq.worker import Worker
 
-import handlers
-from app import worker as worker_module
-from app.db import create_pool
-from app.events import insert_events, parse_event
-from app.queue import enqueue_events, redis_pool
-from app.web import create_app
+from stripeline.http.web import create_app
+from stripeline.model.events import parse_event
+from stripeline.processing.engine import Engine
+from stripeline.store.db import create_pool
+from stripeline.store.event_log import insert_events
+from stripeline.store.queue import enqueue_events, redis_pool
+from stripeline.worker import jobs as worker_module
+from tests import registries
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
 from tests.servers import REDIS_PASSWORD, RedisServer
@@ -28,10 +31,11 @@ URL = "/webhooks/stripe"
 TEST_TYPE = "test.happened"
 
 
-async def run_worker_until_idle(settings, pool) -> Worker:
+async def run_worker_until_idle(settings, pool, registry=None) -> Worker:
     """Run arq's Worker in burst mode (no crons) until the queue is empty."""
     options = worker_module.worker_settings(settings)
-    options.update(burst=True, cron_jobs=[], handle_signals=False, poll_delay=0.05, ctx={"settings": settings, "pool": pool})
+    options.update(burst=True, cron_jobs=[], handle_signals=False, poll_delay=0.05,
+                   ctx={"settings": settings, "pool": pool, "registry": registry or registries.product()})
     worker = Worker(**options)
     try:
         await worker.main()
@@ -54,17 +58,17 @@ def handled_event(**kwargs):
     return event(TEST_TYPE, {"id": "obj_1", "object": "thing", "customer": "cus_worker1"}, **kwargs)
 
 
-async def test_worker_processes_delivered_events_through_their_handler(client, conn, pool, settings, monkeypatch):
+async def test_worker_processes_delivered_events_through_their_handler(client, conn, pool, settings):
     seen = []
 
     async def on_test_happened(conn, record, ctx):
         seen.append((record.id, record.customer_id))
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payloads = [handled_event() for _ in range(3)]
     for payload in payloads:
         await deliver(client, payload)
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     assert sorted(seen) == sorted((p["id"], "cus_worker1") for p in payloads)
     for payload in payloads:
         row = await status_of(conn, payload["id"])
@@ -79,22 +83,22 @@ async def test_event_of_an_unhandled_type_is_ignored_not_failed(client, conn, po
     assert row["status"] == "ignored" and row["last_error"] is None
 
 
-async def test_event_is_processed_once_however_often_it_is_queued(client, conn, pool, settings, redis, monkeypatch):
+async def test_event_is_processed_once_however_often_it_is_queued(client, conn, pool, settings, redis):
     calls = []
 
     async def on_test_happened(conn, record, ctx):
         calls.append(record.id)
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payload = handled_event()
     await deliver(client, payload)
     for n in range(3):
         await redis.enqueue_job("process_events", [payload["id"]], _job_id=f"again:{n}", _queue_name=settings.queue_name)
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     assert calls == [payload["id"]]
 
 
-async def test_failing_handler_is_retried_then_left_failed_with_its_error(client, conn, pool, settings, monkeypatch):
+async def test_failing_handler_is_retried_then_left_failed_with_its_error(client, conn, pool, settings):
     attempts = []
 
     async def on_test_happened(conn, record, ctx):
@@ -102,10 +106,10 @@ async def test_failing_handler_is_retried_then_left_failed_with_its_error(client
         await conn.execute("CREATE TABLE written_by_failing_handler (id int)")  # must be rolled back
         raise RuntimeError("upstream shape not understood")
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payload = handled_event()
     await deliver(client, payload)
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     assert len(attempts) == settings.max_attempts
     row = await status_of(conn, payload["id"])
     assert row["status"] == "failed"
@@ -114,25 +118,26 @@ async def test_failing_handler_is_retried_then_left_failed_with_its_error(client
     assert await conn.fetchval("SELECT to_regclass('written_by_failing_handler')") is None
 
 
-async def test_one_failing_event_does_not_hold_up_the_others_in_its_batch(conn, pool, settings, redis, monkeypatch):
-    from app.events import insert_events, parse_event
+async def test_one_failing_event_does_not_hold_up_the_others_in_its_batch(conn, pool, settings, redis):
+    from stripeline.model.events import parse_event
+    from stripeline.store.event_log import insert_events
 
     async def on_test_happened(conn, record, ctx):
         if record.payload["data"]["object"].get("poison"):
             raise ValueError("poison")
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     good, bad = handled_event(), handled_event()
     bad["data"]["object"]["poison"] = True
     records = [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in (good, bad)]
     await insert_events(conn, records)
     await redis.enqueue_job("process_events", [good["id"], bad["id"]], _queue_name=settings.queue_name)
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     assert (await status_of(conn, good["id"]))["status"] == "processed"
     assert (await status_of(conn, bad["id"]))["status"] == "failed"
 
 
-async def test_failure_that_clears_up_is_processed_on_retry(client, conn, pool, settings, monkeypatch):
+async def test_failure_that_clears_up_is_processed_on_retry(client, conn, pool, settings):
     attempts = []
 
     async def on_test_happened(conn, record, ctx):
@@ -140,10 +145,10 @@ async def test_failure_that_clears_up_is_processed_on_retry(client, conn, pool, 
         if len(attempts) == 1:
             raise RuntimeError("flaky")  # a bug that goes away; an outage is not counted at all
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payload = handled_event()
     await deliver(client, payload)
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     row = await status_of(conn, payload["id"])
     assert len(attempts) == 2
     assert row["status"] == "processed" and row["attempts"] == 1 and row["last_error"] is None
@@ -169,7 +174,8 @@ async def test_event_stored_while_redis_was_down_is_queued_by_the_sweeper(settin
 
 
 async def test_sweeper_leaves_fresh_and_backing_off_events_alone(conn, pool, settings, redis):
-    from app.events import insert_events, parse_event
+    from stripeline.model.events import parse_event
+    from stripeline.store.event_log import insert_events
 
     fresh, backing_off = ping_event(), ping_event()
     await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in (fresh, backing_off)])
@@ -184,8 +190,9 @@ async def test_sweeper_leaves_fresh_and_backing_off_events_alone(conn, pool, set
 
 
 async def test_same_batch_enqueued_twice_is_one_job_until_it_has_run(conn, pool, settings, redis):
-    from app.events import insert_events, parse_event
-    from app.queue import enqueue_events
+    from stripeline.model.events import parse_event
+    from stripeline.store.event_log import insert_events
+    from stripeline.store.queue import enqueue_events
 
     payloads = [ping_event(), ping_event()]
     await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
@@ -198,7 +205,7 @@ async def test_same_batch_enqueued_twice_is_one_job_until_it_has_run(conn, pool,
 
 
 async def test_deferred_job_waits_its_turn(redis, settings):
-    from app.queue import enqueue_events
+    from stripeline.store.queue import enqueue_events
 
     await enqueue_events(redis, settings.queue_name, ["evt_later"], defer_seconds=60)
     (job,) = await redis.queued_jobs(queue_name=settings.queue_name)
@@ -208,7 +215,7 @@ async def test_deferred_job_waits_its_turn(redis, settings):
 async def test_last_error_never_repeats_a_value_from_the_database_message():
     import asyncpg
 
-    from app.processing import describe_error
+    from stripeline.processing.engine import describe_error
 
     violation = asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
     violation.sqlstate = "23505"
@@ -219,20 +226,20 @@ async def test_last_error_never_repeats_a_value_from_the_database_message():
     assert "23505" in described and "customers_email_key" in described
 
 
-async def test_a_job_takes_other_due_pending_events_into_its_batch(client, conn, pool, settings, monkeypatch):
-    from app.processing import process_events
+async def test_a_job_takes_other_due_pending_events_into_its_batch(client, conn, pool, settings):
+    from stripeline.processing.engine import process_events
 
     seen = []
 
     async def on_test_happened(conn, record, ctx):
         seen.append(record.id)
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payloads = [handled_event() for _ in range(3)]
     for payload in payloads:
         await deliver(client, payload)
 
-    outcome = await process_events(pool, [payloads[0]["id"]], settings, fill_up_to=10)
+    outcome = await process_events(pool, [payloads[0]["id"]], settings, fill_up_to=10, registry=registry)
 
     assert sorted(outcome.processed) == sorted(p["id"] for p in payloads)
     for payload in payloads:
@@ -240,9 +247,9 @@ async def test_a_job_takes_other_due_pending_events_into_its_batch(client, conn,
 
 
 async def test_events_that_joined_a_failing_batch_are_processed_at_once_and_only_the_culprit_fails(
-    client, conn, pool, settings, monkeypatch
+    client, conn, pool, settings
 ):
-    from app.processing import process_events
+    from stripeline.processing.engine import process_events
 
     named, joined_good, joined_bad = handled_event(), handled_event(), handled_event()
 
@@ -250,11 +257,11 @@ async def test_events_that_joined_a_failing_batch_are_processed_at_once_and_only
         if record.id == joined_bad["id"]:
             raise RuntimeError("broken")
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     for payload in (named, joined_good, joined_bad):
         await deliver(client, payload)
 
-    outcome = await process_events(pool, [named["id"]], settings, fill_up_to=10)
+    outcome = await process_events(pool, [named["id"]], settings, fill_up_to=10, registry=registry)
 
     # The good ones do not wait for the sweeper: their own jobs already found them taken.
     assert sorted(outcome.processed) == sorted([named["id"], joined_good["id"]])
@@ -268,9 +275,10 @@ async def test_events_that_joined_a_failing_batch_are_processed_at_once_and_only
 # --- Outages and stopping: our Worker (arq's, made to outlive its servers) --------------------
 
 
-def own_worker(settings, pool, **overrides) -> worker_module.Worker:
+def own_worker(settings, pool, registry=None, **overrides) -> worker_module.Worker:
     options = worker_module.worker_settings(settings)
-    options.update(cron_jobs=[], handle_signals=False, poll_delay=0.02, ctx={"settings": settings, "pool": pool})
+    options.update(cron_jobs=[], handle_signals=False, poll_delay=0.02,
+                   ctx={"settings": settings, "pool": pool, "registry": registry or registries.product()})
     options.update(overrides)
     return worker_module.Worker(**options)
 
@@ -314,7 +322,8 @@ async def test_worker_rides_out_a_redis_outage_and_logs_it_once(settings, pool, 
 
 async def test_jobs_leave_their_events_pending_while_postgres_is_down_and_say_so_once(settings, redis):
     broken = await create_pool(unreachable_postgres(), min_size=0)
-    ctx = {"settings": settings, "pool": broken, "redis": redis}
+    ctx = {"settings": settings, "pool": broken, "redis": redis,
+           "engine": Engine(broken, settings, registries.product())}
     with structlog.testing.capture_logs() as logs:
         first = await worker_module.process_events(ctx, ["evt_a", "evt_b"])
         second = await worker_module.process_events(ctx, ["evt_c"])
@@ -330,17 +339,17 @@ async def status_is(conn, event_id: str, status: str) -> bool:
     return await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id) == status
 
 
-async def test_sigterm_lets_the_batch_in_hand_finish_then_stops(client, conn, pool, settings, monkeypatch):
+async def test_sigterm_lets_the_batch_in_hand_finish_then_stops(client, conn, pool, settings):
     started = asyncio.Event()
 
     async def on_test_happened(conn, record, ctx):
         started.set()
         await asyncio.sleep(0.5)
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payload = handled_event()
     await deliver(client, payload)
-    worker = own_worker(settings, pool)
+    worker = own_worker(settings, pool, registry)
     with structlog.testing.capture_logs() as logs:
         running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
         await asyncio.wait_for(started.wait(), 20)
@@ -352,7 +361,7 @@ async def test_sigterm_lets_the_batch_in_hand_finish_then_stops(client, conn, po
 
 
 async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_counting_an_attempt(
-    client, conn, pool, settings, redis, monkeypatch
+    client, conn, pool, settings, redis
 ):
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -360,10 +369,10 @@ async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_countin
         started.set()
         await release.wait()
 
-    monkeypatch.setitem(handlers.HANDLERS, TEST_TYPE, on_test_happened)
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
     payload = handled_event()
     await deliver(client, payload)
-    worker = own_worker(settings, pool, stop_wait=0.2)
+    worker = own_worker(settings, pool, registry, stop_wait=0.2)
     running = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
     await asyncio.wait_for(started.wait(), 20)
     worker.handle_sig(signal.SIGTERM)
@@ -374,7 +383,7 @@ async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_countin
     # The job is still queued: the next worker takes it at once, not after a sweep.
     assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
     release.set()
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     assert (await status_of(conn, payload["id"]))["status"] == "processed"
 
 

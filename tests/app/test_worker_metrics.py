@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import handlers
-from app import worker_metrics
+from stripeline.worker import metrics as worker_metrics
+from tests import registries
 from tests.app.test_health import samples
 from tests.app.test_metrics import deliver
 from tests.app.test_worker import run_worker_until_idle
@@ -22,18 +22,17 @@ def worker_samples(text: str) -> dict[str, float]:
     return found
 
 
-async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics(client, pool, settings, monkeypatch):
+async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics(client, pool, settings):
     async def on_test_handled(conn, record, ctx):
         pass
 
     async def on_test_failed(conn, record, ctx):
         raise RuntimeError("handler bug")
 
-    monkeypatch.setitem(handlers.HANDLERS, "test.handled", on_test_handled)
-    monkeypatch.setitem(handlers.HANDLERS, "test.failed", on_test_failed)
+    registry = registries.replacing({"test.handled": on_test_handled, "test.failed": on_test_failed})
     for payload in [event("test.handled", {"id": "obj_1", "object": "thing"}) for _ in range(3)] + [ping_event()]:
         assert (await deliver(client, payload)).status_code == 200
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
 
     text = (await client.get("/metrics")).text
     found = worker_samples(text)
@@ -47,10 +46,9 @@ async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics
     assert found["stripeline_worker_batch_events_sum"] == 4
     assert found["stripeline_worker_process_resident_memory_bytes"] > 0
 
-    # Alone (a failing event that joins others' batch leaves them to the sweeper, not run here),
-    # by a worker started anew under the same name: its counters start again, as after a restart.
+    # By a worker started anew under the same name: its counters start again, as after a restart.
     assert (await deliver(client, event("test.failed", {"id": "obj_2", "object": "thing"}))).status_code == 200
-    await run_worker_until_idle(settings, pool)
+    await run_worker_until_idle(settings, pool, registry)
     found = worker_samples((await client.get("/metrics")).text)
     # max_attempts is 3 in tests: two retries, then failed for good.
     assert found['stripeline_worker_events_total{outcome="retrying",type="test.failed"}'] == 2
@@ -91,7 +89,7 @@ async def test_folding_the_minutes_keeps_the_history(client, pool, conn, setting
 
 
 async def test_pushing_rides_out_a_database_that_is_down(monkeypatch):
-    from app.db import create_pool
+    from stripeline.store.db import create_pool
     from tests.services import unreachable_postgres
 
     monkeypatch.setattr(worker_metrics, "PUSH_SECONDS", 0.01)

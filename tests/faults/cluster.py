@@ -30,12 +30,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app.db import connect
-from app.events import event_from_payload, insert_events
-from app.migrate import migrate
-from app.processing import ProcessingContext, apply_events
-from app.settings import Settings
-from app.signature import sign
+from stripeline.handlers import registry
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import apply_events
+from stripeline.settings import Settings
+from stripeline.signature import sign
+from stripeline.store.db import connect
+from stripeline.store.event_log import insert_events
+from stripeline.store.migrate import migrate
 from tests.handlers.billing_support import model_state
 from tests.servers import Servers, Unavailable, free_port
 from tests.simulation import Account
@@ -134,7 +137,7 @@ class Cluster:
         self.workers = [self._proc(f"worker{n}", ["worker"]) for n in range(1, workers + 1)]
 
     def _proc(self, name: str, arguments: list[str]) -> Proc:
-        return Proc(name, [sys.executable, "-m", "app.cli", *arguments], self.env, self.log_dir / f"{name}.log")
+        return Proc(name, [sys.executable, "-m", "stripeline", *arguments], self.env, self.log_dir / f"{name}.log")
 
     @property
     def processes(self) -> list[Proc]:
@@ -381,7 +384,7 @@ async def in_order_state(cluster: Cluster, account: Account, batch: int = 500) -
         await insert_events(conn, records)
         for start in range(0, len(records), batch):
             async with conn.transaction():
-                ctx = ProcessingContext(settings=Settings(), now=datetime.now(timezone.utc))
+                ctx = ProcessingContext(settings=Settings(), now=datetime.now(timezone.utc), registry=registry())
                 await apply_events(conn, records[start : start + batch], ctx)
         return await model_state(conn, account.customers, account.prices, account.products)
     finally:

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from app.signature import sign
+from stripeline.signature import sign
 from tests.faults.cluster import ROOT, SECRET, TOKEN, Cluster, running_cluster, wait_until_settled
 from tests.personal_data import Person, customer, stream
 from tests.servers import POSTGRES_PASSWORD, REDIS_PASSWORD, Unavailable
@@ -35,7 +35,7 @@ async def cluster(tmp_path):
 
 def command(cluster: Cluster, *arguments: str) -> str:
     """Run a `stripeline` command against the cluster; everything it wrote."""
-    done = subprocess.run([sys.executable, "-m", "app.cli", *arguments], env=cluster.env, cwd=ROOT, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "stripeline", *arguments], env=cluster.env, cwd=ROOT, timeout=120,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr

@@ -7,9 +7,12 @@ from typing import Any
 
 import asyncpg
 
-from app.events import EventRecord, event_from_payload, insert_events
-from app.processing import ProcessingContext, apply_events, lock_customers
-from app.settings import Settings
+from stripeline.model.context import ProcessingContext, Registry
+from stripeline.model.events import EventRecord, event_from_payload
+from stripeline.processing.engine import apply_events, lock_customers
+from stripeline.settings import Settings
+from stripeline.store.event_log import insert_events
+from tests import registries
 
 # The model tables and their keys; rows compared without last_synced_at.
 MODEL_TABLES = {
@@ -24,10 +27,12 @@ MODEL_TABLES = {
 }
 
 
-async def apply(conn: asyncpg.Connection, settings: Settings, payloads: list[dict[str, Any]]) -> ProcessingContext:
+async def apply(
+    conn: asyncpg.Connection, settings: Settings, payloads: list[dict[str, Any]], registry: Registry | None = None
+) -> ProcessingContext:
     """Store the events (new ones) and apply them as one batch, in one transaction."""
     records = [event_from_payload(p) for p in payloads]
-    ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+    ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), registry=registry or registries.product())
     async with conn.transaction():
         await insert_events(conn, _unique(records))
         await lock_customers(conn, (r.customer_id for r in records))

@@ -8,14 +8,27 @@ from datetime import datetime, timezone
 
 import pytest
 import structlog
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from app.events import EVENT_COLUMNS, event_from_payload, insert_events, parse_event, record_from_row
-from app.processing import ProcessingContext, apply_events, process_events
-from handlers.deletion import DELETED_TAG
+from stripeline.handlers.deletion import DELETED_TAG
+from stripeline.model.context import ProcessingContext
+from stripeline.model.events import EVENT_COLUMNS, parse_event, record_from_row
+from stripeline.processing.engine import apply_events, process_events
+from stripeline.store.event_log import insert_events
+from tests import registries
 from tests.factories import event
 from tests.personal_data import (
-    DELETED_AT, T0, Person, charge, customer, deletion, deliver, find_everywhere, stream,
+    DELETED_AT,
+    T0,
+    Person,
+    charge,
+    customer,
+    deletion,
+    deliver,
+    find_everywhere,
+    stream,
 )
 
 DELETED_AT_TIME = datetime.fromtimestamp(DELETED_AT, timezone.utc)
@@ -44,11 +57,11 @@ def arrivals(person: Person, arrival: str) -> list[list[dict]]:
     raise AssertionError(arrival)
 
 
-async def deliver_all(pool, settings, deliveries, client=None, person: Person | None = None):
+async def deliver_all(pool, settings, deliveries, client=None, person: Person | None = None, registry=None):
     """Deliver each group in turn; once the first is in, the user adds their data through the API
     (attributes, a tag, activity), as they would once the customer shows up."""
     for number, payloads in enumerate(deliveries):
-        await deliver(pool, settings, payloads)
+        await deliver(pool, settings, payloads, registry)
         if number == 0 and person is not None:
             await add_user_data(client, person)
 
@@ -156,7 +169,7 @@ async def replay(pool, settings) -> None:
     """Re-apply every stored event in Stripe order through the one processing path, as replay does."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(f"SELECT {EVENT_COLUMNS} FROM stripe_events ORDER BY created, id")
-        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc))
+        ctx = ProcessingContext(settings=settings, now=datetime.now(timezone.utc), registry=registries.product())
         await apply_events(conn, [record_from_row(r) for r in rows], ctx)
 
 
@@ -267,15 +280,12 @@ async def write_what_the_event_says(conn, event, ctx):
 @pytest.mark.parametrize("mode", ["anonymize", "delete"])
 @pytest.mark.parametrize("arrival", ["first", "middle", "twice"])
 async def test_handlers_of_late_events_cannot_restore_data_or_revive_subscriptions(
-    pool, conn, settings, client, monkeypatch, mode, arrival
+    pool, conn, settings, client, mode, arrival
 ):
-    from handlers import HANDLERS
-
-    for kind in ("customer.created", "customer.updated", "customer.subscription.created",
-                 "customer.subscription.updated"):
-        monkeypatch.setitem(HANDLERS, kind, write_what_the_event_says)
+    careless = registries.replacing(dict.fromkeys(("customer.created", "customer.updated", "customer.subscription.created",
+                                                   "customer.subscription.updated"), write_what_the_event_says))
     person = Person()
-    await deliver_all(pool, in_mode(settings, mode), arrivals(person, arrival), client, person)
+    await deliver_all(pool, in_mode(settings, mode), arrivals(person, arrival), client, person, careless)
     if mode == "anonymize":
         await assert_anonymized(conn, person)
         status = await conn.fetchval("SELECT status FROM subscriptions WHERE id = $1", person.subscription_id)
@@ -332,10 +342,10 @@ async def test_an_unreadable_stored_event_never_blocks_its_customers_deletion(po
     odd = event("customer.updated", {**customer(person), "test_clock": nested(300, person.email)}, created=T0 + 120)
     await deliver_all(pool, chosen, [[e] for e in stream(person)[:2]], client, person)
     async with pool.acquire() as conn_:
-        # Ingest now refuses such depth (app.events.MAX_DEPTH): store it as an older version did.
+        # Ingest now refuses such depth (stripeline.model.events.MAX_DEPTH): store it as an older version did.
         shallow = parse_event(json.dumps({**odd, "data": {"object": customer(person)}}).encode())
         await insert_events(conn_, [dataclasses.replace(shallow, payload=odd, raw=json.dumps(odd).encode())])
-    await process_events(pool, [odd["id"]], chosen)
+    await process_events(pool, [odd["id"]], chosen, registry=registries.product())
     outcome = await deliver(pool, chosen, [deletion(person)])
     assert outcome.processed and not outcome.failed and not outcome.retry
     for needle in person.needles():

@@ -7,9 +7,11 @@ import itertools
 
 import pytest
 
-from app.events import event_from_payload, insert_events
-from app.processing import process_events
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import process_events
+from stripeline.store.event_log import insert_events
 from tests import factories as f
+from tests import registries
 from tests.handlers.billing_support import apply, row
 
 T = 1_700_000_000
@@ -128,6 +130,6 @@ async def test_upcoming_invoice_is_ignored_and_never_stored_as_an_invoice(pool, 
     del upcoming["id"]
     record = event_from_payload(f.event("invoice.upcoming", upcoming))
     await insert_events(conn, [record])
-    outcome = await process_events(pool, [record.id], settings)
+    outcome = await process_events(pool, [record.id], settings, registry=registries.product())
     assert outcome.ignored == [record.id]
     assert await conn.fetchval("SELECT count(*) FROM invoices") == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from handlers.ordering import EXACT_LIMIT, Candidate, last_of, matches, restore
+from stripeline.model.ordering import EXACT_LIMIT, Candidate, last_of, matches, restore
 
 
 def state(**fields):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import handlers
+from stripeline import handlers
 
 
 def test_no_event_type_is_declared_by_two_projections():

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-import handlers
-from app.processing import ProcessingContext
-from app.segment_jobs import refresh_segments
-from handlers import segments
+from stripeline import handlers
+from stripeline.handlers import segments
+from stripeline.model.context import ProcessingContext
+from stripeline.worker.segment_jobs import refresh_segments
+from tests import registries
 from tests.segment_support import (
     NOW,
     add_activity,
@@ -203,7 +206,8 @@ async def test_recompute_with_nothing_changed_records_nothing(conn, settings):
 
 async def test_each_customer_of_a_batch_gets_its_own_event_as_cause(conn, settings):
     first, second = await add_customer(conn), await add_customer(conn)
-    ctx = ProcessingContext(settings=settings, now=NOW, cause="evt_last", causes={first: "evt_first"})
+    ctx = ProcessingContext(settings=settings, now=NOW, registry=registries.product(), cause="evt_last",
+                            causes={first: "evt_first"})
     async with conn.transaction():
         await segments.refresh_customers(conn, [first, second], ctx)
     assert await history_of(conn, first) == [(SYNCING, "entered", NOW, "evt_first")]

@@ -7,11 +7,15 @@ import dataclasses
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from app.events import event_from_payload, insert_events
-from app.processing import process_events
+from stripeline.model.events import event_from_payload
+from stripeline.processing.engine import process_events
+from stripeline.store.event_log import insert_events
 from tests import factories as f
+from tests import registries
 from tests.handlers.billing_support import apply, apply_each, model_state, row
 from tests.handlers.truth import mismatches
 from tests.simulation import generate
@@ -84,7 +88,7 @@ async def test_two_workers_on_one_customers_stream_reach_the_same_state_without_
 
     async def worker(share):
         for start in range(0, len(share), 7):
-            outcome = await process_events(pool, share[start : start + 7], settings)
+            outcome = await process_events(pool, share[start : start + 7], settings, registry=registries.product())
             assert not outcome.failed and not outcome.retry
 
     await asyncio.wait_for(asyncio.gather(worker(ids[0::2]), worker(ids[1::2])), timeout=60)
@@ -102,7 +106,8 @@ async def test_two_workers_on_many_customers_with_overlapping_batches_never_dead
 
     async def worker(share):
         for start in range(0, len(share), 30):
-            outcome = await process_events(pool, share[start : start + 30], settings)
+            outcome = await process_events(pool, share[start : start + 30], settings,
+                                           registry=registries.product())
             assert not outcome.failed and not outcome.retry
 
     shares = [rnd.sample(ids, len(ids)) for _ in range(2)]  # both workers see every event

@@ -1,0 +1,367 @@
+"""The one batch engine: how the live worker, retries, import, backfill, replay and rebuild apply events.
+
+A batch runs in one transaction: claim its events, take a transaction-scoped advisory lock per
+customer in sorted order (two workers never interleave writes for one customer and never
+deadlock on each other), run each event's handler, write what they staged, refresh derived
+state for the customers touched, record the outcomes. Knows nothing of arq.
+
+What differs between the runs is policy, handed in as a value (`Policy`): which events a batch
+claims and how their outcomes are recorded, how a failing event is recorded, and whether
+derived state waits for the end of the run. Failure isolation is the same for all: a batch that
+fails is rolled back and split (a live batch first drops the events that only joined it, then
+halves) until the failing event stands alone, so one bad event never holds up the others, and
+only its failure is recorded, in a short transaction of its own.
+
+The handlers and refreshers arrive as a `Registry` value, never read from a global by this
+module's callers: the worker sets one up at start, commands build one, tests build their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import asyncpg
+
+from stripeline.logging import log
+from stripeline.model.context import ProcessingContext, Registry
+from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
+from stripeline.outages import is_connection_lost, is_outage
+from stripeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What differs between the runs that share the batch engine."""
+
+    # Live runs (worker, import, backfill) claim pending events by id, skipping those another
+    # transaction holds, and mark them done; a replay applies the events as it read them,
+    # whatever their status, and changes a stored status only when the outcome differs.
+    live: bool
+    # Live: a failing event is retried later with backoff (attempts, next_attempt_at), and
+    # `failed` after STRIPELINE_MAX_ATTEMPTS. Replay: it is `failed` at once and the run goes on.
+    retries_failures: bool
+    # Rebuild: MRR, last payment and segments wait for the run's end, which settles them once.
+    rebuilding: bool = False
+    # One info line per batch (the worker's unit of work); commands show progress instead.
+    announces: bool = False
+
+
+WORKER = Policy(live=True, retries_failures=True, announces=True)
+INTAKE = Policy(live=True, retries_failures=True)
+REPLAY = Policy(live=False, retries_failures=False)
+REBUILD = Policy(live=False, retries_failures=False, rebuilding=True)
+
+
+@dataclass
+class Batch:
+    """The events of one transaction: named by id (claimed inside it), or already read (replay)."""
+
+    ids: list[str]
+    records: list[EventRecord] | None = None
+    statuses: list[str] | None = None
+    # Run inside the batch's transaction (or a lone failure's): e.g. a rebuild's resume marker.
+    on_commit: Callable[[asyncpg.Connection, list[EventRecord]], Awaitable[None]] | None = None
+    # Live: a batch of few events is filled up with other due pending events, up to this many.
+    fill_up_to: int = 0
+    # The events that joined to fill it up, once claimed.
+    joined: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, records: list[EventRecord], statuses: list[str], on_commit=None) -> Batch:  # noqa: ANN001
+        return cls([r.id for r in records], records, statuses, on_commit)
+
+    def halves(self) -> list[Batch]:
+        """Smaller batches to try when this one failed; none when it holds a single event."""
+        if self.joined:
+            # The culprit may be an event that only joined to fill up: the named ones and the
+            # joined ones go on separately (their own jobs found them taken and are done).
+            return [replace(self, fill_up_to=0, joined=[]), replace(self, ids=self.joined, fill_up_to=0, joined=[])]
+        if len(self.ids) < 2:
+            return []
+        middle = len(self.ids) // 2
+        return [self._slice(0, middle), self._slice(middle, len(self.ids))]
+
+    def _slice(self, start: int, stop: int) -> Batch:
+        return replace(
+            self,
+            ids=self.ids[start:stop],
+            records=None if self.records is None else self.records[start:stop],
+            statuses=None if self.statuses is None else self.statuses[start:stop],
+        )
+
+
+@dataclass
+class Outcome:
+    processed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    # (event id, seconds to wait) for failures that will be tried again.
+    retry: list[tuple[str, float]] = field(default_factory=list)
+    # What went wrong, by event id (as recorded in last_error).
+    errors: dict[str, str] = field(default_factory=dict)
+    # Events that were not named but joined to fill the batch up.
+    joined: int = 0
+
+    def merge(self, other: Outcome) -> None:
+        self.processed += other.processed
+        self.ignored += other.ignored
+        self.failed += other.failed
+        self.retry += other.retry
+        self.errors |= other.errors
+        self.joined += other.joined
+
+
+LOCK_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM stripe_events
+WHERE id = ANY($1::text[]) AND status = 'pending'
+ORDER BY created, id
+FOR UPDATE SKIP LOCKED
+"""
+
+# Other pending events that are due, oldest arrival first, to fill up a small batch: the
+# worker's jobs carry the few events one web flush stored, and one transaction over hundreds
+# of events costs little more than one over a handful. Their own jobs then find them done.
+LOCK_MORE_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM stripe_events
+WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND NOT (id = ANY($1::text[]))
+ORDER BY received_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# The key of a customer's advisory lock, wherever one is taken.
+CUSTOMER_LOCK_KEY = "hashtextextended({}, 0)"
+
+LOCK_CUSTOMERS = f"""
+SELECT pg_advisory_xact_lock({CUSTOMER_LOCK_KEY.format("customer_id")})
+FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
+"""
+
+# Live: the claimed (pending) events are done.
+MARK_DONE = """
+UPDATE stripe_events AS e
+SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+WHERE e.id = outcome.id
+"""
+
+# Replay: only finished events change, and only when the outcome differs (a plain replay writes
+# nothing). Pending ones are the worker's: it may hold their rows, and will process them itself.
+RECORD_OUTCOMES = """
+UPDATE stripe_events AS e
+SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+WHERE e.id = outcome.id AND e.status IN ('processed', 'ignored', 'failed') AND e.status <> outcome.status
+"""
+
+RECORD_FAILURE = """
+UPDATE stripe_events
+SET attempts = attempts + 1,
+    last_error = $2,
+    status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = CASE WHEN attempts + 1 >= $3 THEN NULL
+                           ELSE now() + make_interval(secs => $4 * power(2, attempts)) END
+WHERE id = $1 AND status = 'pending'
+RETURNING attempts, status
+"""
+
+MARK_FAILED = """
+UPDATE stripe_events
+SET status = 'failed', attempts = attempts + 1, last_error = $2, next_attempt_at = NULL
+WHERE id = $1
+"""
+
+# Worth one more try before a replayed event that fails alone is marked failed: it met a
+# concurrent writer (a live worker on the same rows), not a bug.
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
+
+
+async def lock_customers(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> None:
+    ids = sorted({c for c in customer_ids if c})
+    if ids:
+        await conn.execute(LOCK_CUSTOMERS, ids)
+
+
+async def apply_events(conn: asyncpg.Connection, records: list[EventRecord], ctx: ProcessingContext) -> list[str]:
+    """Run each event's handler in order, write what they staged, refresh derived state for the
+    customers they touched; return the ids of the ignored events.
+
+    Runs inside the caller's transaction, which holds the locks of the events' customers, and
+    never commits.
+    """
+    registry = ctx.registry
+    await registry.prepare(conn, records, ctx)
+    ignored = []
+    for record in records:
+        record, handler = await registry.admit(conn, record, registry.handlers.get(record.type), ctx)
+        if handler is None:
+            ignored.append(record.id)
+            continue
+        if record.customer_id:
+            ctx.touched.add(record.customer_id)
+            ctx.causes[record.customer_id] = record.id
+        ctx.cause = record.id
+        await handler(conn, record, ctx)
+    await ctx.writes.flush(conn, ctx)
+    if ctx.touched:
+        touched = sorted(ctx.touched)
+        for refresh in registry.refreshers:
+            await refresh(conn, touched, ctx)
+    return ignored
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Runs batches of stored events for one process: its pool, settings and registry."""
+
+    pool: asyncpg.Pool
+    settings: Settings
+    registry: Registry
+
+    async def run(self, batch: Batch, policy: Policy, *, lost_once: bool = False) -> Outcome:
+        """Apply a batch; a failure is isolated down to the one event that causes it.
+
+        An outage is no event's fault: it is neither split nor counted against an event, but
+        raised for the caller (the worker reports it once; the sweeper brings the events back).
+        A connection that died under the batch costs one retry on a fresh one first.
+        """
+        started = time.perf_counter()
+        try:
+            outcome = await self._together(batch, policy)
+        except Exception as error:
+            if is_outage(error):
+                if is_connection_lost(error) and not lost_once:
+                    self.pool.expire_connections()  # its idle siblings most likely died with it
+                    return await self.run(batch, policy, lost_once=True)
+                raise
+            parts = batch.halves()
+            if not parts:
+                return await self._failed(batch, policy, error, started)
+            outcome = Outcome()
+            for part in parts:
+                outcome.merge(await self.run(part, policy))
+            return outcome
+        if outcome.processed or outcome.ignored:
+            (log.info if policy.announces else log.debug)(
+                "events_processed",
+                count=len(outcome.processed) + len(outcome.ignored),
+                processed=len(outcome.processed),
+                ignored=len(outcome.ignored),
+                joined=outcome.joined,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        return outcome
+
+    async def _together(self, batch: Batch, policy: Policy) -> Outcome:
+        async with self.pool.acquire() as conn, conn.transaction():
+            records, joined = await self._claim(conn, batch, policy)
+            if not records:
+                return Outcome()
+            await lock_customers(conn, (r.customer_id for r in records))
+            ctx = ProcessingContext(
+                settings=self.settings, now=datetime.now(timezone.utc), registry=self.registry,
+                rebuilding=policy.rebuilding,
+            )
+            ignored = set(await apply_events(conn, records, ctx))
+            statuses = ["ignored" if r.id in ignored else "processed" for r in records]
+            if policy.live:
+                await conn.execute(MARK_DONE, [r.id for r in records], statuses)
+            else:
+                changed = [(r.id, s) for r, s, was in zip(records, statuses, batch.statuses or statuses)
+                           if was in ("processed", "ignored", "failed") and was != s]
+                if changed:
+                    await conn.execute(RECORD_OUTCOMES, [c[0] for c in changed], [c[1] for c in changed])
+            if batch.on_commit is not None:
+                await batch.on_commit(conn, records)
+        outcome = Outcome(joined=joined)
+        for record, status in zip(records, statuses):
+            (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
+            log.debug("event_processed", event_id=record.id, event_type=record.type, status=status)
+        return outcome
+
+    async def _claim(self, conn: asyncpg.Connection, batch: Batch, policy: Policy) -> tuple[list[EventRecord], int]:
+        """The batch's events in Stripe order, and how many joined to fill it up."""
+        if not policy.live:
+            return list(batch.records or ()), 0
+        rows = await conn.fetch(LOCK_EVENTS, batch.ids)
+        if len(rows) < batch.fill_up_to:
+            more = await conn.fetch(LOCK_MORE_EVENTS, batch.ids, batch.fill_up_to - len(rows))
+            batch.joined = [row["id"] for row in more]  # kept should the batch fail (see `halves`)
+            rows += more
+        return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), len(batch.joined)
+
+    async def _failed(self, batch: Batch, policy: Policy, error: BaseException, started: float) -> Outcome:
+        """Record the failure of a batch's one event (none when another worker had it)."""
+        event_id = batch.ids[0] if batch.ids else None
+        if event_id is None:
+            return Outcome()
+        if not policy.live and isinstance(error, TRANSIENT):
+            try:
+                return await self._together(batch, policy)
+            except Exception as again:  # noqa: BLE001 - recorded below
+                error = again
+        described = describe_error(error)
+        log.warning(
+            "event_failed",
+            event_id=event_id,
+            error=type(error).__name__,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        outcome = Outcome(errors={event_id: described})
+        async with self.pool.acquire() as conn, conn.transaction():
+            if policy.retries_failures:
+                row = await conn.fetchrow(
+                    RECORD_FAILURE, event_id, described, self.settings.max_attempts,
+                    float(self.settings.retry_base_seconds),
+                )
+                if row is None:  # no longer pending: done or taken elsewhere meanwhile
+                    return Outcome()
+                if row["status"] == "failed":
+                    outcome.failed.append(event_id)
+                else:
+                    outcome.retry.append((event_id, self.settings.retry_base_seconds * 2 ** (row["attempts"] - 1)))
+            else:
+                await conn.execute(MARK_FAILED, event_id, described)
+                outcome.failed.append(event_id)
+            if batch.on_commit is not None and batch.records:
+                await batch.on_commit(conn, batch.records)
+        return outcome
+
+
+def describe_error(error: BaseException) -> str:
+    """A last_error that helps an operator without repeating data from the payload.
+
+    PostgreSQL's and asyncpg's messages can quote the offending value (an email in a unique
+    violation, say), so for those we keep the class, SQLSTATE and the names of the schema
+    objects involved, never the message.
+    """
+    if isinstance(error, asyncpg.PostgresError):
+        names = [
+            f"{part}={value}"
+            for part in ("table_name", "column_name", "constraint_name")
+            if (value := getattr(error, part, None))
+        ]
+        return f"{type(error).__name__} (SQLSTATE {error.sqlstate}) {' '.join(names)}".strip()
+    if isinstance(error, asyncpg.InterfaceError):  # includes client-side encoding errors, which quote values
+        return type(error).__name__
+    return f"{type(error).__name__}: {error}"[:1000]
+
+
+async def process_events(
+    pool: asyncpg.Pool,
+    event_ids: list[str],
+    settings: Settings,
+    *,
+    fill_up_to: int = 0,
+    registry: Registry,
+) -> Outcome:
+    """Process stored events (those still pending) as the live worker does; safe to repeat.
+
+    With `fill_up_to`, other due pending events join the batch up to that many in all.
+    """
+    engine = Engine(pool, settings, registry)
+    return await engine.run(Batch(list(event_ids), fill_up_to=fill_up_to), INTAKE)

@@ -1,0 +1,335 @@
+"""Replay: re-apply stored events in Stripe order through the worker's own code path.
+
+Events are read in (created, id) order in keyset batches; each batch runs through the worker's
+own batch engine (`processing.Engine`, with the REPLAY or REBUILD policy): one transaction under
+the per-customer advisory locks the worker takes, so replay and live workers coexist exactly as
+two workers do. A batch that fails is split in halves until the failing event stands alone; it
+is marked `failed` and the replay goes on.
+
+Stored statuses: replay leaves pending events to the worker. A finished event records what
+its replay found: `failed` when it fails now, and `processed` (or `ignored`) when a fixed or
+new handler now applies it, so that a repair by replay does not leave stale failures behind.
+
+`--rebuild` empties the Stripe-derived tables and refills them from the log. We chose a
+resumable rebuild over one big transaction: the wipe and a rebuild marker commit together,
+then batches commit one by one, each advancing the marker's cursor. A crash before the wipe
+commits leaves the old state; after it, the marker says the model is incomplete (/api/sync
+answers "lagging" with a `rebuild` key) and the next `replay` resumes after the last committed batch. One big
+transaction would hold a lock per customer until the end, which PostgreSQL's lock table
+cannot hold for large accounts, and would stall the live worker for the whole rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import asyncpg
+
+from stripeline.handlers import billing, segments
+from stripeline.logging import log
+from stripeline.model import tables
+from stripeline.model.context import Registry
+from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
+from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, lock_customers
+from stripeline.processing.runs import Reporter, RunError, Tally
+from stripeline.settings import Settings
+from stripeline.store import event_log
+
+BATCH_SIZE = 1000
+# Each distinct customer in a batch holds an advisory lock until commit, and PostgreSQL's lock
+# table holds about 64 per connection by default: bigger batches risk "out of shared memory".
+MAX_BATCH_SIZE = 2000
+# Events are at least this old (Stripe's `created` is a Unix time >= 0).
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+# Everything a rebuild empties: rows derived from Stripe events only (app/model/tables.py). Never
+# customer attributes, tags or activity (users wrote those), nor segment history, nor tombstones:
+# in `delete` mode a deleted customer's events are gone, and only its tombstone keeps a late
+# webhook from bringing it back.
+DERIVED_TABLES = tables.STRIPE_DERIVED
+# Segment memberships are not wiped: batches of a rebuild skip the segment refresher and the
+# rebuild ends with one full refresh, so history and segment webhooks see only real changes.
+# Batches skip the billing refresher too (MRR, last payment): the rebuild ends by refreshing
+# every customer once, a thousand at a time under their locks, as a batch of the worker would.
+BILLING_CHUNK = 1000
+CUSTOMERS_AFTER = "SELECT id FROM customers WHERE id > $1 ORDER BY id LIMIT $2"
+
+# Held for a whole rebuild so that two rebuilds never refill the model at once.
+REBUILD_LOCK = 0x7374726970726562  # "stripreb" as an integer, like the migration lock
+# NOWAIT: a busy worker or reader makes us back off and retry, never wait holding locks.
+LOCK_DERIVED = f"LOCK TABLE {', '.join(DERIVED_TABLES)} IN ACCESS EXCLUSIVE MODE NOWAIT"
+WIPE_DERIVED = f"TRUNCATE {', '.join(DERIVED_TABLES)}"
+ANALYZE_DERIVED = f"ANALYZE {', '.join(DERIVED_TABLES)}"
+WIPE_ATTEMPTS = 300
+
+START_REBUILD = """
+INSERT INTO replay_rebuilds (through_received_at, events_total)
+SELECT now(), count(*) FROM stripe_events WHERE received_at <= now()
+RETURNING started_at, through_received_at, after_created, after_id, events_done, events_total
+"""
+ADVANCE_REBUILD = "UPDATE replay_rebuilds SET after_created = $1, after_id = $2, events_done = events_done + $3"
+FINISH_REBUILD = "DELETE FROM replay_rebuilds"
+# The cause recorded in segment history for what a rebuild changed.
+REBUILD_CAUSE = "rebuild"
+
+# The selection: after the cursor ($1, $2), received by the snapshot ($3), created before $4,
+# of a type matching the regular expression $5, of customer $6; in Stripe order.
+SELECT_BATCH = f"""
+SELECT {EVENT_COLUMNS}, status FROM stripe_events
+WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
+  AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
+ORDER BY created, id
+LIMIT $7
+"""
+COUNT_SELECTION = """
+SELECT count(*) FROM stripe_events
+WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
+  AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
+"""
+
+class ReplayRefused(RunError):
+    """The replay cannot run as asked; the message says why and what to do."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored events a replay applies; empty fields select everything."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    type_pattern: str | None = None
+    customer: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return any(value is not None for value in dataclasses.astuple(self))
+
+    def type_regex(self) -> str | None:
+        return None if self.type_pattern is None else glob_to_regex(self.type_pattern)
+
+
+_GLOB_TOKEN = re.compile(r"\*|\?|\[!?[A-Za-z0-9_.-]+\]|[A-Za-z0-9_-]|\.")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A shell glob over event types (`*`, `?`, `[abc]`, `[!abc]`) as an anchored regex."""
+    if not pattern:
+        raise ReplayRefused("--type must not be empty")
+    parts = []
+    position = 0
+    while position < len(pattern):
+        match = _GLOB_TOKEN.match(pattern, position)
+        if match is None:
+            raise ReplayRefused(
+                f"--type {pattern!r} is not a glob of event types: use letters, digits, '.', '_', '*', '?' and [...]"
+            )
+        token = match.group()
+        if token == "*":
+            parts.append(".*")
+        elif token == "?":
+            parts.append(".")
+        elif token == ".":
+            parts.append(r"\.")
+        elif token.startswith("[!"):
+            parts.append("[^" + token[2:])
+        else:
+            parts.append(token)
+        position = match.end()
+    return "^" + "".join(parts) + "$"
+
+
+def _tally(outcome: Outcome, records: list[EventRecord]) -> Tally:
+    types = {r.id: r.type for r in records}
+    return Tally(
+        applied=len(outcome.processed),
+        skipped=len(outcome.ignored),
+        failed=len(outcome.failed),
+        failures=[f"{event_id} ({types.get(event_id)}): {outcome.errors.get(event_id)}" for event_id in outcome.failed],
+    )
+
+
+async def _advance_rebuild(conn: asyncpg.Connection, records: list[EventRecord]) -> None:
+    """Move the rebuild's resume marker past these events, in their own transaction."""
+    await conn.execute(ADVANCE_REBUILD, records[-1].created, records[-1].id, len(records))
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The rows one replay walks: the selection after a cursor, received up to a snapshot."""
+
+    after: tuple[datetime, str]
+    through_received_at: datetime
+    until: datetime = FAR_FUTURE
+    type_regex: str | None = None
+    customer: str | None = None
+
+    def arguments(self, after: tuple[datetime, str]) -> tuple:
+        return (*after, self.through_received_at, self.until, self.type_regex, self.customer)
+
+
+async def _batches(pool: asyncpg.Pool, scope: _Scope, batch_size: int) -> AsyncIterator[list[asyncpg.Record]]:
+    """Keyset batches of the scope; the next batch is read while the caller applies this one."""
+
+    async def fetch(after: tuple[datetime, str]) -> list[asyncpg.Record]:
+        async with pool.acquire() as conn:
+            return await conn.fetch(SELECT_BATCH, *scope.arguments(after), batch_size)
+
+    pending = asyncio.create_task(fetch(scope.after))
+    try:
+        while True:
+            rows = await pending
+            if not rows:
+                return
+            pending = asyncio.create_task(fetch((rows[-1]["created"], rows[-1]["id"])))
+            yield rows
+    finally:
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+
+
+@dataclass
+class _Run:
+    """What one replay works with, passed down whole."""
+
+    engine: Engine
+    tally: Tally
+    batch_size: int
+    progress: Reporter | None
+    stop: asyncio.Event | None
+
+
+async def _walk(run: _Run, scope: _Scope, rebuilding: bool) -> None:
+    pool = run.engine.pool
+    async with contextlib.aclosing(_batches(pool, scope, run.batch_size)) as batches:
+        batch_number = 0
+        async for rows in batches:
+            records = [record_from_row(row) for row in rows]
+            batch = Batch.read(records, [row["status"] for row in rows], _advance_rebuild if rebuilding else None)
+            done = _tally(await run.engine.run(batch, REBUILD if rebuilding else REPLAY), records)
+            batch_number += 1
+            if rebuilding and batch_number & (batch_number - 1) == 0:
+                # A wiped table has no statistics and autovacuum cannot keep up with a rebuild:
+                # PostgreSQL would plan for empty tables (nested loops over thousands of rows,
+                # 2-3 s a batch at 30,000 invoices). Refresh them as the tables double.
+                async with pool.acquire() as conn:
+                    await conn.execute(ANALYZE_DERIVED)
+            run.tally.add(done)
+            if run.progress is not None:
+                for failure in done.failures:
+                    run.progress.failure(failure)
+                run.progress.advance(len(records))
+            if run.stop is not None and run.stop.is_set():
+                run.tally.interrupted = True
+                return
+
+
+async def _start_rebuild(pool: asyncpg.Pool) -> asyncpg.Record:
+    """Empty the derived tables and record the rebuild, in one transaction."""
+    for _ in range(WIPE_ATTEMPTS):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_DERIVED)
+                await conn.execute(WIPE_DERIVED)
+                marker = await conn.fetchrow(START_REBUILD)
+        except asyncpg.LockNotAvailableError:
+            await asyncio.sleep(random.uniform(0.02, 0.1))
+            continue
+        log.info("rebuild_started", events_total=marker["events_total"])
+        return marker
+    raise ReplayRefused("the billing tables stayed busy (worker or API); try the rebuild again")
+
+
+async def _refresh_billing_of_everyone(pool: asyncpg.Pool, progress: Reporter | None) -> None:
+    """The billing refresh that the rebuild's batches skipped, once per customer."""
+    after = ""
+    async with pool.acquire() as conn:
+        if progress is not None:
+            progress.phase("billing", total=await conn.fetchval("SELECT count(*) FROM customers"))
+        while True:
+            async with conn.transaction():
+                ids = [row["id"] for row in await conn.fetch(CUSTOMERS_AFTER, after, BILLING_CHUNK)]
+                if not ids:
+                    return
+                await lock_customers(conn, ids)
+                await billing.refresh_customers(conn, ids)
+            after = ids[-1]
+            if progress is not None:
+                progress.advance(len(ids))
+
+
+async def _rebuild(run: _Run) -> None:
+    pool, settings = run.engine.pool, run.engine.settings
+    async with pool.acquire() as guard:
+        if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+            raise ReplayRefused("another `replay --rebuild` is running")
+        try:
+            marker = await guard.fetchrow(event_log.GET_REBUILD)
+            if marker is None:
+                marker = await _start_rebuild(pool)
+            elif run.progress is not None:
+                run.progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
+            if run.progress is not None:
+                run.progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
+            after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
+            await _walk(run, _Scope(after, marker["through_received_at"]), rebuilding=True)
+            if not run.tally.interrupted:
+                await _refresh_billing_of_everyone(pool, run.progress)
+                if run.progress is not None:
+                    run.progress.phase("segments")
+                async with guard.transaction():
+                    await segments.refresh_all(guard, datetime.now(timezone.utc), settings, cause=REBUILD_CAUSE)
+                    await guard.execute(FINISH_REBUILD)
+                tally = run.tally
+                log.info("rebuild_finished", applied=tally.applied, skipped=tally.skipped, failed=tally.failed)
+        finally:
+            await guard.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+
+
+async def replay(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    selection: Selection = Selection(),
+    *,
+    rebuild: bool = False,
+    tally: Tally | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: Reporter | None = None,
+    stop: asyncio.Event | None = None,
+    registry: Registry,
+) -> Tally:
+    """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`)."""
+    engine = Engine(pool, settings, registry)
+    run = _Run(engine, tally if tally is not None else Tally(), batch_size, progress, stop)
+    async with pool.acquire() as conn:
+        pending_rebuild = await conn.fetchval("SELECT true FROM replay_rebuilds")
+    if pending_rebuild and selection.filtered:
+        raise ReplayRefused("an interrupted rebuild is pending: run `stripeline replay --rebuild` to finish it first")
+    if rebuild and selection.filtered:
+        raise ReplayRefused("--rebuild replays every stored event and takes no filters")
+    if rebuild or pending_rebuild:
+        await _rebuild(run)
+        return run.tally
+    async with pool.acquire() as conn:
+        snapshot = await conn.fetchval("SELECT now()")
+        scope = _Scope(
+            after=(selection.since or EPOCH, ""),
+            through_received_at=snapshot,
+            until=selection.until or FAR_FUTURE,
+            type_regex=selection.type_regex(),
+            customer=selection.customer,
+        )
+        total = await conn.fetchval(COUNT_SELECTION, *scope.arguments(scope.after))
+    if progress is not None:
+        progress.phase("replay", total=total)
+    await _walk(run, scope, rebuilding=False)
+    return run.tally

@@ -1,0 +1,55 @@
+"""What a long run over stored events (replay, import, backfill) counts, and how it reports.
+
+The commands show progress on a terminal or as plain lines (stripeline.commands.progress);
+processing only needs a `Reporter`, so it never imports the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RunError(Exception):
+    """A long run cannot go on; the message says why and what to do."""
+
+    exit_code = 1
+
+
+@dataclass
+class Tally:
+    """What a long run did to events: its summary line and its exit code."""
+
+    applied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, other: Tally) -> None:
+        self.applied += other.applied
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.failures += other.failures
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+
+class Reporter(Protocol):
+    """Where a long run says how far it is (stripeline.commands.progress.Progress)."""
+
+    def phase(self, name: str, total: int | None = None, done: int = 0) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def failure(self, message: str) -> None: ...

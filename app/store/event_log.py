@@ -1,0 +1,103 @@
+"""The event log in PostgreSQL: storing events, reading them back, their counts, and the
+marker of a rebuild in progress (while it exists the model is behind the log)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from stripeline.model.events import EventRecord
+
+# Many events in one statement; a duplicate id is skipped and not returned. The payloads
+# arrive as JSON text and PostgreSQL parses them once, into jsonb.
+INSERT_EVENTS = """
+INSERT INTO stripe_events (id, type, account, livemode, api_version, created,
+                           object_type, object_id, customer_id, payload)
+SELECT id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::timestamptz[],
+            $7::text[], $8::text[], $9::text[], $10::text[])
+     AS e(id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+
+def _json_text(event: EventRecord) -> str:
+    if event.raw is not None:
+        return event.raw.decode()
+    return orjson.dumps(event.payload).decode()
+
+
+async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> set[str]:
+    """Store events; return the ids that were new (the rest were already stored)."""
+    rows = await conn.fetch(
+        INSERT_EVENTS,
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.account for e in events],
+        [e.livemode for e in events],
+        [e.api_version for e in events],
+        [e.created for e in events],
+        [e.object_type for e in events],
+        [e.object_id for e in events],
+        [e.customer_id for e in events],
+        [_json_text(e) for e in events],
+    )
+    return {row["id"] for row in rows}
+
+
+GET_EVENT = """
+SELECT id, type, status, attempts, last_error, received_at, processed_at, payload
+FROM stripe_events WHERE id = $1
+"""
+
+# Put a finished-badly event back in line; a pending one is left as it is.
+RESET_FOR_RETRY = """
+UPDATE stripe_events SET status = 'pending', next_attempt_at = NULL
+WHERE id = $1 AND status = 'failed'
+RETURNING id
+"""
+
+# Kept by triggers on stripe_events (sql/0006_event_counts.sql): deltas, summed here.
+COUNT_BY_STATUS = "SELECT status, sum(n)::bigint AS n FROM stripe_event_counts GROUP BY status"
+# Fold the deltas into one row per status. Deltas committed meanwhile are not in the
+# DELETE's snapshot and stay; two folds at once each move only the rows they deleted.
+FOLD_COUNTS = """
+WITH folded AS (DELETE FROM stripe_event_counts RETURNING status, n)
+INSERT INTO stripe_event_counts (status, n)
+SELECT status, sum(n) FROM folded GROUP BY status HAVING sum(n) <> 0
+"""
+
+SYNC_SUMMARY = """
+SELECT
+    (SELECT min(received_at) FROM stripe_events WHERE status = 'pending') AS oldest_pending_at,
+    (SELECT max(received_at) FROM stripe_events) AS last_event_at,
+    now() AS now
+"""
+
+
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    counts = {"pending": 0, "processed": 0, "ignored": 0, "failed": 0}
+    for row in await conn.fetch(COUNT_BY_STATUS):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+async def fold_counts(conn: asyncpg.Connection) -> None:
+    """Keep the count deltas few (the worker's sweeper calls this)."""
+    await conn.execute(FOLD_COUNTS)
+
+
+GET_REBUILD = """
+SELECT started_at, through_received_at, after_created, after_id, events_done, events_total FROM replay_rebuilds
+"""
+
+
+async def rebuild_status(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The rebuild in progress, if any: while it runs the billing model is incomplete."""
+    marker = await conn.fetchrow(GET_REBUILD)
+    if marker is None:
+        return None
+    return {key: marker[key] for key in ("started_at", "events_done", "events_total")}
