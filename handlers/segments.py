@@ -38,6 +38,7 @@ from datetime import datetime
 import asyncpg
 
 from stripeline.model.context import ProcessingContext
+from stripeline.model.locks import customer_lock_key
 from stripeline.settings import Settings
 
 
@@ -309,9 +310,9 @@ LIMIT $2
 """
 
 # Skip customers an event is being applied to right now: that transaction re-evaluates them.
-LOCK_IDLE_CUSTOMERS = """
+LOCK_IDLE_CUSTOMERS = f"""
 SELECT customer_id FROM unnest($1::text[]) AS given(customer_id)
-WHERE pg_try_advisory_xact_lock(hashtextextended(customer_id, 0))
+WHERE pg_try_advisory_xact_lock({customer_lock_key("customer_id")})
 """
 
 # Evaluations of single customers (events, activity, reviews) share this lock; a full refresh

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stripeline.model",),
     ("stripeline.outages", "stripeline.garbage", "stripeline.signature"),
     ("stripeline.logging",),
-    ("stripeline.settings", "stripeline.sql"),
+    ("stripeline.settings", "stripeline.sql", "stripeline.clock"),
 ]
 
 

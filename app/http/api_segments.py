@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stripeline.clock import utc_now
 from stripeline.handlers import segments
 from stripeline.http import api_input
 from stripeline.http.api_input import parse_time
@@ -77,10 +78,6 @@ WITH recorded AS (
 )
 SELECT count(*) FROM recorded
 """
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def parse_limit(request: Request) -> int:

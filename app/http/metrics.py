@@ -50,7 +50,7 @@ OUTBOX_SUMMARY = """
 SELECT count(*) FILTER (WHERE next_attempt_at < 'infinity') AS waiting,
        count(*) FILTER (WHERE next_attempt_at = 'infinity') AS given_up,
        min(created_at) FILTER (WHERE next_attempt_at < 'infinity') AS oldest_waiting_at
-FROM outbox WHERE delivered_at IS NULL
+FROM outbox
 """
 
 WORKER_PUSHES = "SELECT worker, pushed_at, metrics FROM worker_metrics ORDER BY worker"

@@ -40,6 +40,7 @@ import orjson
 
 from stripeline.logging import log
 from stripeline.model.events import EventRecord, record_from_row
+from stripeline.model.locks import customer_lock_key
 from stripeline.model.ordering import Candidate, last_of, restore
 
 # The version of a placeholder row (written as '-infinity').
@@ -59,8 +60,8 @@ WHERE e.type = ANY($3::text[]) AND NOT (e.id = ANY($4::text[]))
 # waiting for it while holding other customers' locks could deadlock. A customer locked
 # elsewhere loses nothing: an invoice payment changes no derived state that the invoice's own
 # events do not (the invoice carries its paid amount and time).
-LOCK_INVOICE_CUSTOMERS = """
-SELECT customer_id, pg_try_advisory_xact_lock(hashtextextended(customer_id, 0)) AS locked
+LOCK_INVOICE_CUSTOMERS = f"""
+SELECT customer_id, pg_try_advisory_xact_lock({customer_lock_key("customer_id")}) AS locked
 FROM (SELECT DISTINCT customer_id FROM invoices
       WHERE id = ANY($1::text[]) AND customer_id IS NOT NULL AND NOT (customer_id = ANY($2::text[]))
       ORDER BY customer_id) AS owners

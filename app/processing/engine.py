@@ -28,6 +28,7 @@ import asyncpg
 from stripeline.logging import log
 from stripeline.model.context import ProcessingContext, Registry
 from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
+from stripeline.model.locks import customer_lock_key
 from stripeline.outages import is_connection_lost, is_outage
 from stripeline.settings import Settings
 
@@ -133,11 +134,8 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-# The key of a customer's advisory lock, wherever one is taken.
-CUSTOMER_LOCK_KEY = "hashtextextended({}, 0)"
-
 LOCK_CUSTOMERS = f"""
-SELECT pg_advisory_xact_lock({CUSTOMER_LOCK_KEY.format("customer_id")})
+SELECT pg_advisory_xact_lock({customer_lock_key("customer_id")})
 FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
 """
 

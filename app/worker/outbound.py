@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 
+from stripeline.clock import utc_now
 from stripeline.logging import log
 from stripeline.settings import Settings
 from stripeline.signature import sign
 
-KIND = "segment_webhook"
 SIGNATURE_HEADER = "Stripeline-Signature"
 USER_AGENT = "stripeline-segment-webhooks"
 
@@ -44,7 +44,7 @@ CLAIM_DUE = """
 UPDATE outbox SET next_attempt_at = $1::timestamptz + make_interval(secs => $3)
 WHERE id IN (
     SELECT id FROM outbox
-    WHERE kind = 'segment_webhook' AND delivered_at IS NULL AND next_attempt_at <= $1
+    WHERE kind = 'segment_webhook' AND next_attempt_at <= $1
       AND id <> ALL ($4::bigint[])
     ORDER BY next_attempt_at, id
     LIMIT $2
@@ -64,10 +64,6 @@ SET attempts = o.attempts + 1,
 FROM unnest($1::bigint[], $2::text[]) AS failed(id, error)
 WHERE o.id = failed.id
 """
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 async def _post(client: httpx.AsyncClient, settings: Settings, payload: dict[str, Any]) -> str | None:

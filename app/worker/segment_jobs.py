@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
+from stripeline.clock import utc_now
 from stripeline.handlers import segments
 from stripeline.logging import log
 from stripeline.settings import Settings
@@ -27,10 +28,6 @@ ENSURE_REFRESH_STATE = "INSERT INTO segment_refresh_state DEFAULT VALUES ON CONF
 # Serialises refresh runs across workers; a run that finds the row locked has nothing to do.
 LOCK_REFRESH_STATE = "SELECT definitions, refreshed_at FROM segment_refresh_state FOR UPDATE SKIP LOCKED"
 SAVE_REFRESH_STATE = "UPDATE segment_refresh_state SET definitions = $1, refreshed_at = $2"
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _is_recent(refreshed_at: datetime | None, now: datetime, settings: Settings) -> bool:
