@@ -137,12 +137,13 @@ def _readme_section(title: str) -> str:
     return readme[start : readme.index("\n## ", start + 1)]
 
 
-def test_readme_connect_stripe_names_exactly_the_event_types_the_handlers_use():
-    from stripeline.handlers import HANDLERS
+def test_readme_connect_stripe_lists_every_handled_event_type_with_what_its_handler_does():
+    from stripeline.handlers import WHY
 
-    section = _readme_section("Connect Stripe")
-    listed = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section.split("Copy the endpoint")[0])
-    assert sorted(listed) == sorted(HANDLERS)
+    section = _readme_section("Connect Stripe").split("Copy the endpoint")[0]
+    rows = re.findall(r"^\| `([a-z_]+(?:\.[a-z_]+)+)` \| (.+) \|$", section, re.M)
+    expected = [(event_type, why) for event_type, why in WHY.items()]
+    assert rows == expected, "\n".join(f"| `{t}` | {why} |" for t, why in expected)
 
 
 def test_readme_connect_stripe_asks_read_access_to_exactly_what_backfill_lists():
