@@ -193,7 +193,7 @@ class Ingestor:
                     log.debug("ingest_connection_replaced", error=type(cause).__name__)
                     # Its idle siblings most likely died with it (a restart, terminated
                     # backends): the retry must get a new connection, not another dead one.
-                    self._pool.expire_connections()
+                    await self._pool.expire_connections()
                     continue
                 self.postgres.failed(cause, deferred=len(records))
                 raise

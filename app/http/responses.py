@@ -119,7 +119,7 @@ class ErrorAnswers:
                     # Its idle siblings most likely died with it: the retry gets new ones.
                     pool = getattr(scope.get("app") and scope["app"].state, "pool", None)
                     if pool is not None:
-                        pool.expire_connections()
+                        await pool.expire_connections()
                     continue
                 status, message = answer_for(problem)
                 self._log(scope, problem, status)

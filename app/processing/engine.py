@@ -233,7 +233,7 @@ class Engine:
         except Exception as error:
             if is_outage(error):
                 if is_connection_lost(error) and not lost_once:
-                    self.pool.expire_connections()  # its idle siblings most likely died with it
+                    await self.pool.expire_connections()  # its idle siblings most likely died with it
                     return await self.run(batch, policy, lost_once=True)
                 raise
             parts = batch.halves()
