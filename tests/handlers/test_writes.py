@@ -55,7 +55,9 @@ def _batches(deliveries, rnd: random.Random):
 @hypothesis_settings(
     # 20 real-sized streams here; the one-model properties (tests/app/test_one_model.py) walk the
     # same ground through every path. STRIPELINE_PROPERTY_EXAMPLES asks for more, for a long run.
-    max_examples=int(os.environ.get("STRIPELINE_PROPERTY_EXAMPLES", "0")) * 10 or 20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=int(os.environ.get("STRIPELINE_PROPERTY_EXAMPLES", "0")) * 10 or 20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
