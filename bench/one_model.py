@@ -54,11 +54,12 @@ from bench.common import (  # noqa: E402
     wait_for_http,
 )
 from stripeline.handlers import registry  # noqa: E402
-from stripeline.model.events import event_from_payload, insert_events  # noqa: E402
+from stripeline.model.events import event_from_payload  # noqa: E402
 from stripeline.processing.engine import INTAKE, Batch, Engine  # noqa: E402
 from stripeline.settings import Settings  # noqa: E402
 from stripeline.signature import sign  # noqa: E402
 from stripeline.store.db import create_pool  # noqa: E402
+from stripeline.store.event_log import insert_events  # noqa: E402
 from stripeline.store.migrate import migrate as migrate_here  # noqa: E402
 from tests.observed import differing, first_difference  # noqa: E402
 

@@ -65,11 +65,12 @@ from bench.common import (  # noqa: E402
 )
 from stripeline.handlers import registry
 from stripeline.model.context import ProcessingContext
-from stripeline.model.events import event_from_payload, insert_events  # noqa: E402
+from stripeline.model.events import event_from_payload  # noqa: E402
 from stripeline.processing.engine import apply_events  # noqa: E402
 from stripeline.settings import Settings  # noqa: E402
 from stripeline.signature import sign  # noqa: E402
 from stripeline.store.db import connect  # noqa: E402
+from stripeline.store.event_log import insert_events  # noqa: E402
 from stripeline.store.migrate import migrate as migrate_here  # noqa: E402
 from tests.handlers.billing_support import model_state  # noqa: E402
 from tests.handlers.truth import mismatches  # noqa: E402
