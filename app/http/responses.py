@@ -25,6 +25,8 @@ from stripeline.outages import blames_content, dependency_of, is_connection_lost
 # Seconds a client should wait before retrying a 503 (Stripe retries on its own schedule).
 RETRY_AFTER_SECONDS = 5
 
+LOGGED_PATH_CHARS = 200
+
 
 class BadInput(Exception):
     """The request is malformed; the message says how (answered 400)."""
@@ -131,6 +133,12 @@ class ErrorAnswers:
             if self.report_outage is not None:
                 self.report_outage(problem)  # one line per outage, not one per request
         elif status >= 500:
-            log.error("request_failed", path=scope["path"], error=type(problem).__name__, exc_info=True)
+            log.error("request_failed", path=_logged_path(scope), error=type(problem).__name__, exc_info=True)
         else:
-            log.debug("request_refused", path=scope["path"], status=status, error=type(problem).__name__)
+            log.debug("request_refused", path=_logged_path(scope), status=status, error=type(problem).__name__)
+
+
+def _logged_path(scope: Scope) -> str:
+    """The path as a log shows it: a hostile one (up to the 32 KiB head limit) is cut short."""
+    path = scope["path"]
+    return path if len(path) <= LOGGED_PATH_CHARS else path[:LOGGED_PATH_CHARS] + "..."

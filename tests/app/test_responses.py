@@ -98,6 +98,21 @@ async def test_a_bug_is_logged_and_answered_500_without_a_traceback():
     assert [line["event"] for line in logs] == ["request_failed"]
 
 
+async def test_a_refused_request_logs_its_path_cut_short():
+    async def endpoint(request):
+        raise BadInput("no such thing")
+
+    app = Starlette(routes=[Route("/{rest:path}", endpoint)], middleware=[Middleware(ErrorAnswers)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    with structlog.testing.capture_logs() as logs:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answer = await client.get("/" + "x" * 20_000)
+    assert answer.status_code == 400
+    [line] = logs
+    assert line["event"] == "request_refused"
+    assert line["path"].startswith("/xxx") and len(line["path"]) <= 210
+
+
 async def test_nul_in_any_path_id_is_400_not_an_outage(client):
     requests = [
         ("GET", "/api/customers/%00"),
