@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from stripeline.http.routes import api_routes as routes
@@ -65,6 +65,9 @@ bodies = st.one_of(
     body=st.one_of(st.none(), bodies),
 )
 async def test_every_api_route_answers_odd_input_with_a_4xx_never_a_5xx(client, seeded, route, values, query, body):
+    # No HTTP client builds a longer URL (httpx refuses a query over 64 KiB); a head over the
+    # server's 32 KiB limit is answered 431 (tests/app/test_web_process.py, a real socket).
+    assume(len(urlencode(query)) < 60_000)
     path, method = route
     names = iter(values)
     url = PARAMETER.sub(lambda _: quote(next(names), safe=""), path)
