@@ -21,6 +21,7 @@ from stripeline.store.db import create_pool
 from stripeline.store.event_log import insert_events
 from stripeline.store.queue import enqueue_events, redis_pool
 from stripeline.worker import jobs as worker_module
+from stripeline.worker.arq_worker import CLAIM_SHA
 from tests import registries
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
@@ -388,8 +389,9 @@ async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_countin
 
 
 class CuttingProxy:
-    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` WATCH
-    commands: the network failing just as arq claims a job, after it has seen the job queued."""
+    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` job claims
+    (the claim script, by its SHA): the network failing just as the worker claims a job, after
+    it has seen the job queued."""
 
     def __init__(self, port: int, cuts: int) -> None:
         self.port = port
@@ -406,7 +408,7 @@ class CuttingProxy:
         async def pump(reader, writer, watching: bool) -> None:
             try:
                 while data := await reader.read(65536):
-                    if watching and self.cuts and b"WATCH" in data:
+                    if watching and self.cuts and CLAIM_SHA.encode() in data:
                         self.cuts -= 1
                         break
                     writer.write(data)
