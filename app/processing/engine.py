@@ -58,7 +58,8 @@ REBUILD = Policy(live=False, retries_failures=False, rebuilding=True)
 
 @dataclass
 class Batch:
-    """The events of one transaction: named by id (claimed inside it), or already read (replay)."""
+    """The events of one transaction: named by id (claimed inside it), or already read (replay;
+    an import's, which a live run claims by id without reading them back)."""
 
     ids: list[str]
     records: list[EventRecord] | None = None
@@ -131,6 +132,14 @@ WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now(
   AND NOT (id = ANY($1::text[]))
 ORDER BY received_at
 LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# The same claim for events whose records are already in hand (an import reads them from its
+# file): their payloads are not read back.
+LOCK_EVENT_IDS = """
+SELECT id FROM stripe_events
+WHERE id = ANY($1::text[]) AND status = 'pending'
 FOR UPDATE SKIP LOCKED
 """
 
@@ -285,6 +294,9 @@ class Engine:
         """The batch's events in Stripe order, and how many joined to fill it up."""
         if not policy.live:
             return list(batch.records or ()), 0
+        if batch.records is not None:
+            claimed = {row["id"] for row in await conn.fetch(LOCK_EVENT_IDS, batch.ids)}
+            return sorted((r for r in batch.records if r.id in claimed), key=lambda r: (r.created, r.id)), 0
         rows = await conn.fetch(LOCK_EVENTS, batch.ids)
         if len(rows) < batch.fill_up_to:
             more = await conn.fetch(LOCK_MORE_EVENTS, batch.ids, batch.fill_up_to - len(rows))
