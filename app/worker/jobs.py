@@ -77,7 +77,8 @@ def outliving_outages(job: Job) -> Job:
 
 
 def batch_turn(ctx: dict[str, Any]) -> asyncio.Lock:
-    """The turn this worker's event batches take one after another (made on first use)."""
+    """The turn this worker's event batches take one after another (made at start-up, or on
+    first use by a caller that builds its own ctx)."""
     if "batch_turn" not in ctx:
         ctx["batch_turn"] = asyncio.Lock()
     return ctx["batch_turn"]
@@ -142,6 +143,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["owns_pool"] = True
     # Set once, as arq intends: the handlers every job applies events through (a test may hand in its own).
     ctx["engine"] = Engine(ctx["pool"], settings, ctx.get("registry") or registry())
+    # Made here, in the worker's own ctx: arq hands each job a copy of it.
+    batch_turn(ctx)
     dependencies_of(ctx)
     for hook in WORKER_STARTUP:
         await hook(ctx)
