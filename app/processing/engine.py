@@ -58,7 +58,8 @@ REBUILD = Policy(live=False, retries_failures=False, rebuilding=True)
 
 @dataclass
 class Batch:
-    """The events of one transaction: named by id (claimed inside it), or already read (replay)."""
+    """The events of one transaction: named by id (claimed inside it), or already read (replay;
+    an import's, which a live run claims by id without reading them back)."""
 
     ids: list[str]
     records: list[EventRecord] | None = None
@@ -122,16 +123,34 @@ ORDER BY created, id
 FOR UPDATE SKIP LOCKED
 """
 
-# Other pending events that are due, oldest arrival first, to fill up a small batch: the
+# The same claim for events whose records are already in hand (an import reads them from its
+# file): their payloads are not read back.
+LOCK_EVENT_IDS = """
+SELECT id FROM stripe_events
+WHERE id = ANY($1::text[]) AND status = 'pending'
+FOR UPDATE SKIP LOCKED
+"""
+
+# The named events and, up to $2 in all, other pending events that are due, oldest arrival
+# first, to fill up a small batch (each marked by whether it joined), in one round trip: the
 # worker's jobs carry the few events one web flush stored, and one transaction over hundreds
 # of events costs little more than one over a handful. Their own jobs then find them done.
-LOCK_MORE_EVENTS = f"""
-SELECT {EVENT_COLUMNS} FROM stripe_events
-WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-  AND NOT (id = ANY($1::text[]))
-ORDER BY received_at
-LIMIT $2
-FOR UPDATE SKIP LOCKED
+LOCK_EVENTS_FILLING_UP = f"""
+WITH named AS (
+    SELECT {EVENT_COLUMNS} FROM stripe_events
+    WHERE id = ANY($1::text[]) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+), more AS (
+    SELECT {EVENT_COLUMNS} FROM stripe_events
+    WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND NOT (id = ANY($1::text[]))
+    ORDER BY received_at
+    LIMIT greatest($2 - (SELECT count(*) FROM named), 0)
+    FOR UPDATE SKIP LOCKED
+)
+SELECT *, false AS joined FROM named
+UNION ALL
+SELECT *, true AS joined FROM more
 """
 
 LOCK_CUSTOMERS = f"""
@@ -285,11 +304,14 @@ class Engine:
         """The batch's events in Stripe order, and how many joined to fill it up."""
         if not policy.live:
             return list(batch.records or ()), 0
-        rows = await conn.fetch(LOCK_EVENTS, batch.ids)
-        if len(rows) < batch.fill_up_to:
-            more = await conn.fetch(LOCK_MORE_EVENTS, batch.ids, batch.fill_up_to - len(rows))
-            batch.joined = [row["id"] for row in more]  # kept should the batch fail (see `halves`)
-            rows += more
+        if batch.records is not None:
+            claimed = {row["id"] for row in await conn.fetch(LOCK_EVENT_IDS, batch.ids)}
+            return sorted((r for r in batch.records if r.id in claimed), key=lambda r: (r.created, r.id)), 0
+        if batch.fill_up_to:
+            rows = await conn.fetch(LOCK_EVENTS_FILLING_UP, batch.ids, batch.fill_up_to)
+            batch.joined = [row["id"] for row in rows if row["joined"]]  # kept should the batch fail (see `halves`)
+        else:
+            rows = await conn.fetch(LOCK_EVENTS, batch.ids)
         return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), len(batch.joined)
 
     async def _failed(self, batch: Batch, policy: Policy, error: BaseException, started: float) -> Outcome:

@@ -12,17 +12,30 @@ each outage is logged once when it starts and once when it ends.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker as ArqWorker
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError
 
 from stripeline.logging import log
 from stripeline.outages import Backoff, Dependency, is_outage, ping_postgres
 from stripeline.store import queue
+
+# arq's claim of a job (WATCH the in-progress key, EXISTS, ZSCORE, MULTI/PSETEX/EXEC: four
+# round trips, a sixth of the worker's time with the polling) in one round trip, atomic in
+# Redis: the same keys, the same rule (not running elsewhere, still queued, due by our clock).
+CLAIM_SCRIPT = """
+if redis.call('exists', KEYS[1]) == 1 then return false end
+local score = redis.call('zscore', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('psetex', KEYS[1], ARGV[3], '1')
+return score
+"""
+CLAIM_SHA = hashlib.sha1(CLAIM_SCRIPT.encode()).hexdigest()
 
 # On SIGTERM, how long the jobs in hand get to finish before they are handed back (Heroku
 # sends SIGKILL 30 s after SIGTERM).
@@ -128,31 +141,18 @@ class Worker(ArqWorker):
 
     async def _claim(self, job_id: str) -> int | None:
         """Set arq's in-progress key for a due job; its score, or None when it is not ours to run."""
-        key = in_progress_key_prefix + job_id
-        score = None
+        keys = (in_progress_key_prefix + job_id, self.queue_name)
+        arguments = (job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000))
         try:
-            async with self.pool.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                running_elsewhere = await pipe.exists(key)
-                queued = await pipe.zscore(self.queue_name, job_id)
-                if running_elsewhere or not queued or queued > timestamp_ms():
-                    return None
-                pipe.multi()
-                pipe.psetex(key, int(self.in_progress_timeout_s * 1000), b"1")
-                try:
-                    await pipe.execute()
-                except (ResponseError, WatchError) as error:
-                    if is_outage(error):
-                        raise
-                    return None  # another worker claimed it first
-                score = int(queued)
+            try:
+                score = await self.pool.evalsha(CLAIM_SHA, len(keys), *keys, *arguments)
+            except NoScriptError:
+                score = await self.pool.eval(CLAIM_SCRIPT, len(keys), *keys, *arguments)
         except Exception as error:
-            if score is None:
-                if is_outage(error):
-                    self._orphaned.add(job_id)  # the claim may have gone through
-                raise
-            # Only resetting the pipeline failed: the claim stands.
-        return score
+            if is_outage(error):
+                self._orphaned.add(job_id)  # the claim may have gone through
+            raise
+        return None if score is None else int(float(score))
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

@@ -76,10 +76,23 @@ def outliving_outages(job: Job) -> Job:
     return guarded
 
 
+def batch_turn(ctx: dict[str, Any]) -> asyncio.Lock:
+    """The turn this worker's event batches take one after another (made at start-up, or on
+    first use by a caller that builds its own ctx)."""
+    if "batch_turn" not in ctx:
+        ctx["batch_turn"] = asyncio.Lock()
+    return ctx["batch_turn"]
+
+
 @outliving_outages
 async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str, int]:
     settings: Settings = ctx["settings"]
-    outcome = await ctx["engine"].run(Batch(event_ids, fill_up_to=FILL_BATCH_UP_TO), WORKER)
+    # One batch at a time per worker: concurrent batches of one process mostly waited on each
+    # other's customer locks and shared price rows (two thirds of their PostgreSQL time in
+    # bench/pipeline.py), in many small transactions. A job that waited here finds its events
+    # done by the batch before it, which filled up with them, and takes what is pending since.
+    async with batch_turn(ctx):
+        outcome = await ctx["engine"].run(Batch(event_ids, fill_up_to=FILL_BATCH_UP_TO), WORKER)
     worker_metrics.observe_outcome(ctx, outcome)
     for event_id, delay in outcome.retry:
         await queue.enqueue_events(
@@ -130,6 +143,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["owns_pool"] = True
     # Set once, as arq intends: the handlers every job applies events through (a test may hand in its own).
     ctx["engine"] = Engine(ctx["pool"], settings, ctx.get("registry") or registry())
+    # Made here, in the worker's own ctx: arq hands each job a copy of it.
+    batch_turn(ctx)
     dependencies_of(ctx)
     for hook in WORKER_STARTUP:
         await hook(ctx)

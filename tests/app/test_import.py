@@ -52,6 +52,23 @@ async def test_import_stores_and_processes_a_history_as_live_processing_would(po
     assert statuses == {"processed", "ignored"}
 
 
+async def test_a_chronological_file_is_applied_as_it_is_read_in_stripe_order(pool, conn, settings):
+    # Sorted by `created` only (ids within a second in any order), as a chronological export
+    # is: each chunk is applied while the next is stored, a second's events wait for the rest
+    # of their second in the next chunk, and the order stays (created, id).
+    payloads = sorted(generated_history(seed=12, customers=15), key=lambda p: p["created"])
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (len(payloads), 0, 0)
+    assert tally.failed == 0 and tally.applied + tally.skipped == len(payloads)
+    model = await billing_model(conn)
+    for invoice_id, _, description in model["invoices"]:
+        events = [p for p in payloads if p["data"]["object"]["id"] == invoice_id]
+        expected = sorted(events, key=lambda p: (p["created"], p["id"]))
+        assert description == " ".join(p["id"] for p in expected)
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
+
+
 async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings):
     customer = new_id("cus")
     good = [

@@ -21,6 +21,7 @@ from stripeline.store.db import create_pool
 from stripeline.store.event_log import insert_events
 from stripeline.store.queue import enqueue_events, redis_pool
 from stripeline.worker import jobs as worker_module
+from stripeline.worker.arq_worker import CLAIM_SHA
 from tests import registries
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import event, ping_event, signed
@@ -339,6 +340,37 @@ async def status_is(conn, event_id: str, status: str) -> bool:
     return await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id) == status
 
 
+async def test_a_workers_batches_take_turns(client, conn, pool, settings):
+    # Two batches of one worker at once mostly waited on each other's locks; the second job's
+    # batch starts only once the first one's has ended, and then takes the events left.
+    first_running, release = asyncio.Event(), asyncio.Event()
+    running, overlaps = [], []
+
+    async def on_test_happened(conn, record, ctx):
+        overlaps.append(len(running))
+        running.append(record.id)
+        if record.customer_id == "cus_turn_first":
+            first_running.set()
+            await release.wait()
+        running.remove(record.id)
+
+    registry = registries.replacing({TEST_TYPE: on_test_happened})
+    first = event(TEST_TYPE, {"id": "obj_turn_1", "object": "thing", "customer": "cus_turn_first"})
+    second = event(TEST_TYPE, {"id": "obj_turn_2", "object": "thing", "customer": "cus_turn_second"})
+    await deliver(client, first)
+    worker = own_worker(settings, pool, registry)
+    working = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+    await asyncio.wait_for(first_running.wait(), 20)
+    await deliver(client, second)  # its own job, for another customer
+    await asyncio.sleep(0.5)
+    assert (await status_of(conn, second["id"]))["status"] == "pending"
+    release.set()
+    await wait_for(lambda: status_is(conn, second["id"], "processed"))
+    worker.handle_sig(signal.SIGTERM)
+    await working
+    assert overlaps == [0, 0]
+
+
 async def test_sigterm_lets_the_batch_in_hand_finish_then_stops(client, conn, pool, settings):
     started = asyncio.Event()
 
@@ -388,8 +420,9 @@ async def test_sigterm_hands_back_a_batch_that_outlasts_the_wait_without_countin
 
 
 class CuttingProxy:
-    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` WATCH
-    commands: the network failing just as arq claims a job, after it has seen the job queued."""
+    """A TCP proxy to Redis that cuts the connection carrying each of the next `cuts` job claims
+    (the claim script, by its SHA): the network failing just as the worker claims a job, after
+    it has seen the job queued."""
 
     def __init__(self, port: int, cuts: int) -> None:
         self.port = port
@@ -406,7 +439,7 @@ class CuttingProxy:
         async def pump(reader, writer, watching: bool) -> None:
             try:
                 while data := await reader.read(65536):
-                    if watching and self.cuts and b"WATCH" in data:
+                    if watching and self.cuts and CLAIM_SHA.encode() in data:
                         self.cuts -= 1
                         break
                     writer.write(data)
