@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402
     fresh_database,
     migrate,
     product_env,
+    profiled,
     simulated_account,
     size_line,
 )
@@ -289,14 +290,15 @@ async def run(args) -> int:
         with running([sys.executable, __file__, "--serve-bare", str(port)], env, port) as server:
             bare = await measure("bare", "127.0.0.1", port, requests, args, server.pid)
 
-    async with fresh_database() as (_, database_url), claimed_redis_db() as (redis_url, _):
+    async with fresh_database() as (database_name, database_url), claimed_redis_db() as (redis_url, _):
         port = free_port()
         env = product_env(database_url, redis_url, STRIPELINE_QUEUE=args.queue, LOG_LEVEL=args.log_level)
         migrate(checkout, env)
         ids, requests = build_requests(payloads, "127.0.0.1", port, SECRET)
         command = checkout.command("web", "--host", "127.0.0.1", "--port", str(port))
         with running(command, env, port, cwd=checkout.root) as server:
-            result = await measure("stripeline", "127.0.0.1", port, requests, args, server.pid)
+            async with profiled(args.profile, {"web": server.pid}, database_name):
+                result = await measure("stripeline", "127.0.0.1", port, requests, args, server.pid)
         ok = await verify(database_url, redis_url, args.queue, {ids[i] for i in result.acknowledged})
     if bare is not None and bare.seconds and result.seconds:
         ours, ceiling = len(result.acknowledged) / result.seconds, len(bare.acknowledged) / bare.seconds

@@ -343,7 +343,7 @@ CREATE TABLE stripeline.stripe_events (
     object_type text,
     object_id text,
     customer_id text,
-    payload jsonb NOT NULL,
+    payload json NOT NULL,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
     status text DEFAULT 'pending'::text NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
@@ -355,6 +355,7 @@ CREATE TABLE stripeline.stripe_events (
     CONSTRAINT stripe_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processed'::text, 'ignored'::text, 'failed'::text]))),
     CONSTRAINT stripe_events_type_check CHECK ((type <> ''::text))
 );
+ALTER TABLE ONLY stripeline.stripe_events ALTER COLUMN payload SET COMPRESSION lz4;
 
 CREATE TABLE stripeline.subscription_items (
     id text NOT NULL,

@@ -43,8 +43,8 @@ def frozen_redis(tmp_path):
 async def test_event_postgresql_refuses_is_refused_alone_and_the_rest_of_its_batch_is_stored(pool, redis, settings, conn):
     good = [parse_event(signed(ping_event(), WEBHOOK_SECRET)[0]) for _ in range(20)]
     bad_record = parse_event(signed(ping_event(), WEBHOOK_SECRET)[0])
-    # Text PostgreSQL's jsonb refuses (parse_event never lets it through; this guards the INSERT).
-    bad = dataclasses.replace(bad_record, raw=bad_record.raw.replace(b'"available":[]', b'"available":[1e-20000]'))
+    # Text the log refuses, as jsonb does: \u0000 (parse_event never lets it through; this guards the INSERT).
+    bad = dataclasses.replace(bad_record, raw=bad_record.raw.replace(b'"available":[]', b'"available":["\\u0000"]'))
     ingestor = Ingestor(pool, redis, settings.queue_name)
     await ingestor.start()
     try:
@@ -52,7 +52,7 @@ async def test_event_postgresql_refuses_is_refused_alone_and_the_rest_of_its_bat
     finally:
         await ingestor.stop()
     refused = results[10]
-    assert isinstance(refused, InvalidEvent) and "22003" in str(refused)
+    assert isinstance(refused, InvalidEvent) and "22P05" in str(refused)
     assert [r for i, r in enumerate(results) if i != 10] == [False] * 20
     stored = {row["id"] for row in await conn.fetch("SELECT id FROM stripe_events")}
     assert stored == {r.id for r in good}

@@ -198,3 +198,24 @@ async def test_a_pooled_connection_is_back_in_the_schema_whatever_the_last_user_
             assert await conn.fetchval("SELECT count(*) FROM stripe_events") == 0
     finally:
         await pool.close()
+
+
+async def test_payloads_stored_as_jsonb_read_back_the_same_after_0013_stores_them_as_json(fresh_databases, monkeypatch):
+    everything = load_migrations()
+    before = [m for m in everything if m.version < 13]
+    conn = await connect(await fresh_databases())
+    try:
+        monkeypatch.setattr(migrations, "load_migrations", lambda: before)
+        await migrate(conn)
+        payload = {"id": "evt_1", "object": "event", "data": {"object": {"id": "cus_1", "name": "Zoë", "n": 1.5}}}
+        await conn.execute(
+            "INSERT INTO stripe_events (id, type, created, payload) VALUES ('evt_1', 'customer.updated', now(), $1)",
+            payload,
+        )
+        monkeypatch.undo()
+        assert [m.version for m in await migrate(conn)][0] == 13
+        assert await conn.fetchval("SELECT pg_typeof(payload)::text FROM stripe_events") == "json"
+        assert await conn.fetchval("SELECT payload FROM stripe_events WHERE id = 'evt_1'") == payload
+        assert await conn.fetchval("SELECT payload #>> '{data,object,name}' FROM stripe_events") == "Zoë"
+    finally:
+        await conn.close()
