@@ -40,7 +40,7 @@ from stripeline.store.db import connect
 from stripeline.store.event_log import insert_events
 from stripeline.store.migrate import migrate
 from tests.handlers.billing_support import model_state
-from tests.servers import Servers, Unavailable, free_port
+from tests.servers import Servers, free_port
 from tests.simulation import Account
 
 ROOT = Path(__file__).resolve().parents[2]

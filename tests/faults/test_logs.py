@@ -10,7 +10,6 @@ phone and VAT digits), the webhook secret, the API token and both servers' passw
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
