@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from stripeline.settings import DEFAULT_SCHEMA
@@ -38,12 +39,26 @@ def normalised(dump: str) -> str:
     return HEADER + "\n" + text + "\n"
 
 
+# The one line of the schema that depends on how the server was built (sql/0013).
+LZ4_LINE = "ALTER TABLE ONLY stripeline.stripe_events ALTER COLUMN payload SET COMPRESSION lz4;\n"
+
+
+async def server_has_lz4(conn) -> bool:
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL default_toast_compression = 'lz4'")
+    except asyncpg.PostgresError:
+        return False
+    return True
+
+
 @pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump (PostgreSQL's client tools)")
 async def test_the_migrations_build_exactly_the_committed_schema(fresh_databases):
     url = await fresh_databases()
     conn = await connect(url)
     try:
         await migrate(conn)
+        has_lz4 = await server_has_lz4(conn)
     finally:
         await conn.close()
     dumped = subprocess.run(
@@ -53,7 +68,10 @@ async def test_the_migrations_build_exactly_the_committed_schema(fresh_databases
     schema = normalised(dumped)
     if os.environ.get("STRIPELINE_WRITE_SCHEMA") == "1":
         SCHEMA_FILE.write_text(schema)
-    assert schema == SCHEMA_FILE.read_text(), (
+    expected = SCHEMA_FILE.read_text()
+    if not has_lz4:  # sql/0013 keeps the default compression there (e.g. the embedded PostgreSQL)
+        expected = expected.replace(LZ4_LINE, "")
+    assert schema == expected, (
         "the migrations no longer build sql/schema.sql: rewrite it with "
         "STRIPELINE_WRITE_SCHEMA=1 .venv/bin/python -m pytest tests/app/test_schema.py"
     )
