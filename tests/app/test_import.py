@@ -36,18 +36,23 @@ async def run_import(pool, settings, data: bytes, registry=None):
     return tally, counts
 
 
-async def test_import_stores_and_processes_a_history_as_live_processing_would(pool, conn, settings):
-    payloads = generated_history(seed=11, customers=15)
-    tally, counts = await run_import(pool, settings, jsonl(*payloads))
-
+async def assert_applied_once_in_stripe_order(conn, payloads, tally, counts) -> None:
+    """Every event stored and applied once; the order-sensitive invoice log (the stand-in
+    handlers append each invoice event's id) shows (created, id) order."""
     assert (counts.stored, counts.duplicates, counts.malformed) == (len(payloads), 0, 0)
     assert tally.failed == 0 and tally.applied + tally.skipped == len(payloads)
     model = await billing_model(conn)
-    # The order-sensitive invoice log: every invoice event applied once, in (created, id) order.
     for invoice_id, _, description in model["invoices"]:
         events = [p for p in payloads if p["data"]["object"]["id"] == invoice_id]
         expected = sorted(events, key=lambda p: (p["created"], p["id"]))
         assert description == " ".join(p["id"] for p in expected)
+
+
+async def test_import_stores_and_processes_a_history_as_live_processing_would(pool, conn, settings):
+    payloads = generated_history(seed=11, customers=15)
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+
+    await assert_applied_once_in_stripe_order(conn, payloads, tally, counts)
     statuses = {r["status"] for r in await conn.fetch("SELECT status FROM stripe_events")}
     assert statuses == {"processed", "ignored"}
 
@@ -59,13 +64,7 @@ async def test_a_chronological_file_is_applied_as_it_is_read_in_stripe_order(poo
     payloads = sorted(generated_history(seed=12, customers=15), key=lambda p: p["created"])
     tally, counts = await run_import(pool, settings, jsonl(*payloads))
 
-    assert (counts.stored, counts.duplicates, counts.malformed) == (len(payloads), 0, 0)
-    assert tally.failed == 0 and tally.applied + tally.skipped == len(payloads)
-    model = await billing_model(conn)
-    for invoice_id, _, description in model["invoices"]:
-        events = [p for p in payloads if p["data"]["object"]["id"] == invoice_id]
-        expected = sorted(events, key=lambda p: (p["created"], p["id"]))
-        assert description == " ".join(p["id"] for p in expected)
+    await assert_applied_once_in_stripe_order(conn, payloads, tally, counts)
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
 
 
