@@ -63,6 +63,14 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, (OSError, asyncio.TimeoutError, BROKEN_CONNECTION, *REDIS_OUTAGES))
 
 
+def is_conflict(error: BaseException) -> bool:
+    """Two transactions met on the same rows (a deadlock, a serialization failure, a lock not
+    available): PostgreSQL is fine and no value is at fault; running the transaction again
+    usually succeeds. Counted among outages for an answer (503, Stripe retries), but a worker
+    must not take it for PostgreSQL going down."""
+    return isinstance(error, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError))
+
+
 def is_connection_lost(error: BaseException) -> bool:
     """A connection that was open went away (backend terminated, server restarted).
 

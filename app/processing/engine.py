@@ -18,6 +18,8 @@ module's callers: the worker sets one up at start, commands build one, tests bui
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -29,7 +31,7 @@ from stripeline.logging import log
 from stripeline.model.context import ProcessingContext, Registry
 from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
 from stripeline.model.locks import customer_lock_key
-from stripeline.outages import is_connection_lost, is_outage
+from stripeline.outages import is_conflict, is_connection_lost, is_outage
 from stripeline.settings import Settings
 
 
@@ -192,9 +194,9 @@ SET status = 'failed', attempts = attempts + 1, last_error = $2, next_attempt_at
 WHERE id = $1
 """
 
-# Worth one more try before a replayed event that fails alone is marked failed: it met a
-# concurrent writer (a live worker on the same rows), not a bug.
-TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
+# How often a batch that met another transaction on the same rows (a deadlock between two
+# workers on shared price rows, say) runs again whole before it is split like a failing one.
+CONFLICT_RETRIES = 3
 
 
 async def lock_customers(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> None:
@@ -239,18 +241,26 @@ class Engine:
     settings: Settings
     registry: Registry
 
-    async def run(self, batch: Batch, policy: Policy, *, lost_once: bool = False) -> Outcome:
+    async def run(self, batch: Batch, policy: Policy, *, lost_once: bool = False, conflicts: int = 0) -> Outcome:
         """Apply a batch; a failure is isolated down to the one event that causes it.
 
         An outage is no event's fault: it is neither split nor counted against an event, but
         raised for the caller (the worker reports it once; the sweeper brings the events back).
-        A connection that died under the batch costs one retry on a fresh one first.
+        A connection that died under the batch costs one retry on a fresh one first. A conflict
+        with another transaction (deadlock, serialization failure) is neither: the batch runs
+        again after a short random pause, then in halves, and only an event that still conflicts
+        alone is recorded as failing (and retried later, like any failure).
         """
         started = time.perf_counter()
         try:
             outcome = await self._together(batch, policy)
         except Exception as error:
-            if is_outage(error):
+            if is_conflict(error):
+                if conflicts < CONFLICT_RETRIES:
+                    log.debug("batch_conflict", error=type(error).__name__, events=len(batch.ids), attempt=conflicts + 1)
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * (conflicts + 1))
+                    return await self.run(batch, policy, lost_once=lost_once, conflicts=conflicts + 1)
+            elif is_outage(error):
                 if is_connection_lost(error) and not lost_once:
                     await self.pool.expire_connections()  # its idle siblings most likely died with it
                     return await self.run(batch, policy, lost_once=True)
@@ -319,7 +329,7 @@ class Engine:
         event_id = batch.ids[0] if batch.ids else None
         if event_id is None:
             return Outcome()
-        if not policy.live and isinstance(error, TRANSIENT):
+        if not policy.live and is_conflict(error):
             try:
                 return await self._together(batch, policy)
             except Exception as again:  # noqa: BLE001 - recorded below

@@ -22,7 +22,7 @@ from arq import cron
 from stripeline.garbage import quiet_garbage_collector
 from stripeline.handlers import registry
 from stripeline.logging import configure_logging, log
-from stripeline.outages import dependency_of, is_outage
+from stripeline.outages import dependency_of, is_conflict, is_outage
 from stripeline.processing.engine import WORKER, Batch, Engine
 from stripeline.settings import Settings
 from stripeline.store import event_log, queue
@@ -68,6 +68,10 @@ def outliving_outages(job: Job) -> Job:
         try:
             return await job(ctx, *args, **kwargs)
         except Exception as error:
+            if is_conflict(error):
+                # Met another transaction on the same rows: PostgreSQL is up; the work is redone.
+                log.info("job_conflict", job=job.__name__, error=type(error).__name__)
+                return None
             if not is_outage(error):
                 raise
             dependencies[dependency_of(error)].failed(error)

@@ -16,7 +16,7 @@ from arq.worker import Worker
 
 from stripeline.http.web import create_app
 from stripeline.model.events import parse_event
-from stripeline.processing.engine import Engine
+from stripeline.processing.engine import WORKER, Batch, Engine
 from stripeline.store.db import create_pool
 from stripeline.store.event_log import insert_events
 from stripeline.store.queue import enqueue_events, redis_pool
@@ -473,3 +473,33 @@ async def test_redis_failing_while_a_job_starts_costs_no_job_slot(settings, pool
     await proxy.stop()
     assert proxy.cuts == 0 and worker.redis_state.outages >= 1  # the claims did fail
     assert worker.job_counter == 0 and worker.jobs_complete == 1
+
+
+async def test_two_batches_that_deadlock_both_end_processed_and_postgresql_is_not_taken_for_down(conn, pool, settings):
+    # Two workers' batches lock shared rows in opposite orders (as two invoices sharing prices
+    # can): PostgreSQL aborts one with a deadlock. That is no outage and no event's fault: the
+    # aborted batch runs again, and both events end processed without an attempt counted.
+    await conn.execute("CREATE TABLE shared_rows (id int PRIMARY KEY, n int NOT NULL)")
+    await conn.execute("INSERT INTO shared_rows VALUES (1, 0), (2, 0)")
+    both_hold_one = asyncio.Barrier(2)
+    first_tries = set()
+
+    async def on_test_happened(conn, record, ctx):
+        first, second = (1, 2) if record.object["id"] == "obj_a" else (2, 1)
+        await conn.execute("UPDATE shared_rows SET n = n + 1 WHERE id = $1", first)
+        if record.id not in first_tries:
+            first_tries.add(record.id)
+            await asyncio.wait_for(both_hold_one.wait(), 10)
+        await conn.execute("UPDATE shared_rows SET n = n + 1 WHERE id = $1", second)
+
+    payloads = [event(TEST_TYPE, {"id": f"obj_{x}", "object": "thing", "customer": f"cus_{x}"}) for x in "ab"]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    engine = Engine(pool, settings, registries.replacing({TEST_TYPE: on_test_happened}))
+    with structlog.testing.capture_logs() as logs:
+        outcomes = await asyncio.gather(*(engine.run(Batch([p["id"]]), WORKER) for p in payloads))
+    assert sorted(event_id for outcome in outcomes for event_id in outcome.processed) == sorted(p["id"] for p in payloads)
+    for payload in payloads:
+        row = await status_of(conn, payload["id"])
+        assert (row["status"], row["attempts"], row["last_error"]) == ("processed", 0, None)
+    assert [line["error"] for line in logs if line["event"] == "batch_conflict"] == ["DeadlockDetectedError"]
+    assert await conn.fetchval("SELECT sum(n) FROM shared_rows") == 4
