@@ -11,7 +11,10 @@ runs, waits until /api/sync counts all of them processed, and prints:
 - acknowledgements/s and their latency p50/p99 as the client saw them (worker running),
 - end-to-end events/s (first byte sent until the last event processed),
 - CPU per event of web, worker, the PostgreSQL backends of this database and the Redis
-  server (shared with anything else using it), and their total,
+  server (shared with anything else using it), and their total, counted until the last event
+  is processed and the worker's queue is empty (jobs left queued are work the events caused),
+- how many events the web stored per INSERT and the worker applied per transaction, how many
+  jobs the worker ran, and how many were still queued when the last event was processed,
 - processing lag p50/p99 (processed_at - received_at), when the schema has those columns,
 - stale rows: the final model against applying the same events in Stripe order with this
   checkout's code (in a second database), and against the simulated account's own objects,
@@ -127,6 +130,53 @@ async def wait_until_processed(port: int, total: int, timeout: float) -> float:
     raise SystemExit("timed out waiting for the worker")
 
 
+async def queued_jobs(redis_url: str, queue_name: str) -> int:
+    """Jobs left in the queue once every event is processed: work the worker still has to do
+    (jobs that will find their events done)."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return await redis.zcard(queue_name)
+    finally:
+        await redis.aclose()
+
+
+async def wait_until_drained(redis_url: str, queue_name: str, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while await queued_jobs(redis_url, queue_name):
+        if time.perf_counter() > deadline:
+            raise SystemExit("timed out waiting for the worker's queue to empty")
+        await asyncio.sleep(0.1)
+
+
+async def batch_sizes(port: int, total: int) -> str:
+    """How many events the web stored per INSERT and the worker applied per transaction, from
+    /metrics (the worker's figures arrive with its next push, up to 10 s later)."""
+    wanted = {"stripeline_ingest_batch_events": "web", "stripeline_worker_batch_events": "worker"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        for _ in range(60):
+            sums: dict[str, dict[str, float]] = {}
+            jobs = 0.0
+            for line in (await client.get("/metrics")).text.splitlines():
+                name, _, value = line.partition(" ")
+                if name.startswith("stripeline_worker_job_duration_seconds_count") and 'job="process_events"' in name:
+                    jobs += float(value)
+                for metric, who in wanted.items():
+                    if name.split("{")[0] in (f"{metric}_sum", f"{metric}_count"):
+                        part = name.split("{")[0].rsplit("_", 1)[1]
+                        sums.setdefault(who, {}).setdefault(part, 0.0)
+                        sums[who][part] += float(value)
+            if sums.get("worker", {}).get("sum", 0) >= total:
+                break
+            await asyncio.sleep(0.5)
+    parts = [f"{who} {s.get('count', 0):,.0f} batches of {s.get('sum', 0) / max(s.get('count', 0), 1):.1f} events on average"
+             for who, s in sums.items()]
+    return "batches: " + ("; ".join(parts) or "n/a (no batch metrics)") + f"; {jobs:,.0f} worker jobs"
+
+
+
 async def in_order_state(account: Account, payloads: list[dict], batch: int) -> tuple[dict, float]:
     """The model after applying the stream in Stripe order with this checkout's code, and the rate."""
     async with fresh_database(suffix="_in_order") as (_, url):
@@ -183,7 +233,13 @@ async def main(args: argparse.Namespace) -> None:
                 statuses, latencies = await send_all(port, bodies, args.concurrency)
                 sent = time.perf_counter()
                 finished = await wait_until_processed(port, len(bodies), args.timeout)
+                # Jobs still queued are work the events caused (each finds its events done):
+                # the CPU figures count them too.
+                left_queued = await queued_jobs(redis_url, env["STRIPELINE_QUEUE"])
+                await wait_until_drained(redis_url, env["STRIPELINE_QUEUE"], args.timeout)
                 used = await meter.stop()
+            batches_line = await batch_sizes(port, len(bodies))
+            batches_line += f"; {left_queued:,} jobs still queued when the last event was processed"
             live_view = await observe(port, account.customers)
             rebuild = checkout.run(["replay", "--rebuild"], env)
             if rebuild.returncode != 0:
@@ -211,6 +267,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"end to end: {events / (finished - started):,.0f} events/s "
           f"({finished - started:.2f} s from first send to last processed)")
     print(lag_line)
+    print(batches_line)
     print(cpu_report(used, events, ("web", "worker", "postgres", "redis")) +
           f"; {2 * (finished - started):.1f} CPU s available on 2 cores")
     split = [f"{name.removeprefix('postgres for ')} {used[name] / events * 1000:.3f}" for name in used

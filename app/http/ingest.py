@@ -2,7 +2,8 @@
 
 Each request hands its verified event to the Ingestor and waits. A flusher takes whatever
 has gathered (up to MAX_BATCH), stores it in one statement, enqueues one arq job for the new
-events, and only then releases the waiting requests. Under load, batches grow by themselves;
+events (or lets them join the queued job no worker has claimed yet: app/store/queue.py), and
+only then releases the waiting requests. Under load, batches grow by themselves;
 alone, a request waits for nothing but its own round trip. An event is acknowledged only after
 its row is committed.
 
@@ -239,7 +240,7 @@ class Ingestor:
             return False
         try:
             async with asyncio.timeout(ENQUEUE_WAIT_SECONDS):  # not wait_for: no task of its own per batch
-                await queue.enqueue_events(self._redis, self._queue_name, event_ids)
+                await queue.enqueue_events(self._redis, self._queue_name, event_ids, join_open_job=True)
         except Exception as error:  # noqa: BLE001 - Redis trouble never fails a stored event
             self.redis.failed(error, deferred=len(event_ids))
             self._next_redis_probe = time.monotonic() + self._redis_backoff.next()

@@ -109,6 +109,11 @@ class Outcome:
     # Events that were not named but joined to fill the batch up.
     joined: int = 0
 
+    @property
+    def claimed(self) -> int:
+        """How many events the batch took, whatever became of them."""
+        return len(self.processed) + len(self.ignored) + len(self.failed) + len(self.retry)
+
     def merge(self, other: Outcome) -> None:
         self.processed += other.processed
         self.ignored += other.ignored

@@ -11,7 +11,7 @@ import hashlib
 from urllib.parse import parse_qs, urlparse
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
@@ -71,27 +71,61 @@ def job_id_for(event_ids: list[str]) -> str:
 # arq's enqueue_job, in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the web
 # process enqueues a job per stored batch, and this was a tenth of its CPU. Same keys, same
 # job encoding, same rule: a job id still queued or still holding a result is not enqueued.
+#
+# With ARGV[5] = '1' (the web's fresh events) the events join the queue's open job instead, when
+# there is one: the last such job, still queued and not yet claimed by a worker (no in-progress
+# key). A worker claims a job in Redis before it claims its events in PostgreSQL, and these
+# events were committed before this script ran, so that job's batch will find them: it takes
+# every due pending event, not only those it names, and goes on while its batches come out full
+# (app/worker/jobs.py). Under load one job then carries many flushes of the web instead of a
+# job per flush that mostly found its events done by an earlier batch (nine in ten of them in
+# bench/pipeline.py, each costing the worker a Redis claim, an empty transaction and a release).
 ENQUEUE_SCRIPT = """
+if ARGV[5] == '1' then
+    local open = redis.call('get', KEYS[4])
+    if open and redis.call('zscore', KEYS[3], open) and redis.call('exists', ARGV[6] .. open) == 0 then
+        return 2
+    end
+end
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] == '1' then redis.call('psetex', KEYS[4], ARGV[1], ARGV[4]) end
 return 1
 """
 ENQUEUE_SHA = hashlib.sha1(ENQUEUE_SCRIPT.encode()).hexdigest()
 
 
+def open_job_key(queue_name: str) -> str:
+    """Where the id of the queue's open job (see ENQUEUE_SCRIPT) is kept."""
+    return f"{queue_name}:open-job"
+
+
 async def enqueue_events(
-    redis: ArqRedis, queue_name: str, event_ids: list[str], *, defer_seconds: float | None = None, job_id: str | None = None
+    redis: ArqRedis,
+    queue_name: str,
+    event_ids: list[str],
+    *,
+    defer_seconds: float | None = None,
+    job_id: str | None = None,
+    join_open_job: bool = False,
 ) -> bool:
-    """Enqueue one `process_events` job for stored events; False if that job id is already queued."""
+    """Enqueue one `process_events` job for stored events; False if that job id is already queued.
+
+    With `join_open_job` (events stored just now, due at once), the events join the queue's
+    open job when there is one, and True is returned: a job will take them.
+    """
     if not event_ids:
         return False
     job_id = job_id or job_id_for(event_ids)
     enqueued_at = timestamp_ms()
     score = enqueued_at + round((defer_seconds or 0) * 1000)
+    joins = join_open_job and not defer_seconds
     job = serialize_job(PROCESS_EVENTS, (event_ids,), {}, None, enqueued_at, serializer=redis.job_serializer)
-    keys = (job_key_prefix + job_id, result_key_prefix + job_id, queue_name)
-    arguments = (score - enqueued_at + redis.expires_extra_ms, job, score, job_id)
+    keys = (job_key_prefix + job_id, result_key_prefix + job_id, queue_name, open_job_key(queue_name))
+    arguments = (
+        score - enqueued_at + redis.expires_extra_ms, job, score, job_id, "1" if joins else "0", in_progress_key_prefix
+    )
     try:
         added = await redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *arguments)
     except NoScriptError:

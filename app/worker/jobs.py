@@ -98,6 +98,12 @@ async def process_events(ctx: dict[str, Any], event_ids: list[str]) -> dict[str,
     async with batch_turn(ctx):
         outcome = await ctx["engine"].run(Batch(event_ids, fill_up_to=FILL_BATCH_UP_TO), WORKER)
     worker_metrics.observe_outcome(ctx, outcome)
+    if outcome.claimed >= FILL_BATCH_UP_TO:
+        # A full batch may have left due events behind that no queued job names: those the web
+        # let join this job (app/store/queue.py). The next job takes them, and goes on so.
+        await queue.enqueue_events(
+            ctx["redis"], settings.queue_name, event_ids, job_id=f"more:{time.time_ns()}", join_open_job=True
+        )
     for event_id, delay in outcome.retry:
         await queue.enqueue_events(
             ctx["redis"], settings.queue_name, [event_id], defer_seconds=delay, job_id=f"retry:{event_id}:{time.time_ns()}"

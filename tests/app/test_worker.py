@@ -205,6 +205,51 @@ async def test_same_batch_enqueued_twice_is_one_job_until_it_has_run(conn, pool,
     assert await enqueue_events(redis, settings.queue_name, ids) is True
 
 
+async def test_fresh_events_join_the_open_job_and_are_all_processed(conn, pool, settings, redis):
+    """The web's events join a job that no worker has claimed yet instead of queueing a job per
+    flush; nothing they carry is left behind."""
+    payloads = [ping_event() for _ in range(5)]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    ids = [p["id"] for p in payloads]
+    assert await enqueue_events(redis, settings.queue_name, ids[:1], join_open_job=True) is True
+    for event_id in ids[1:]:
+        assert await enqueue_events(redis, settings.queue_name, [event_id], join_open_job=True) is True
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
+    worker = await run_worker_until_idle(settings, pool)
+    assert worker.jobs_complete == 1
+    assert [(await status_of(conn, event_id))["status"] for event_id in ids] == ["ignored"] * 5
+
+
+async def test_fresh_events_never_join_a_job_a_worker_has_claimed(conn, settings, redis):
+    """A claimed job may have taken its events already: later events get a job of their own."""
+    from arq.constants import in_progress_key_prefix
+
+    from stripeline.store.queue import job_id_for
+
+    first, later = ping_event(), ping_event()
+    assert await enqueue_events(redis, settings.queue_name, [first["id"]], join_open_job=True) is True
+    await redis.set(in_progress_key_prefix + job_id_for([first["id"]]), "1")
+    assert await enqueue_events(redis, settings.queue_name, [later["id"]], join_open_job=True) is True
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 2
+    # Retries and sweeps name their events and never join.
+    assert await enqueue_events(redis, settings.queue_name, [later["id"]], job_id="sweep:1", join_open_job=False)
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 3
+
+
+async def test_a_full_batch_leaves_no_pending_event_without_a_job(conn, pool, settings, redis, monkeypatch):
+    """Events that joined an open job are found by its batch; when that batch comes out full,
+    the job queues another one for the rest."""
+    monkeypatch.setattr(worker_module, "FILL_BATCH_UP_TO", 3)
+    payloads = [ping_event() for _ in range(8)]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    ids = [p["id"] for p in payloads]
+    for event_id in ids:
+        await enqueue_events(redis, settings.queue_name, [event_id], join_open_job=True)
+    assert len(await redis.queued_jobs(queue_name=settings.queue_name)) == 1
+    await run_worker_until_idle(settings, pool)
+    assert [(await status_of(conn, event_id))["status"] for event_id in ids] == ["ignored"] * 8
+
+
 async def test_deferred_job_waits_its_turn(redis, settings):
     from stripeline.store.queue import enqueue_events
 
