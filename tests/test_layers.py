@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stripeline.handlers",),
     ("stripeline.store",),
     ("stripeline.model",),
-    ("stripeline.outages", "stripeline.garbage", "stripeline.signature"),
+    ("stripeline.outages", "stripeline.garbage", "stripeline.signature", "stripeline.event_loop"),
     ("stripeline.logging",),
     ("stripeline.settings", "stripeline.sql", "stripeline.clock"),
 ]

@@ -28,6 +28,7 @@ import asyncpg
 import orjson
 import stripe
 
+from stripeline import event_loop
 from stripeline.commands.progress import Progress, RunError, Tally, run_command
 from stripeline.handlers import registry
 from stripeline.logging import log
@@ -317,4 +318,4 @@ def backfill_command(args: Any, settings: Settings) -> int:
 
     if args.only_new:
         print("backfill: skipping history; syncing from now on", file=sys.stderr)
-    return asyncio.run(run_command("backfill", settings, work, summary))
+    return event_loop.run(run_command("backfill", settings, work, summary))

@@ -7,13 +7,13 @@ ends the command with one line on stderr and a non-zero exit code, never a trace
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from stripeline import event_loop
 from stripeline.logging import configure_logging
 from stripeline.settings import ConfigError, Settings
 
@@ -36,7 +36,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"migrations: {len(applied)} applied, schema {settings.schema} up to date")
         return 0
 
-    return asyncio.run(run())
+    return event_loop.run(run())
 
 
 def web_app():

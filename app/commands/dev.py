@@ -11,7 +11,6 @@ command run from this directory with the URLs unset (`replay`, `import`, `erase`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -24,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from stripeline import event_loop
 from stripeline.commands.embedded import EmbeddedError, embedded_postgres, embedded_redis
 from stripeline.logging import configure_logging
 from stripeline.settings import Settings
@@ -242,7 +242,7 @@ def run_dev(settings: Settings, port: int) -> int:
             Settings.from_env(env).require("DATABASE_URL", "REDIS_URL", "STRIPE_WEBHOOK_SECRET", "STRIPELINE_API_TOKEN")
 
             dev_settings = Settings.from_env(env)
-            applied = asyncio.run(_prepare_database(admin_url, env["DATABASE_URL"], dev_settings.schema))
+            applied = event_loop.run(_prepare_database(admin_url, env["DATABASE_URL"], dev_settings.schema))
             say(f"stripeline dev: migrations: {applied} applied, schema {dev_settings.schema} up to date")
 
             children = {

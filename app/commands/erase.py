@@ -8,11 +8,11 @@ delete and exits non-zero. Jobs still queued in Redis find no event and do nothi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import asyncpg
 
+from stripeline import event_loop
 from stripeline.logging import log
 from stripeline.model import tables
 from stripeline.settings import Settings
@@ -81,4 +81,4 @@ async def _run(settings: Settings, really: bool) -> int:
 
 def erase_command(args: argparse.Namespace, settings: Settings) -> int:
     settings.require("DATABASE_URL")
-    return asyncio.run(_run(settings, really=args.yes))
+    return event_loop.run(_run(settings, really=args.yes))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
+from stripeline import event_loop
 from stripeline.commands.progress import refuse, run_command
 from stripeline.handlers import registry
 from stripeline.processing.event_files import read_events
@@ -37,7 +37,7 @@ def import_command(args: Any, settings: Settings) -> int:
         }
 
     try:
-        code = asyncio.run(run_command("import", settings, work, summary))
+        code = event_loop.run(run_command("import", settings, work, summary))
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
+from stripeline import event_loop
 from stripeline.commands.progress import refuse, run_command
 from stripeline.handlers import registry
 from stripeline.processing.replay import MAX_BATCH_SIZE, ReplayRefused, Selection, replay
@@ -64,4 +64,4 @@ def replay_command(args: Any, settings: Settings) -> int:
     def summary(tally: Tally) -> dict[str, int]:
         return {"applied": tally.applied, "skipped": tally.skipped, "failed": tally.failed}
 
-    return asyncio.run(run_command("replay", settings, work, summary))
+    return event_loop.run(run_command("replay", settings, work, summary))

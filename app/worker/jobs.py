@@ -19,6 +19,7 @@ from typing import Any
 
 from arq import cron
 
+from stripeline import event_loop
 from stripeline.garbage import quiet_garbage_collector
 from stripeline.handlers import registry
 from stripeline.logging import configure_logging, log
@@ -212,4 +213,4 @@ async def run_worker(settings: Settings) -> None:
 def main(settings: Settings) -> None:
     configure_logging(settings)
     quiet_garbage_collector()
-    asyncio.run(run_worker(settings))
+    event_loop.run(run_worker(settings))
