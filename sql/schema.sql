@@ -68,6 +68,14 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE FUNCTION stripeline.record_event_mentions() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+BEGIN
+    NEW.mentions := jsonb_path_query_array(NEW.payload::jsonb, 'strict $.** ? (@.type() == "string")');
+    RETURN NEW;
+END $_$;
+
 CREATE TABLE stripeline.backfill_cursors (
     run_id bigint NOT NULL,
     resource text NOT NULL,
@@ -350,6 +358,7 @@ CREATE TABLE stripeline.stripe_events (
     last_error text,
     next_attempt_at timestamp with time zone,
     processed_at timestamp with time zone,
+    mentions jsonb,
     CONSTRAINT stripe_events_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT stripe_events_id_check CHECK ((id <> ''::text)),
     CONSTRAINT stripe_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processed'::text, 'ignored'::text, 'failed'::text]))),
@@ -509,6 +518,8 @@ CREATE INDEX stripe_events_created_idx ON stripeline.stripe_events USING btree (
 
 CREATE INDEX stripe_events_customer_idx ON stripeline.stripe_events USING btree (customer_id, created) WHERE (customer_id IS NOT NULL);
 
+CREATE INDEX stripe_events_mentions_idx ON stripeline.stripe_events USING gin (mentions) WHERE (customer_id IS NULL);
+
 CREATE INDEX stripe_events_object_idx ON stripeline.stripe_events USING btree (object_id, created) WHERE (object_id IS NOT NULL);
 
 CREATE INDEX stripe_events_received_idx ON stripeline.stripe_events USING btree (received_at);
@@ -528,6 +539,8 @@ CREATE TRIGGER stripe_events_counted_insert AFTER INSERT ON stripeline.stripe_ev
 CREATE TRIGGER stripe_events_counted_truncate AFTER TRUNCATE ON stripeline.stripe_events FOR EACH STATEMENT EXECUTE FUNCTION stripeline.forget_event_counts();
 
 CREATE TRIGGER stripe_events_counted_update AFTER UPDATE ON stripeline.stripe_events REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update FOR EACH STATEMENT EXECUTE FUNCTION stripeline.count_status_changes();
+
+CREATE TRIGGER stripe_events_mentions BEFORE INSERT OR UPDATE OF payload ON stripeline.stripe_events FOR EACH ROW WHEN ((new.customer_id IS NULL)) EXECUTE FUNCTION stripeline.record_event_mentions();
 
 CREATE TRIGGER stripe_events_minute_insert AFTER INSERT ON stripeline.stripe_events REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION stripeline.count_received_minute();
 

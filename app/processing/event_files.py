@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from stripeline.model.events import EventRecord, InvalidEvent, event_from_payload
+from stripeline.model.events import EventRecord, InvalidEvent, event_from_payload, parse_event
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,13 @@ class Malformed:
     reason: str
 
 
-def _parse(value: Any, where: str) -> EventRecord | Malformed:
+def _parse(value: Any, where: str, raw: bytes | None = None) -> EventRecord | Malformed:
+    """An event, kept with the JSON text it was read from when that is one line of its own: it
+    is stored as received, as a webhook's body is, rather than encoded again."""
     try:
-        return event_from_payload(value)
+        if raw is not None and b"\\u0000" in raw:
+            return parse_event(raw)  # the web's way with U+0000, which PostgreSQL cannot store
+        return event_from_payload(value, raw)
     except InvalidEvent as problem:
         return Malformed(where, str(problem))
 
@@ -38,14 +42,15 @@ def _is_list_object(value: Any) -> bool:
     return isinstance(value, dict) and value.get("object") == "list" and isinstance(value.get("data"), list)
 
 
-def _values(value: Any, where: str) -> Iterator[EventRecord | Malformed]:
-    """One decoded JSON value: an event, an array of events, or a list object of events."""
+def _values(value: Any, where: str, raw: bytes | None = None) -> Iterator[EventRecord | Malformed]:
+    """One decoded JSON value (`raw`: its text, for a line): an event, an array of events, or a
+    list object of events."""
     if isinstance(value, list) or _is_list_object(value):
         items = value if isinstance(value, list) else value["data"]
         for number, item in enumerate(items, 1):
             yield _parse(item, f"{where} item {number}")
     else:
-        yield _parse(value, where)
+        yield _parse(value, where, raw)
 
 
 def _lines(lines: Iterable[bytes]) -> Iterator[EventRecord | Malformed]:
@@ -58,7 +63,7 @@ def _lines(lines: Iterable[bytes]) -> Iterator[EventRecord | Malformed]:
         except orjson.JSONDecodeError:
             yield Malformed(f"line {number}", "not valid JSON")
             continue
-        yield from _values(value, f"line {number}")
+        yield from _values(value, f"line {number}", text)
 
 
 def read_events(stream: BinaryIO) -> Iterator[EventRecord | Malformed]:

@@ -165,3 +165,17 @@ def test_import_command_reads_stdin_reports_lines_and_exits_nonzero(db_url):
 def test_import_command_names_a_missing_file(capsys):
     assert command(["import", "/no/such/file.jsonl"], Settings(database_url="postgresql://nobody@127.0.0.1:1/none")) == 2
     assert capsys.readouterr().err.strip() == "stripeline import: cannot read /no/such/file.jsonl: No such file or directory"
+
+
+async def test_a_line_is_stored_as_it_was_read_and_a_nul_escape_as_the_web_stores_it(pool, conn, settings):
+    customer = new_id("cus")
+    spaced = event("customer.updated", {"id": customer, "object": "customer", "email": "a@x.com"}, created=1_700_000_000)
+    nul = event("customer.updated", {"id": customer, "object": "customer", "email": "b\u0000@x.com"},
+                created=1_700_000_001)
+    line = orjson.dumps(spaced).replace(b'"email":', b'"email": ')  # not orjson's own spelling
+
+    tally, counts = await run_import(pool, settings, jsonl(line, nul))
+
+    assert (counts.stored, counts.malformed, tally.failed) == (2, 0, 0)
+    assert await conn.fetchval("SELECT payload::text FROM stripe_events WHERE id = $1", spaced["id"]) == line.decode()
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "b\ufffd@x.com"
