@@ -171,6 +171,7 @@ SELECT {STORED_COLUMNS} FROM stripe_events WHERE customer_id = $1 ORDER BY creat
 MENTIONING_EVENTS = f"""
 SELECT {STORED_COLUMNS} FROM stripe_events
 WHERE created >= $2 AND customer_id IS NULL
+  AND mentions ?| (ARRAY[$1::text] || $3::text[] || $4::text[])
   AND (jsonb_path_exists(payload::jsonb, 'strict $.** ? (@ == $id)', jsonb_build_object('id', $1::text))
        OR payload #>> '{{data,object,charge}}' = ANY($3::text[])
        OR payload #>> '{{data,object,payment_intent}}' = ANY($4::text[]))
