@@ -166,8 +166,9 @@ SELECT {STORED_COLUMNS} FROM stripe_events WHERE customer_id = $1 ORDER BY creat
 # Events that name no customer of their own but name this one inside (an expanded object), or
 # name one of its charges or payment intents (a dispute's evidence holds the customer's name
 # and email; a review, its charge). Events of other customers are not searched: Stripe never
-# puts one customer's data in another's objects. This reads every customer-less payload since
-# the customer existed, so it runs once per tombstone (mentions_scrubbed_at), not on replays.
+# puts one customer's data in another's objects. The index of the strings of customer-less
+# events (`mentions`, sql/0014_event_mentions.sql) hands over the candidates and the conditions
+# after it check each one as before. It runs once per tombstone (mentions_scrubbed_at).
 MENTIONING_EVENTS = f"""
 SELECT {STORED_COLUMNS} FROM stripe_events
 WHERE created >= $2 AND customer_id IS NULL
