@@ -209,14 +209,18 @@ def serve_bare(port: int) -> None:
 
 
 async def verify(database_url: str, redis_url: str, queue_name: str, acknowledged: set[str]) -> bool:
-    """Every acknowledged event is a stored row and named by a queued arq job (as this
-    repository stores and queues them; another checkout may do it otherwise: then n/a)."""
+    """Every acknowledged event is a stored row, and named by a queued arq job or carried by
+    the queue's open job: one no worker has claimed yet, which takes every due pending event
+    when it runs (app/store/queue.py; as this repository stores and queues them; another
+    checkout may do it otherwise: then n/a)."""
     import asyncpg
     from redis.asyncio import Redis
 
     conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
     try:
         stored = {row["id"] for row in await conn.fetch("SELECT id FROM stripe_events")}
+        due_pending = {row["id"] for row in await conn.fetch(
+            "SELECT id FROM stripe_events WHERE status = 'pending' AND next_attempt_at IS NULL")}
         pending = await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'")
     except asyncpg.PostgresError as problem:
         print(f"verify       n/a: {type(problem).__name__} reading stripe_events")
@@ -231,12 +235,14 @@ async def verify(database_url: str, redis_url: str, queue_name: str, acknowledge
         for raw in await redis.mget(keys):
             with contextlib.suppress(Exception):
                 queued.update(pickle.loads(raw)["a"][0])
+    unclaimed = [job_id for job_id in job_ids if not await redis.exists(b"arq:in-progress:" + job_id)]
     await redis.aclose()
+    carried = (due_pending - queued) if unclaimed else set()
     missing_rows = acknowledged - stored
-    missing_jobs = acknowledged - queued if job_ids else set()
+    missing_jobs = acknowledged - queued - carried if job_ids else set()
     print(
         f"verify       {len(acknowledged):,} acknowledged, {len(stored):,} stored ({pending:,} pending), "
-        f"{len(queued):,} queued in {len(job_ids):,} jobs; "
+        f"{len(queued):,} named by {len(job_ids):,} queued jobs, {len(carried & acknowledged):,} carried by the open job; "
         f"not stored: {len(missing_rows)}, not queued: {len(missing_jobs) if job_ids else 'n/a (no arq jobs)'}"
     )
     return not missing_rows and not missing_jobs
