@@ -24,6 +24,7 @@ from stripeline.commands.progress import Progress, Tally
 from stripeline.model.context import Registry
 from stripeline.model.events import event_from_payload
 from stripeline.processing.engine import process_events
+from stripeline.processing import replay as replay_module
 from stripeline.processing.replay import ReplayRefused, Selection, glob_to_regex, replay
 from stripeline.settings import Settings
 from stripeline.store import event_log
@@ -208,6 +209,25 @@ async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_b
     assert tally.applied + tally.skipped == len(records) - marker["events_done"]
     assert await event_log.rebuild_status(conn) is None
     assert (await client.get("/api/sync")).json()["status"] == "healthy"
+
+
+async def test_a_rebuild_batch_commits_asynchronously_with_its_marker_and_nothing_else_does(pool, conn, settings):
+    records = await store(pool, generated_history(seed=5, customers=3))
+    await conn.execute("INSERT INTO replay_rebuilds (through_received_at, events_total) VALUES (now(), $1)", len(records))
+    async with conn.transaction():
+        assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+        await replay_module._advance_rebuild(conn, records[:3])
+        # The batch's own transaction, and only it, skips the wait for its WAL flush.
+        assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off"
+    assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+    marker = await conn.fetchrow("SELECT events_done, after_id FROM replay_rebuilds")
+    assert (marker["events_done"], marker["after_id"]) == (3, records[2].id)
+
+    await conn.execute("DELETE FROM replay_rebuilds")
+    await replay(pool, settings, rebuild=True, batch_size=5, registry=registries.product())
+    for _ in range(8):  # every connection of the pool (max_size 8): the setting never outlives a batch
+        async with pool.acquire() as other:
+            assert await other.fetchval("SELECT current_setting('synchronous_commit')") == "on"
 
 
 async def test_resumed_rebuild_applies_each_event_exactly_once(pool, conn, settings):
