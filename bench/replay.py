@@ -13,22 +13,31 @@ The first run generates the stream (a few minutes for 200,000 events) and caches
 ~/.cache/stripeline-bench; the import that fills the store takes minutes too (it is printed,
 not measured). Uses this machine's PostgreSQL and Redis (BENCH_DATABASE_URL / BENCH_REDIS_URL);
 everything it creates is removed at the end unless --keep.
+
+To compare checkouts quickly, keep one filled store and time only rebuilds of copies of it:
+
+    .venv/bin/python bench/replay.py --events 50000 --customers 5000 --keep   # prints its name
+    .venv/bin/python bench/replay.py --store stripeline_bench_1234 --code /work/main
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import AsyncIterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    ADMIN_URL,
     SCHEMAS,
     add_common_arguments,
     bodies_of,
@@ -40,15 +49,59 @@ from bench.common import (  # noqa: E402
     product_env,
     simulated_events,
     size_line,
+    with_database,
     write_jsonl,
 )
 
 timed_command = importlib.import_module("bench.import").timed_command
 
 SEGMENTS = "SELECT segment, count(*) AS n FROM segment_memberships GROUP BY 1 ORDER BY 1"
+SIZES = """
+SELECT percentile_disc(0.1) WITHIN GROUP (ORDER BY octet_length(payload::text)) AS p10,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY octet_length(payload::text)) AS p50,
+       percentile_disc(0.9) WITHIN GROUP (ORDER BY octet_length(payload::text)) AS p90
+FROM stripe_events
+"""
+
+
+@contextlib.asynccontextmanager
+async def copied_database(template: str) -> AsyncIterator[tuple[str, str]]:
+    """(name, URL) of a new copy of a kept database, dropped afterwards."""
+    name = f"stripeline_bench_{os.getpid()}_copy"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield name, with_database(ADMIN_URL, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def rebuild_a_copy(args: argparse.Namespace) -> None:
+    """`replay --rebuild` of a copy of a kept store (--store), migrated by the checkout under test."""
+    checkout = checkout_of(args)
+    print(f"checkout under test: {checkout.describe()}")
+    async with copied_database(args.store) as (name, database_url), claimed_redis_db() as (redis_url, _):
+        env = product_env(database_url, redis_url)
+        migrate(checkout, env)
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
+        events = await conn.fetchval("SELECT count(*) FROM stripe_events")
+        sizes = await conn.fetchrow(SIZES)
+        await conn.close()
+        print(f"store {args.store}: {events:,} events; payloads: median {sizes['p50'] / 1000:.2f} KB compact "
+              f"(p10 {sizes['p10'] / 1000:.2f}, p90 {sizes['p90'] / 1000:.2f}) as stored")
+        command = ["replay", "--rebuild", "--batch-size", str(args.batch_size)]
+        seconds, used, code, summary = await timed_command(checkout, command, env, name, args.profile)
+    print(f"replay --rebuild: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
+          f"(batch {args.batch_size}, exit code {code})")
+    print(f"its summary: {summary[:300]}")
+    print(cpu_report(used, events, ("replay", "postgres")))
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.store:
+        await rebuild_a_copy(args)
+        return
     checkout = checkout_of(args)
     payloads = simulated_events(args.events, args.customers, args.seed)
     bodies = bodies_of(payloads, args.small)
@@ -92,5 +145,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--small", action="store_true", help="the events cut to the old factories' fields")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--store", metavar="DATABASE",
+                        help="time only the rebuild of a copy of this kept database (see --keep)")
     add_common_arguments(parser)
     asyncio.run(main(parser.parse_args()))

@@ -66,8 +66,13 @@ WHERE NOT p.deleted
       > (p.event_created, p.event_rank, coalesce(p.event_id, ''))
 """
 
-PRODUCTS = Table(name="products", row=ProductRow, order=10, template=UPSERT_CATALOG.format(table="products"))
-PRICES = Table(name="prices", row=PriceRow, order=20, template=UPSERT_CATALOG.format(table="prices"))
+# Written last in a flush (after payments, 70): nearly every batch upserts the same few prices
+# and products, and holds their row locks until it commits, so a concurrent batch (another
+# worker's, the other lane of a rebuild) that writes them waits until then. Written last, they
+# are held for the commit alone: in a rebuild, prices were the first statement by time waited
+# on locks (23% of the backends' samples).
+PRODUCTS = Table(name="products", row=ProductRow, order=80, template=UPSERT_CATALOG.format(table="products"))
+PRICES = Table(name="prices", row=PriceRow, order=90, template=UPSERT_CATALOG.format(table="prices"))
 
 
 def _product_row(event: EventRecord, product: dict[str, Any], deleted: bool) -> ProductRow:

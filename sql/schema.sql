@@ -282,6 +282,8 @@ CREATE TABLE stripeline.replay_rebuilds (
     after_id text,
     events_done bigint DEFAULT 0 NOT NULL,
     events_total bigint NOT NULL,
+    lane_after_created timestamp with time zone[],
+    lane_after_id text[],
     CONSTRAINT replay_rebuilds_singleton_check CHECK (singleton)
 );
 

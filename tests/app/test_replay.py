@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from stripeline.commands.progress import Progress, Tally
 from stripeline.model.context import Registry
 from stripeline.model.events import event_from_payload
+from stripeline.processing import replay as replay_module
 from stripeline.processing.engine import process_events
 from stripeline.processing.replay import ReplayRefused, Selection, glob_to_regex, replay
 from stripeline.settings import Settings
@@ -210,6 +211,26 @@ async def test_crash_midway_through_a_rebuild_resumes_after_the_last_committed_b
     assert (await client.get("/api/sync")).json()["status"] == "healthy"
 
 
+async def test_a_rebuild_batch_commits_asynchronously_with_its_marker_and_nothing_else_does(pool, conn, settings):
+    records = await store(pool, generated_history(seed=5, customers=3))
+    await conn.execute("INSERT INTO replay_rebuilds (through_received_at, events_total, lane_after_created, lane_after_id)"
+                       " VALUES (now(), $1, '{NULL,NULL}', '{NULL,NULL}')", len(records))
+    async with conn.transaction():
+        assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+        await replay_module._advancing(1)(conn, records[:3])
+        # The batch's own transaction, and only it, skips the wait for its WAL flush.
+        assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off"
+    assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+    marker = await conn.fetchrow("SELECT events_done, lane_after_id FROM replay_rebuilds")
+    assert (marker["events_done"], marker["lane_after_id"]) == (3, [None, records[2].id])
+
+    await conn.execute("DELETE FROM replay_rebuilds")
+    await replay(pool, settings, rebuild=True, batch_size=5, registry=registries.product())
+    for _ in range(8):  # every connection of the pool (max_size 8): the setting never outlives a batch
+        async with pool.acquire() as other:
+            assert await other.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+
+
 async def test_resumed_rebuild_applies_each_event_exactly_once(pool, conn, settings):
     records = await store(pool, generated_history(seed=3, customers=20))
     stand_ins = doubles()
@@ -223,6 +244,55 @@ async def test_resumed_rebuild_applies_each_event_exactly_once(pool, conn, setti
     # The order-sensitive stand-in appends each invoice event's id: no repeats, Stripe order.
     for invoice_id, _, description in (await billing_model(conn))["invoices"]:
         assert description == " ".join(r.id for r in records if r.object["id"] == invoice_id)
+
+
+async def test_a_crash_leaves_each_lane_at_its_last_committed_batch_and_the_resume_finishes(
+    pool, conn, settings, registry
+):
+    records = await store(pool, generated_history(seed=7, customers=30))
+    await process_live(pool, settings, records, registry)
+    live = await derived_state(conn)
+    handled = [r for r in records if r.type in registry.handlers]
+    crashing = with_handlers(registry, crashing_at(handled[2 * len(handled) // 3].id, registry.handlers))
+
+    with pytest.raises(Crash):
+        await replay(pool, settings, rebuild=True, batch_size=10, registry=crashing)
+
+    marker = await conn.fetchrow("SELECT lane_after_created, lane_after_id, events_done FROM replay_rebuilds")
+    lanes = len(marker["lane_after_id"])
+    assert lanes == replay_module.REBUILD_LANES > 1 and None not in marker["lane_after_id"]
+    # Each lane's cursor is its last committed event; its customers' events up to it are applied.
+    behind = [r for r in records
+              if (r.created, r.id) <= (marker["lane_after_created"][replay_module.lane_of(r.customer_id, lanes)],
+                                        marker["lane_after_id"][replay_module.lane_of(r.customer_id, lanes)])]
+    assert marker["events_done"] == len(behind) < len(records)
+
+    tally = await replay(pool, settings, batch_size=10, registry=registry)
+
+    assert tally.applied + tally.skipped == len(records) - len(behind)
+    assert await derived_state(conn) == live
+    assert await event_log.rebuild_status(conn) is None
+
+
+async def test_a_rebuild_started_before_lanes_resumes_on_its_one_cursor(pool, conn, settings, registry):
+    records = await store(pool, generated_history(seed=8, customers=15))
+    await process_live(pool, settings, records, registry)
+    live = await derived_state(conn)
+    # As an older version leaves an interrupted rebuild: tables wiped, the events before a time
+    # applied in Stripe order, its one cursor on the last of them (no lanes).
+    await conn.execute(replay_module.WIPE_DERIVED)
+    until = records[len(records) // 2].created
+    await replay(pool, settings, Selection(until=until), registry=registry)
+    applied = [r for r in records if r.created < until]
+    await conn.execute(
+        "INSERT INTO replay_rebuilds (through_received_at, after_created, after_id, events_done, events_total)"
+        " VALUES (now(), $1, $2, $3, $4)", applied[-1].created, applied[-1].id, len(applied), len(records))
+
+    tally = await replay(pool, settings, batch_size=10, registry=registry)
+
+    assert tally.applied + tally.skipped == len(records) - len(applied)
+    assert await derived_state(conn) == live
+    assert await event_log.rebuild_status(conn) is None
 
 
 async def test_failure_while_wiping_leaves_the_old_state(pool, conn, settings, registry):
