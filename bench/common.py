@@ -302,11 +302,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(keep: bool = False, suffix: str = "") -> AsyncIterator[tuple[str, str]]:
-    """(name, URL) of a new, empty database; dropped afterwards unless `keep`."""
+async def fresh_database(
+    keep: bool = False, suffix: str = "", template: str | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """(name, URL) of a new database, empty or a copy of `template`; dropped afterwards unless `keep`."""
     name = f"stripeline_bench_{os.getpid()}{suffix}"
     admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
         yield name, with_database(ADMIN_URL, name)
     finally:

@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
-import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import AsyncIterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    ADMIN_URL,
     SCHEMAS,
     add_common_arguments,
     bodies_of,
@@ -49,7 +45,6 @@ from bench.common import (  # noqa: E402
     product_env,
     simulated_events,
     size_line,
-    with_database,
     write_jsonl,
 )
 
@@ -64,24 +59,12 @@ FROM stripe_events
 """
 
 
-@contextlib.asynccontextmanager
-async def copied_database(template: str) -> AsyncIterator[tuple[str, str]]:
-    """(name, URL) of a new copy of a kept database, dropped afterwards."""
-    name = f"stripeline_bench_{os.getpid()}_copy"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield name, with_database(ADMIN_URL, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 async def rebuild_a_copy(args: argparse.Namespace) -> None:
     """`replay --rebuild` of a copy of a kept store (--store), migrated by the checkout under test."""
     checkout = checkout_of(args)
     print(f"checkout under test: {checkout.describe()}")
-    async with copied_database(args.store) as (name, database_url), claimed_redis_db() as (redis_url, _):
+    copy = fresh_database(suffix="_copy", template=args.store)
+    async with copy as (name, database_url), claimed_redis_db() as (redis_url, _):
         env = product_env(database_url, redis_url)
         migrate(checkout, env)
         conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})

@@ -246,6 +246,15 @@ async def test_resumed_rebuild_applies_each_event_exactly_once(pool, conn, setti
         assert description == " ".join(r.id for r in records if r.object["id"] == invoice_id)
 
 
+async def resume_applies_the_rest_once(pool, conn, settings, registry, records, applied, live) -> None:
+    """The next replay finishes the interrupted rebuild: each event not yet applied, once, and
+    the model ends as the live one."""
+    tally = await replay(pool, settings, batch_size=10, registry=registry)
+    assert tally.applied + tally.skipped == len(records) - len(applied)
+    assert await derived_state(conn) == live
+    assert await event_log.rebuild_status(conn) is None
+
+
 async def test_a_crash_leaves_each_lane_at_its_last_committed_batch_and_the_resume_finishes(
     pool, conn, settings, registry
 ):
@@ -267,11 +276,7 @@ async def test_a_crash_leaves_each_lane_at_its_last_committed_batch_and_the_resu
                                         marker["lane_after_id"][replay_module.lane_of(r.customer_id, lanes)])]
     assert marker["events_done"] == len(behind) < len(records)
 
-    tally = await replay(pool, settings, batch_size=10, registry=registry)
-
-    assert tally.applied + tally.skipped == len(records) - len(behind)
-    assert await derived_state(conn) == live
-    assert await event_log.rebuild_status(conn) is None
+    await resume_applies_the_rest_once(pool, conn, settings, registry, records, behind, live)
 
 
 async def test_a_rebuild_started_before_lanes_resumes_on_its_one_cursor(pool, conn, settings, registry):
@@ -288,11 +293,7 @@ async def test_a_rebuild_started_before_lanes_resumes_on_its_one_cursor(pool, co
         "INSERT INTO replay_rebuilds (through_received_at, after_created, after_id, events_done, events_total)"
         " VALUES (now(), $1, $2, $3, $4)", applied[-1].created, applied[-1].id, len(applied), len(records))
 
-    tally = await replay(pool, settings, batch_size=10, registry=registry)
-
-    assert tally.applied + tally.skipped == len(records) - len(applied)
-    assert await derived_state(conn) == live
-    assert await event_log.rebuild_status(conn) is None
+    await resume_applies_the_rest_once(pool, conn, settings, registry, records, applied, live)
 
 
 async def test_failure_while_wiping_leaves_the_old_state(pool, conn, settings, registry):
