@@ -148,11 +148,14 @@ def event_from_payload(payload: Any, raw: bytes | None = None) -> EventRecord:
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
+def without_nul_escapes(text: bytes) -> bytes:
+    """JSON text with U+FFFD in place of each \\u0000 escape: PostgreSQL text and jsonb cannot
+    hold U+0000 (legal in JSON, e.g. in metadata), and a genuine event is stored rather than lost."""
+    return _NUL_ESCAPE.sub(rb"\1\\ufffd", text) if b"\\u0000" in text else text
+
+
 def parse_event(body: bytes) -> EventRecord:
-    if b"\\u0000" in body:
-        # PostgreSQL text and jsonb cannot hold U+0000 (legal in JSON, e.g. in metadata);
-        # store U+FFFD in its place rather than lose a genuine, signed event.
-        body = _NUL_ESCAPE.sub(rb"\1\\ufffd", body)
+    body = without_nul_escapes(body)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from stripeline.model.events import EventRecord, InvalidEvent, event_from_payload, parse_event
+from stripeline.model.events import EventRecord, InvalidEvent, event_from_payload, without_nul_escapes
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,6 @@ def _parse(value: Any, where: str, raw: bytes | None = None) -> EventRecord | Ma
     """An event, kept with the JSON text it was read from when that is one line of its own: it
     is stored as received, as a webhook's body is, rather than encoded again."""
     try:
-        if raw is not None and b"\\u0000" in raw:
-            return parse_event(raw)  # the web's way with U+0000, which PostgreSQL cannot store
         return event_from_payload(value, raw)
     except InvalidEvent as problem:
         return Malformed(where, str(problem))
@@ -55,7 +53,8 @@ def _values(value: Any, where: str, raw: bytes | None = None) -> Iterator[EventR
 
 def _lines(lines: Iterable[bytes]) -> Iterator[EventRecord | Malformed]:
     for number, line in enumerate(lines, 1):
-        text = line.strip()
+        # U+0000 as the web stores it (its text is what a line is stored as).
+        text = without_nul_escapes(line.strip())
         if not text:
             continue
         try:
@@ -85,7 +84,7 @@ def read_events(stream: BinaryIO) -> Iterator[EventRecord | Malformed]:
         else:
             yield from _lines(itertools.chain(head, stream))
             return
-    text = b"".join(head) + stream.read()
+    text = without_nul_escapes(b"".join(head) + stream.read())
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -179,3 +179,15 @@ async def test_a_line_is_stored_as_it_was_read_and_a_nul_escape_as_the_web_store
     assert (counts.stored, counts.malformed, tally.failed) == (2, 0, 0)
     assert await conn.fetchval("SELECT payload::text FROM stripe_events WHERE id = $1", spaced["id"]) == line.decode()
     assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "b\ufffd@x.com"
+
+
+@pytest.mark.parametrize("shape", ["array", "list object"])
+async def test_a_nul_escape_in_a_whole_document_is_stored_as_the_web_stores_it(pool, conn, settings, shape):
+    customer = new_id("cus")
+    nul = event("customer.updated", {"id": customer, "object": "customer", "email": "c\u0000@x.com"})
+    document = [nul] if shape == "array" else {"object": "list", "data": [nul]}
+
+    tally, counts = await run_import(pool, settings, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+    assert (counts.stored, counts.malformed, tally.failed) == (1, 0, 0)
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "c\ufffd@x.com"
