@@ -284,6 +284,8 @@ CREATE TABLE stripeline.replay_rebuilds (
     events_total bigint NOT NULL,
     lane_after_created timestamp with time zone[],
     lane_after_id text[],
+    lane_hash text,
+    CONSTRAINT replay_rebuilds_lane_hash_check CHECK ((lane_hash = 'hashtextextended'::text)),
     CONSTRAINT replay_rebuilds_singleton_check CHECK (singleton)
 );
 

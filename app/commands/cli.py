@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--customer", help="only this customer's events")
     replay.add_argument("--rebuild", action="store_true", help="wipe Stripe-derived state first")
     replay.add_argument("--batch-size", type=int, default=1000, help="events per transaction, 1-2000 (default 1000)")
+    # Internal: `replay --rebuild` starts each lane of the rebuild as `replay --lane N --connections C`.
+    replay.add_argument("--lane", type=int, help=argparse.SUPPRESS)
+    replay.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
     replay.set_defaults(run=_replay)
 
     load = command(

@@ -23,7 +23,7 @@ import asyncpg
 
 from stripeline.garbage import quiet_garbage_collector
 from stripeline.logging import configure_logging
-from stripeline.processing.runs import RunError, Tally
+from stripeline.processing.runs import RunError, Tally, run_error_of
 from stripeline.settings import Settings
 from stripeline.store.db import open_pool
 
@@ -212,15 +212,8 @@ async def run_command(command: str, settings: Settings, work: Work, summary: Cal
         pool = await open_pool(settings, "command", name=command)
         with clean_stop(progress) as stop:
             await work(pool, tally, progress, stop)
-    except RunError as problem:
-        error = problem
-    except asyncpg.UndefinedTableError:
-        error = RunError(
-            f"the schema {settings.schema!r} is missing stripeline's tables or is not up to date:"
-            " run `stripeline migrate` first (or check STRIPELINE_SCHEMA)"
-        )
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
-        error = RunError(f"database error, stopped: {type(problem).__name__}: {problem}")
+    except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
+        error = run_error_of(problem, settings.schema)
     except asyncio.CancelledError:
         tally.interrupted = True
     finally:

@@ -1,16 +1,24 @@
-"""`stripeline replay`: its options read into a Selection, and the run with progress and a summary."""
+"""`stripeline replay`: its options read into a Selection, and the run with progress and a summary.
+
+A rebuild's lanes run as processes of this same command (`replay --lane N --connections C`,
+hidden options): each builds its pool and registry and runs its lane (`rebuild_lane`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from stripeline import event_loop
-from stripeline.commands.progress import refuse, run_command
+from stripeline.commands.progress import clean_stop, refuse, run_command
+from stripeline.garbage import quiet_garbage_collector
 from stripeline.handlers import registry
-from stripeline.processing.replay import MAX_BATCH_SIZE, ReplayRefused, Selection, replay
+from stripeline.processing.replay import MAX_BATCH_SIZE, ReplayRefused, Selection, rebuild_lane, replay
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
+from stripeline.store.db import open_pool
 
 
 def parse_time(option: str, text: str) -> datetime:
@@ -41,8 +49,41 @@ def selection_from_args(args: Any) -> Selection:
     return selection
 
 
+def lane_argv(batch_size: int):
+    """How this command starts the process of a rebuild's lane: the same interpreter and command."""
+
+    def argv(lane: int, lanes: int, connections: int) -> list[str]:
+        return [sys.executable, "-m", "stripeline", "replay", "--lane", str(lane), "--connections", str(connections),
+                "--batch-size", str(batch_size)]
+
+    return argv
+
+
+def lane_command(args: Any, settings: Settings) -> int:
+    """One lane of the pending rebuild, in a process that `replay --rebuild` started."""
+    quiet_garbage_collector()
+
+    async def work() -> int:
+        pool = await open_pool(settings, "command", name="replay", max_size=args.connections)
+        try:
+            with clean_stop() as stop:
+                return await rebuild_lane(pool, settings, args.lane, batch_size=args.batch_size, stop=stop,
+                                          registry=registry())
+        except asyncio.CancelledError:  # aborted (a second Ctrl-C, or the parent is gone): rolled back
+            pool.terminate()
+            pool = None
+            return 130
+        finally:
+            if pool is not None:
+                await pool.close()
+
+    return event_loop.run(work())
+
+
 def replay_command(args: Any, settings: Settings) -> int:
     settings.require("DATABASE_URL")
+    if args.lane is not None:
+        return lane_command(args, settings)
     try:
         selection = selection_from_args(args)
     except ReplayRefused as problem:
@@ -59,6 +100,7 @@ def replay_command(args: Any, settings: Settings) -> int:
             progress=progress,
             stop=stop,
             registry=registry(),
+            lane_process=lane_argv(args.batch_size),
         )
 
     def summary(tally: Tally) -> dict[str, int]:

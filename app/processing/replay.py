@@ -17,6 +17,11 @@ commits leaves the old state; after it, the marker says the model is incomplete 
 answers "lagging" with a `rebuild` key) and the next `replay` resumes after the last committed batch. One big
 transaction would hold a lock per customer until the end, which PostgreSQL's lock table
 cannot hold for large accounts, and would stall the live worker for the whole rebuild.
+
+A rebuild applies its events in lanes, each customer's events in one lane (REBUILD_LANES says
+why). `stripeline replay --rebuild` runs each lane in a process of its own when its connections
+allow (stripeline.processing.lanes); a library call, with its own registry, runs them side by
+side in its process. Both run the one lane function, `_walk_lane`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import gc
 import random
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -39,8 +44,10 @@ from stripeline.logging import log
 from stripeline.model import tables
 from stripeline.model.context import Registry
 from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
+from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, lock_customers
-from stripeline.processing.runs import Reporter, RunError, Tally
+from stripeline.processing.lanes import parent_channel, run_lane_processes
+from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of
 from stripeline.settings import Settings
 from stripeline.store import event_log
 
@@ -75,27 +82,25 @@ WIPE_DERIVED = f"TRUNCATE {', '.join(DERIVED_TABLES)}"
 ANALYZE_DERIVED = f"ANALYZE {', '.join(DERIVED_TABLES)}"
 WIPE_ATTEMPTS = 300
 
-# A rebuild applies its events in this many lanes side by side (sql/0015_rebuild_lanes.sql).
-# One reader walks the events in Stripe order and hands each to the lane of its customer (a
-# hash of its id; events of no customer to lane 0), so two lanes never wait for each other's
-# customer locks and each customer's events are applied in Stripe order, as before. The model
-# does not depend on the order between customers (a shared row, a price say, keeps the version
-# of the event that wrote it). The replay process runs one lane's handlers while PostgreSQL
-# writes the other lane's batch: consecutive batches of one walk share customers, so they could
-# not overlap. Each lane's cursor moves with its own batches.
+# A rebuild applies its events in this many lanes side by side (sql/0015_rebuild_lanes.sql,
+# sql/0016_rebuild_lanes_in_sql.sql). Each lane reads the events of its customers (those whose
+# lock hash falls in it; events of no customer are lane 0's) in Stripe order, so two lanes
+# never wait for each other's customer locks and each customer's events are applied in Stripe
+# order, as before. The model does not depend on the order between customers (a shared row, a
+# price say, keeps the version of the event that wrote it). Each lane's cursor moves with its
+# own batches. Two lanes: one per core of the machine issue #12 measures on; in two processes
+# they keep both busy with Python while PostgreSQL writes the other lane's batch.
 REBUILD_LANES = 2
-# Batches handed to a lane ahead of the one it applies: enough to keep it busy; every batch held
-# is a thousand decoded payloads more in memory.
-LANE_QUEUE = 1
+# What the lane cursors of a rebuild started now follow (NULL in the marker: 0015's crc32).
+LANE_HASH = "hashtextextended"
 
 START_REBUILD = """
-INSERT INTO replay_rebuilds (through_received_at, events_total, lane_after_created, lane_after_id)
-SELECT now(), count(*), array_fill(NULL::timestamptz, ARRAY[$1::int]), array_fill(NULL::text, ARRAY[$1::int])
+INSERT INTO replay_rebuilds (through_received_at, events_total, lane_after_created, lane_after_id, lane_hash)
+SELECT now(), count(*), array_fill(NULL::timestamptz, ARRAY[$1::int]), array_fill(NULL::text, ARRAY[$1::int]), $2
 FROM stripe_events WHERE received_at <= now()
-RETURNING started_at, through_received_at, after_created, after_id, events_done, events_total,
-          lane_after_created, lane_after_id
+RETURNING started_at, through_received_at, after_created, after_id, events_done, events_total
 """
-GET_LANES = "SELECT lane_after_created, lane_after_id FROM replay_rebuilds"
+GET_LANES = "SELECT through_received_at, lane_after_created, lane_after_id, lane_hash FROM replay_rebuilds"
 # A rebuild started before lanes (both lane arrays NULL) resumes on the one cursor.
 ADVANCE_REBUILD = "UPDATE replay_rebuilds SET after_created = $1, after_id = $2, events_done = events_done + $3"
 # Lane $4 (1-based). Both lanes update this one row, each as the last statement before its
@@ -128,11 +133,29 @@ WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
 ORDER BY created, id
 LIMIT $7
 """
+# The lane of a stored event, for a parameter holding the number of lanes: its customer's lock
+# key (one hash for both) modulo the lanes; lane 0 for an event of no customer.
+LANE_OF_EVENT = (
+    "CASE WHEN coalesce(customer_id, '') = '' THEN 0"
+    f" ELSE ({customer_lock_key('customer_id')} % {{lanes}} + {{lanes}}) % {{lanes}} END"
+)
+# The events of lane $4 of $5 after the cursor ($1, $2), received by the snapshot ($3), in
+# Stripe order.
+SELECT_LANE_BATCH = f"""
+SELECT {EVENT_COLUMNS}, status FROM stripe_events
+WHERE (created, id) > ($1, $2) AND received_at <= $3 AND {LANE_OF_EVENT.format(lanes="$5")} = $4
+ORDER BY created, id
+LIMIT $6
+"""
 COUNT_SELECTION = """
 SELECT count(*) FROM stripe_events
 WHERE (created, id) > ($1, $2) AND received_at <= $3 AND created < $4
   AND ($5::text IS NULL OR type ~ $5) AND ($6::text IS NULL OR customer_id = $6)
 """
+
+# The argv of the process of a rebuild's lane: (lane, lanes, connections) -> argv.
+LaneProcess = Callable[[int, int, int], Sequence[str]]
+
 
 class ReplayRefused(RunError):
     """The replay cannot run as asked; the message says why and what to do."""
@@ -222,9 +245,17 @@ class _Scope:
     until: datetime = FAR_FUTURE
     type_regex: str | None = None
     customer: str | None = None
+    # A rebuild's lane: (lane, lanes), the events of that lane's customers only.
+    lane: tuple[int, int] | None = None
 
     def arguments(self, after: tuple[datetime, str]) -> tuple:
         return (*after, self.through_received_at, self.until, self.type_regex, self.customer)
+
+    def select(self, after: tuple[datetime, str], batch_size: int) -> tuple[str, tuple]:
+        """The query of the next batch after `after`, and its arguments."""
+        if self.lane is not None:
+            return SELECT_LANE_BATCH, (*after, self.through_received_at, *self.lane, batch_size)
+        return SELECT_BATCH, (*self.arguments(after), batch_size)
 
 
 async def _batches(
@@ -234,8 +265,9 @@ async def _batches(
     its records built, while the caller applies this one (in its waits on PostgreSQL)."""
 
     async def fetch(after: tuple[datetime, str]) -> tuple[list[EventRecord], list[str]]:
+        query, arguments = scope.select(after, batch_size)
         async with pool.acquire() as conn:
-            rows = await conn.fetch(SELECT_BATCH, *scope.arguments(after), batch_size)
+            rows = await conn.fetch(query, *arguments)
         return [record_from_row(row) for row in rows], [row["status"] for row in rows]
 
     pending = asyncio.create_task(fetch(scope.after))
@@ -260,8 +292,18 @@ class _Run:
     batch_size: int
     progress: Reporter | None
     stop: asyncio.Event | None
-    # Batches applied so far, in all lanes.
+    # The argv of the process of lane i of n with c connections (the installed command's), or
+    # None: a rebuild's lanes run in this process.
+    lane_process: LaneProcess | None = None
+    # Batches applied so far, in all lanes of this process.
     batches: int = 0
+
+    def stopping(self) -> bool:
+        """Asked to stop (the tally then says it was interrupted)."""
+        if self.stop is not None and self.stop.is_set():
+            self.tally.interrupted = True
+            return True
+        return False
 
 
 async def _apply(run: _Run, records: list[EventRecord], statuses: list[str], on_commit: Callable | None) -> bool:
@@ -283,10 +325,7 @@ async def _apply(run: _Run, records: list[EventRecord], statuses: list[str], on_
         for failure in done.failures:
             run.progress.failure(failure)
         run.progress.advance(len(records))
-    if run.stop is not None and run.stop.is_set():
-        run.tally.interrupted = True
-        return False
-    return True
+    return not run.stopping()
 
 
 @contextlib.contextmanager
@@ -311,82 +350,119 @@ def _collecting_rarely() -> Iterator[None]:
             gc.enable()
 
 
-async def _walk(run: _Run, scope: _Scope, on_commit: Callable | None = None) -> None:
-    """Apply the scope's events batch by batch, in Stripe order."""
+async def _walk(run: _Run, scope: _Scope, on_commit: Callable | None = None,
+                keep: Callable[[EventRecord], bool] | None = None) -> None:
+    """Apply the scope's events (those it `keep`s) batch by batch, in Stripe order."""
     async with contextlib.aclosing(_batches(run.engine.pool, scope, run.batch_size)) as batches:
         async for records, statuses in batches:
-            if not await _apply(run, records, statuses, on_commit):
+            if keep is not None:
+                kept = [i for i, record in enumerate(records) if keep(record)]
+                records, statuses = [records[i] for i in kept], [statuses[i] for i in kept]
+            if run.stopping():
+                return
+            if records and not await _apply(run, records, statuses, on_commit):
                 return
 
 
-def lane_of(customer_id: str | None, lanes: int) -> int:
-    """The lane of a customer's events (stable across processes, unlike hash())."""
+def crc32_lane_of(customer_id: str | None, lanes: int) -> int:
+    """The lane of a customer's events in a rebuild started under sql/0015 (PostgreSQL cannot
+    compute crc32, so such a rebuild resumes in one process, which sorts its events here)."""
     return zlib.crc32(customer_id.encode()) % lanes if customer_id else 0
 
 
-async def _walk_lanes(run: _Run, through: datetime, lanes: asyncpg.Record, marker: asyncpg.Record) -> None:
-    """The rebuild's lanes side by side, each from its cursor, fed by one reader in Stripe order.
-    The first failure stops everything: batches in flight roll back, and what a lane committed
-    is behind its cursor."""
-    if lanes["lane_after_id"] is None:  # started before lanes: its one cursor
-        after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
-        await _walk(run, _Scope(after, through), _advancing(None))
-        return
-    cursors = [(created or EPOCH, event_id or "") for created, event_id in
-               zip(lanes["lane_after_created"], lanes["lane_after_id"])]
-    queues: list[asyncio.Queue] = [asyncio.Queue(LANE_QUEUE) for _ in cursors]
+async def _walk_lane(run: _Run, lanes: asyncpg.Record, lane: int) -> None:
+    """Lane `lane` of the rebuild whose marker's lanes are `lanes`, from its cursor: the events
+    of its customers, in Stripe order, each batch committed with the lane's cursor."""
+    count = len(lanes["lane_after_id"])
+    after = (lanes["lane_after_created"][lane] or EPOCH, lanes["lane_after_id"][lane] or "")
+    if lanes["lane_hash"] == LANE_HASH:
+        await _walk(run, _Scope(after, lanes["through_received_at"], lane=(lane, count)), _advancing(lane))
+    else:  # crc32 lanes (sql/0015): every event read, this lane's kept
+        await _walk(run, _Scope(after, lanes["through_received_at"]), _advancing(lane),
+                    keep=lambda record: crc32_lane_of(record.customer_id, count) == lane)
 
-    async def read() -> None:
-        scope = _Scope(min(cursors), through)
-        async with contextlib.aclosing(_batches(run.engine.pool, scope, run.batch_size * len(cursors))) as batches:
-            async for records, statuses in batches:
-                parts: list[tuple[list, list]] = [([], []) for _ in cursors]
-                for record, status in zip(records, statuses):
-                    lane = lane_of(record.customer_id, len(cursors))
-                    if (record.created, record.id) > cursors[lane]:  # else applied before a resume
-                        parts[lane][0].append(record)
-                        parts[lane][1].append(status)
-                for queue, part in zip(queues, parts):
-                    if part[0]:
-                        await queue.put(part)
-        for queue in queues:
-            await queue.put(None)
 
-    async def apply(lane: int) -> None:
-        on_commit = _advancing(lane)
-        while (part := await queues[lane].get()) is not None:
-            if not await _apply(run, *part, on_commit):
-                return
-
-    reader = asyncio.create_task(read())
-    appliers = [asyncio.create_task(apply(lane)) for lane in range(len(cursors))]
+async def _lanes_side_by_side(run: _Run, lanes: asyncpg.Record) -> None:
+    """The rebuild's lanes as tasks of this process. The first failure stops everything:
+    batches in flight roll back, and what a lane committed is behind its cursor."""
+    tasks = [asyncio.create_task(_walk_lane(run, lanes, lane)) for lane in range(len(lanes["lane_after_id"]))]
     try:
-        pending = {reader, *appliers}
-        while not all(applier.done() for applier in appliers):
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if any(not task.cancelled() and task.exception() is not None for task in done):
-                break
-            if run.tally.interrupted:  # asked to stop: a lane waiting for its next batch stops now
-                for queue, applier in zip(queues, appliers):
-                    if not applier.done() and queue.empty():
-                        queue.put_nowait(None)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for task in (reader, *appliers):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(reader, *appliers, return_exceptions=True)
-    for task in (reader, *appliers):
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
             raise task.exception()
 
 
-async def _start_rebuild(pool: asyncpg.Pool) -> asyncpg.Record:
-    """Empty the derived tables and record the rebuild, in one transaction."""
+def _lane_connections(run: _Run, lanes: asyncpg.Record) -> list[int] | None:
+    """Connections for each lane process, or None when the lanes run in this process: lanes
+    given to processes (`lane_process`) and following PostgreSQL's hash, and the command's one
+    budget (STRIPELINE_DB_POOL_SIZE), less the connection holding the rebuild's lock here,
+    leaves each lane at least one."""
+    count = len(lanes["lane_after_id"])
+    spare = run.engine.settings.pool_size("command") - 1
+    if run.lane_process is None or lanes["lane_hash"] != LANE_HASH or spare < count:
+        return None
+    return [spare // count + (1 if lane < spare % count else 0) for lane in range(count)]
+
+
+async def _walk_lanes(run: _Run, marker: asyncpg.Record, lanes: asyncpg.Record) -> None:
+    """The rebuild's lanes, each from its cursor (or an older rebuild's one cursor)."""
+    if lanes["lane_after_id"] is None:  # started before lanes: its one cursor
+        after = (marker["after_created"] or EPOCH, marker["after_id"] or "")
+        await _walk(run, _Scope(after, lanes["through_received_at"]), _advancing(None))
+        return
+    connections = _lane_connections(run, lanes)
+    if connections is None:
+        if run.lane_process is not None and lanes["lane_hash"] != LANE_HASH and run.progress is not None:
+            run.progress.note("the rebuild was started by an older version: its lanes finish in this process")
+        await _lanes_side_by_side(run, lanes)
+        return
+    commands = [run.lane_process(lane, len(connections), n) for lane, n in enumerate(connections)]
+    await run_lane_processes(commands, run.tally, run.progress, run.stop)
+
+
+async def rebuild_lane(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    lane: int,
+    *,
+    batch_size: int = BATCH_SIZE,
+    stop: asyncio.Event,
+    registry: Registry,
+) -> int:
+    """The body of a lane process (`run_lane_processes` starts it): lane `lane` of the pending
+    rebuild, reporting to its parent over standard input; its exit code."""
+    tally = Tally()
+    async with parent_channel(tally, stop) as parent:
+        run = _Run(Engine(pool, settings, registry), tally, batch_size, parent, stop)
+        try:
+            async with pool.acquire() as conn:
+                lanes = await conn.fetchrow(GET_LANES)
+            if lanes is None or lanes["lane_hash"] != LANE_HASH:
+                raise ReplayRefused("no rebuild with lanes in PostgreSQL's hash is pending")
+            with _collecting_rarely():
+                await _walk_lane(run, lanes, lane)
+        except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
+            error = run_error_of(problem, settings.schema)
+            parent.fail(error)
+            return error.exit_code
+        parent.end(tally.interrupted)
+    return 0
+
+
+async def _start_rebuild(conn: asyncpg.Connection) -> asyncpg.Record:
+    """Empty the derived tables and record the rebuild, in one transaction (on the connection
+    that holds the rebuild's lock: the lanes get the rest of the command's connections)."""
     for _ in range(WIPE_ATTEMPTS):
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 await conn.execute(LOCK_DERIVED)
                 await conn.execute(WIPE_DERIVED)
-                marker = await conn.fetchrow(START_REBUILD, REBUILD_LANES)
+                marker = await conn.fetchrow(START_REBUILD, REBUILD_LANES, LANE_HASH)
         except asyncpg.LockNotAvailableError:
             await asyncio.sleep(random.uniform(0.02, 0.1))
             continue
@@ -421,13 +497,13 @@ async def _rebuild(run: _Run) -> None:
         try:
             marker = await guard.fetchrow(event_log.GET_REBUILD)
             if marker is None:
-                marker = await _start_rebuild(pool)
+                marker = await _start_rebuild(guard)
             elif run.progress is not None:
                 run.progress.note(f"resuming the rebuild started at {marker['started_at'].isoformat()}")
             if run.progress is not None:
                 run.progress.phase("rebuild", total=marker["events_total"], done=marker["events_done"])
             with _collecting_rarely():
-                await _walk_lanes(run, marker["through_received_at"], await guard.fetchrow(GET_LANES), marker)
+                await _walk_lanes(run, marker, await guard.fetchrow(GET_LANES))
             if not run.tally.interrupted:
                 await _refresh_billing_of_everyone(pool, run.progress)
                 if run.progress is not None:
@@ -452,10 +528,14 @@ async def replay(
     progress: Reporter | None = None,
     stop: asyncio.Event | None = None,
     registry: Registry,
+    lane_process: LaneProcess | None = None,
 ) -> Tally:
-    """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`)."""
+    """Re-apply the selected stored events (all of them, from empty tables, with `rebuild`).
+
+    `lane_process(lane, lanes, connections)`: the argv of a process that runs a rebuild's lane
+    (`rebuild_lane`) with that registry; without it the lanes run in this process."""
     engine = Engine(pool, settings, registry)
-    run = _Run(engine, tally if tally is not None else Tally(), batch_size, progress, stop)
+    run = _Run(engine, tally if tally is not None else Tally(), batch_size, progress, stop, lane_process)
     async with pool.acquire() as conn:
         pending_rebuild = await conn.fetchval("SELECT true FROM replay_rebuilds")
     if pending_rebuild and selection.filtered:

@@ -10,11 +10,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import asyncpg
+
 
 class RunError(Exception):
     """A long run cannot go on; the message says why and what to do."""
 
     exit_code = 1
+
+
+def run_error_of(problem: BaseException, schema: str) -> RunError | None:
+    """The RunError a command reports for this exception (None: not one the user can act on)."""
+    if isinstance(problem, RunError):
+        return problem
+    if isinstance(problem, asyncpg.UndefinedTableError):
+        return RunError(
+            f"the schema {schema!r} is missing stripeline's tables or is not up to date:"
+            " run `stripeline migrate` first (or check STRIPELINE_SCHEMA)"
+        )
+    if isinstance(problem, (asyncpg.PostgresError, asyncpg.InterfaceError)):
+        return RunError(f"database error, stopped: {type(problem).__name__}: {problem}")
+    return None
 
 
 @dataclass

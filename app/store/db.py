@@ -87,13 +87,16 @@ async def create_pool(
     )
 
 
-async def open_pool(settings: Settings, process: str, *, min_size: int = 1, name: str | None = None) -> asyncpg.Pool:
+async def open_pool(settings: Settings, process: str, *, min_size: int = 1, name: str | None = None,
+                    max_size: int | None = None) -> asyncpg.Pool:
     """The pool of one `web`, `worker` or `command` process: STRIPELINE_DB_POOL_SIZE connections
-    (or that kind's default) in STRIPELINE_SCHEMA. `name` (e.g. `replay`) labels its connections."""
+    (or that kind's default) in STRIPELINE_SCHEMA. `name` (e.g. `replay`) labels its connections;
+    `max_size`, fewer (a rebuild's lane process, its share of its command's connections)."""
+    size = min(max_size or settings.pool_size(process), settings.pool_size(process))
     return await create_pool(
         settings.database_url,
-        min_size=min(min_size, settings.pool_size(process)),
-        max_size=settings.pool_size(process),
+        min_size=min(min_size, size),
+        max_size=size,
         schema=settings.schema,
         process=name or process,
     )
