@@ -15,6 +15,7 @@ from stripeline import event_loop
 from stripeline.commands.progress import clean_stop, refuse, run_command
 from stripeline.garbage import quiet_garbage_collector
 from stripeline.handlers import registry
+from stripeline.processing.lanes import has_parent
 from stripeline.processing.replay import MAX_BATCH_SIZE, ReplayRefused, Selection, rebuild_lane, replay
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
@@ -61,6 +62,8 @@ def lane_argv(batch_size: int):
 
 def lane_command(args: Any, settings: Settings) -> int:
     """One lane of the pending rebuild, in a process that `replay --rebuild` started."""
+    if not has_parent():
+        return refuse("replay", "--lane is internal: `stripeline replay --rebuild` starts the lanes of a rebuild itself")
     quiet_garbage_collector()
 
     async def work() -> int:

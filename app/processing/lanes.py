@@ -25,6 +25,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +86,11 @@ class LaneReporter:
             await self._writer.drain()
 
 
+def has_parent() -> bool:
+    """Whether standard input is the socket of a parent that runs this process as a lane."""
+    return stat.S_ISSOCK(os.fstat(0).st_mode)
+
+
 @contextlib.asynccontextmanager
 async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[LaneReporter]:
     """In a lane process: the socket on standard input, as a Reporter. `stop` from the parent
@@ -104,10 +110,15 @@ async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[Lan
     reporter = LaneReporter(writer, tally)
     try:
         yield reporter
-        await reporter.drain()
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+        # Our end of file, then the parent's: closing with a `stop` of its unread would reset
+        # the socket under our last messages.
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await reporter.drain()
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(), ABORT_SECONDS)
         writer.close()
 
 
@@ -135,10 +146,18 @@ class _Lane:
         """Close its socket: the lane rolls its open batch back and exits."""
         self.writer.close()
 
-    async def follow(self, tally: Tally, progress: Reporter | None) -> None:
-        """Pass its messages on until it ends; LaneFailed if it failed or ended unannounced."""
+    async def _next_line(self) -> bytes:
+        """Its next message; b"" once it closed its end (or its process died)."""
+        try:
+            return await self.reader.readline()
+        except ConnectionError:
+            return b""
+
+    async def follow(self, tally: Tally, progress: Reporter | None, stop: asyncio.Event | None) -> None:
+        """Pass its messages on until it ends; LaneFailed if it failed or ended unannounced
+        (but for a signal while we stop: a SIGTERM to every process, as a platform sends)."""
         error: LaneFailed | None = None
-        while line := await self.reader.readline():
+        while line := await self._next_line():
             message = orjson.loads(line)
             if "counts" in message:
                 self.counts = message["counts"]
@@ -154,9 +173,12 @@ class _Lane:
                 error = LaneFailed(message["error"], message["exit_code"])
             elif message.get("end"):
                 self.ended, self.interrupted = True, message["interrupted"]
+        self.writer.close()  # the lane waits for our end of file before it exits
         code = await self.process.wait()
         if error is not None:
             raise error
+        if not self.ended and code < 0 and stop is not None and stop.is_set():
+            self.ended = self.interrupted = True
         if not self.ended:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             raise LaneFailed(f"rebuild lane {self.number} ended unexpectedly ({how}); "
@@ -166,7 +188,9 @@ class _Lane:
 async def _start(number: int, argv: Sequence[str]) -> _Lane:
     ours, theirs = socket.socketpair()
     try:
-        process = await asyncio.create_subprocess_exec(*argv, stdin=theirs)
+        # A session of its own: a Ctrl-C reaches the whole process group of the terminal's
+        # command, and one reaching a lane still starting up would kill it; we pass it on.
+        process = await asyncio.create_subprocess_exec(*argv, stdin=theirs, start_new_session=True)
     finally:
         theirs.close()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
@@ -196,7 +220,7 @@ async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, pr
     try:
         for number, argv in enumerate(commands):
             lanes.append(await _start(number, argv))
-        followers = [asyncio.create_task(lane.follow(tally, progress)) for lane in lanes]
+        followers = [asyncio.create_task(lane.follow(tally, progress, stop)) for lane in lanes]
         if stop is not None:
             async def forward_stop() -> None:
                 await stop.wait()

@@ -204,10 +204,12 @@ def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> s
     return subprocess.run(command, input=stdin, capture_output=True, env=_environment(env), timeout=60)
 
 
-def stripeline_process(*argv: str, env: dict[str, str]) -> subprocess.Popen:
-    """`stripeline` started in the background, for a test to signal."""
+def stripeline_process(*argv: str, env: dict[str, str], new_group: bool = False) -> subprocess.Popen:
+    """`stripeline` started in the background, for a test to signal (`new_group`: in a process
+    group of its own, as a terminal starts a command, for a signal to the whole group)."""
     command = [sys.executable, "-m", "stripeline", *argv]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(env))
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(env),
+                            process_group=0 if new_group else None)
 
 
 def summary_lines(output: bytes) -> list[str]:
