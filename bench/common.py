@@ -420,6 +420,10 @@ class CpuMeter:
     _backends: set[int] = field(default_factory=set)
     _owner: dict[int, str] = field(default_factory=dict)  # backend pid -> name of its client process
     _task: asyncio.Task | None = None
+    # The child processes of these (name: pid), counted apart (a rebuild's lane processes): what
+    # each used, under "NAME child N" in the order they appeared.
+    parents: dict[str, int] = field(default_factory=dict)
+    _children: dict[int, str] = field(default_factory=dict)
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(ADMIN_URL)
@@ -436,6 +440,7 @@ class CpuMeter:
         self._read()
         await self._conn.close()
         used = {name: self._used(pid) for name, pid in self.processes.items() if pid is not None}
+        used |= {name: self._used(pid) for pid, name in self._children.items()}
         used["postgres"] = sum(self._used(pid) for pid in self._backends)
         for name in self.processes:
             share = sum(self._used(pid) for pid in self._backends if self._owner.get(pid) == name)
@@ -461,8 +466,15 @@ class CpuMeter:
                 if port is not None and port in owners:
                     self._owner[backend] = names[owners[port]]
 
+    def _find_children(self) -> None:
+        for name, parent in self.parents.items():
+            with contextlib.suppress(OSError):
+                for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+                    self._children.setdefault(int(child), f"{name} child {len(self._children) + 1}")
+
     def _read(self, first: bool = False) -> None:
-        for pid in [p for p in self.processes.values() if p is not None] + sorted(self._backends):
+        self._find_children()
+        for pid in [p for p in self.processes.values() if p is not None] + sorted(self._backends) + list(self._children):
             used = cpu_seconds(pid)
             if used is None:
                 continue

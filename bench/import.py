@@ -84,6 +84,7 @@ async def timed_command(checkout, args: list[str], env: dict[str, str], database
         meter = CpuMeter(database, {})
         started = time.perf_counter()
         process = checkout.popen(args, env, stdout=output, stderr=subprocess.STDOUT)
+        meter.parents[args[0]] = process.pid  # its processes (a rebuild's lanes), each apart
         await meter.start()
         async with profiled(profile, {args[0]: process.pid}, database):
             # py-spy must attach before the process ends; the wait itself runs off the loop.

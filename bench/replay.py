@@ -79,6 +79,9 @@ async def rebuild_a_copy(args: argparse.Namespace) -> None:
           f"(batch {args.batch_size}, exit code {code})")
     print(f"its summary: {summary[:300]}")
     print(cpu_report(used, events, ("replay", "postgres")))
+    if children := [name for name in used if name.startswith("replay child")]:
+        print("of the replay's CPU, its lane processes: "
+              + ", ".join(f"{used[name] / events * 1000:.3f}" for name in children) + " ms per event")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -118,6 +121,9 @@ async def main(args: argparse.Namespace) -> None:
           f"(batch {args.batch_size}, exit code {code})")
     print(f"its summary: {summary[:300]}")
     print(cpu_report(used, events, ("replay", "postgres")))
+    if children := [name for name in used if name.startswith("replay child")]:
+        print("of the replay's CPU, its lane processes: "
+              + ", ".join(f"{used[name] / events * 1000:.3f}" for name in children) + " ms per event")
     print(f"segments: {segments}")
 
 
