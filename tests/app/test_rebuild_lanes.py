@@ -177,10 +177,11 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
     await a_rerun_applies_the_rest_once(conn, db_url, records, live)
 
 
-@pytest.mark.parametrize("sig, whole_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command"])
+@pytest.mark.parametrize("sig, whole_group, times", [(signal.SIGINT, True, 1), (signal.SIGTERM, False, 1),
+                                                     (signal.SIGINT, True, 2)],
+                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "ctrl-c-twice-aborts"])
 async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
-    pool, conn, settings, registry, db_url, sig, whole_group
+    pool, conn, settings, registry, db_url, sig, whole_group, times
 ):
     records, live = await history_and_live_model(pool, conn, settings, registry, seed=34, customers=120)
     running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url},
@@ -192,10 +193,13 @@ async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
         return len(lanes) == 2 and bool(await rebuilt_so_far(conn))
 
     await until(lanes_at_work)
-    if whole_group:
-        os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
-    else:
-        running.send_signal(sig)
+    # A second Ctrl-C at once aborts the open batches (they roll back); one that came after the
+    # stop had ended would find the command on its way out.
+    for _ in range(times):
+        if whole_group:
+            os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
+        else:
+            running.send_signal(sig)
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
     assert running.returncode == 130, err
