@@ -9,7 +9,10 @@ child is exactly the command a user runs, with the same environment, logging, ev
 signal handling, and nothing is pickled; the lane's code is the one `replay` runs in-process.
 
 The parent and a lane talk over one Unix socket that is the lane's standard input, in JSON
-lines. The parent writes `stop` (its Ctrl-C or SIGTERM: finish the batch, then stop); the lane
+lines. Each lane runs in a session of its own, so a terminal's Ctrl-C reaches the parent
+alone (a lane still starting up would die of it); the parent writes `stop` to every lane on
+its first Ctrl-C or SIGTERM (finish the batch, then stop), and closes their sockets on the
+second (roll the open batch back). A lane signalled itself stops the same way. The lane
 writes its progress, failed events and its end. End of file means the other side is gone: a
 lane whose parent died (even by SIGKILL: the kernel closes its socket) aborts its open batch,
 which rolls back, and exits; a lane that ended without saying so stops the whole rebuild, as
