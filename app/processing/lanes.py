@@ -156,9 +156,10 @@ class _Lane:
         except ConnectionError:
             return b""
 
-    async def follow(self, tally: Tally, progress: Reporter | None, stop: asyncio.Event | None) -> None:
+    async def follow(self, tally: Tally, progress: Reporter | None, stopping: asyncio.Event) -> None:
         """Pass its messages on until it ends; LaneFailed if it failed or ended unannounced
-        (but for a signal while we stop: a SIGTERM to every process, as a platform sends)."""
+        (but for a SIGTERM or SIGINT, or any signal while the lanes stop). A lane that
+        stopped (signalled itself) sets `stopping`."""
         error: LaneFailed | None = None
         while line := await self._next_line():
             message = orjson.loads(line)
@@ -176,12 +177,17 @@ class _Lane:
                 error = LaneFailed(message["error"], message["exit_code"])
             elif message.get("end"):
                 self.ended, self.interrupted = True, message["interrupted"]
+                if self.interrupted:
+                    stopping.set()
         self.writer.close()  # the lane waits for our end of file before it exits
         code = await self.process.wait()
         if error is not None:
             raise error
-        if not self.ended and code < 0 and stop is not None and stop.is_set():
+        if not self.ended and (-code in (signal.SIGTERM, signal.SIGINT) or code < 0 and stopping.is_set()):
+            # Asked to stop before it could say so (still starting up), or killed while the
+            # lanes stop: its committed batches are behind its cursor, the open one rolled back.
             self.ended = self.interrupted = True
+            stopping.set()
         if not self.ended:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             raise LaneFailed(f"rebuild lane {self.number} ended unexpectedly ({how}); "
@@ -213,24 +219,29 @@ async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, pr
                              stop: asyncio.Event | None) -> None:
     """Run one process per argv (lane i is commands[i]) to their end, counting into `tally`.
 
-    Our stop request is passed on to every lane. The first lane to fail (or to end without
-    saying so) stops the others, which roll back their open batch, and its error is raised;
-    so is this task's cancellation, after the same.
+    Our stop request, or a lane's own stop, is passed on to every lane. The first lane to fail
+    (or to end without saying so) stops the others, which roll back their open batch, and its
+    error is raised; so is this task's cancellation, after the same.
     """
     lanes: list[_Lane] = []
+    stopping = asyncio.Event()
+
+    async def our_stop() -> None:
+        if stop is not None:
+            await stop.wait()
+            stopping.set()
+
+    async def pass_stops_on() -> None:
+        await stopping.wait()
+        for lane in lanes:
+            lane.stop()
+
+    helpers = [asyncio.create_task(our_stop()), asyncio.create_task(pass_stops_on())]
     followers: list[asyncio.Task] = []
-    forward = None
     try:
         for number, argv in enumerate(commands):
             lanes.append(await _start(number, argv))
-        followers = [asyncio.create_task(lane.follow(tally, progress, stop)) for lane in lanes]
-        if stop is not None:
-            async def forward_stop() -> None:
-                await stop.wait()
-                for lane in lanes:
-                    lane.stop()
-
-            forward = asyncio.create_task(forward_stop())
+        followers = [asyncio.create_task(lane.follow(tally, progress, stopping)) for lane in lanes]
         done, _ = await asyncio.wait(followers, return_when=asyncio.FIRST_EXCEPTION)
         for follower in done:
             follower.result()  # the first failure, raised
@@ -238,9 +249,9 @@ async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, pr
         for lane in lanes:
             if not lane.ended:
                 lane.abort()
-        for task in (*followers, *([forward] if forward else [])):
+        for task in (*followers, *helpers):
             task.cancel()
-        await asyncio.gather(*followers, *([forward] if forward else []), return_exceptions=True)
+        await asyncio.gather(*followers, *helpers, return_exceptions=True)
         await asyncio.gather(*(_ended(lane) for lane in lanes))
         for lane in lanes:
             lane.writer.close()

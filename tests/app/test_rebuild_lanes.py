@@ -177,29 +177,33 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
     await a_rerun_applies_the_rest_once(conn, db_url, records, live)
 
 
-@pytest.mark.parametrize("sig, whole_group, times", [(signal.SIGINT, True, 1), (signal.SIGTERM, False, 1),
-                                                     (signal.SIGINT, True, 2)],
-                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "ctrl-c-twice-aborts"])
+@pytest.mark.parametrize("sig, whom, times", [(signal.SIGINT, "group", 1), (signal.SIGTERM, "command", 1),
+                                              (signal.SIGINT, "group", 2), (signal.SIGTERM, "lane", 1)],
+                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "ctrl-c-twice-aborts",
+                              "sigterm-to-one-lane"])
 async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
-    pool, conn, settings, registry, db_url, sig, whole_group, times
+    pool, conn, settings, registry, db_url, sig, whom, times
 ):
     records, live = await history_and_live_model(pool, conn, settings, registry, seed=34, customers=120)
     running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url},
                                  new_group=True)
     lanes: dict[int, int] = {}
 
-    async def lanes_at_work() -> bool:
+    async def both_lanes_committed() -> bool:
         lanes.update(lane_processes(running.pid))
-        return len(lanes) == 2 and bool(await rebuilt_so_far(conn))
+        marker = await conn.fetchrow("SELECT lane_after_id FROM replay_rebuilds")
+        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"]
 
-    await until(lanes_at_work)
+    await until(both_lanes_committed)
     # A second Ctrl-C at once aborts the open batches (they roll back); one that came after the
     # stop had ended would find the command on its way out.
     for _ in range(times):
-        if whole_group:
+        if whom == "group":
             os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
-        else:
+        elif whom == "command":
             running.send_signal(sig)
+        else:  # a lane stopped alone stops the others too
+            os.kill(lanes[1], sig)
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
     assert running.returncode == 130, err
