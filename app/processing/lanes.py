@@ -118,10 +118,13 @@ async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[Lan
         await asyncio.gather(listener, return_exceptions=True)
         # Our end of file, then the parent's: closing with a `stop` of its unread would reset
         # the socket under our last messages.
-        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+        # The parent may have closed its end meanwhile (a second Ctrl-C): our socket is then
+        # closed under us, and uvloop refuses an end of file on it (RuntimeError).
+        with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
             await reporter.drain()
-            writer.write_eof()
-            await asyncio.wait_for(reader.read(), ABORT_SECONDS)
+            if not writer.is_closing():
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), ABORT_SECONDS)
         writer.close()
 
 
