@@ -59,6 +59,16 @@ FROM stripe_events
 """
 
 
+def report_rebuild(events: int, seconds: float, batch_size: int, code: int, summary: str, used: dict) -> None:
+    print(f"replay --rebuild: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
+          f"(batch {batch_size}, exit code {code})")
+    print(f"its summary: {summary[:300]}")
+    print(cpu_report(used, events, ("replay", "postgres")))
+    if children := [name for name in used if name.startswith("replay child")]:
+        print("of the replay's CPU, its lane processes: "
+              + ", ".join(f"{used[name] / events * 1000:.3f}" for name in children) + " ms per event")
+
+
 async def rebuild_a_copy(args: argparse.Namespace) -> None:
     """`replay --rebuild` of a copy of a kept store (--store), migrated by the checkout under test."""
     checkout = checkout_of(args)
@@ -75,13 +85,7 @@ async def rebuild_a_copy(args: argparse.Namespace) -> None:
               f"(p10 {sizes['p10'] / 1000:.2f}, p90 {sizes['p90'] / 1000:.2f}) as stored")
         command = ["replay", "--rebuild", "--batch-size", str(args.batch_size)]
         seconds, used, code, summary = await timed_command(checkout, command, env, name, args.profile)
-    print(f"replay --rebuild: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
-          f"(batch {args.batch_size}, exit code {code})")
-    print(f"its summary: {summary[:300]}")
-    print(cpu_report(used, events, ("replay", "postgres")))
-    if children := [name for name in used if name.startswith("replay child")]:
-        print("of the replay's CPU, its lane processes: "
-              + ", ".join(f"{used[name] / events * 1000:.3f}" for name in children) + " ms per event")
+    report_rebuild(events, seconds, args.batch_size, code, summary, used)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -117,13 +121,7 @@ async def main(args: argparse.Namespace) -> None:
                 segments = f"n/a ({type(problem).__name__})"
             finally:
                 await conn.close()
-    print(f"replay --rebuild: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
-          f"(batch {args.batch_size}, exit code {code})")
-    print(f"its summary: {summary[:300]}")
-    print(cpu_report(used, events, ("replay", "postgres")))
-    if children := [name for name in used if name.startswith("replay child")]:
-        print("of the replay's CPU, its lane processes: "
-              + ", ".join(f"{used[name] / events * 1000:.3f}" for name in children) + " ms per event")
+    report_rebuild(events, seconds, args.batch_size, code, summary, used)
     print(f"segments: {segments}")
 
 
