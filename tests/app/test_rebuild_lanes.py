@@ -132,8 +132,8 @@ async def test_failed_events_of_every_lane_are_named_and_counted_in_one_summary(
 async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_rest_once(
     pool, conn, settings, registry, db_url
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=32, customers=120)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url})
+    records, live = await history_and_live_model(pool, conn, settings, registry, seed=32, customers=40)
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url})
     lanes: dict[int, int] = {}
 
     async def both_lanes_committed() -> bool:
@@ -158,8 +158,8 @@ async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_r
 async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=33, customers=120)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url})
+    records, live = await history_and_live_model(pool, conn, settings, registry, seed=33, customers=40)
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url})
     lanes: dict[int, int] = {}
 
     async def lanes_at_work() -> bool:
@@ -184,8 +184,8 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
 async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url, sig, whom, times
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=34, customers=120)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "3", env={"DATABASE_URL": db_url},
+    records, live = await history_and_live_model(pool, conn, settings, registry, seed=34, customers=40)
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url},
                                  new_group=True)
     lanes: dict[int, int] = {}
 
@@ -223,8 +223,8 @@ SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND app
 async def test_the_command_and_its_lane_processes_keep_to_one_commands_connections(
     pool, conn, settings, registry, db_url, pool_size
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=35, customers=80)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "3",
+    records, live = await history_and_live_model(pool, conn, settings, registry, seed=35, customers=40)
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "1",
                                  env={"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)})
     peak, lanes = 0, {}
     while running.poll() is None:
