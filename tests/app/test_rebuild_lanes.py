@@ -66,6 +66,24 @@ async def history_and_live_model(pool, conn, settings, registry, seed: int, cust
     return records, await derived_state(conn)
 
 
+async def rebuild_under_way(pool, conn, settings, registry, db_url, seed: int, new_group: bool = False):
+    """A history, its live model, and the installed command's rebuild of it once both of its lane
+    processes committed a batch (one event per batch, so that the rest is still to come):
+    (records, live model, the command's process, {lane: pid})."""
+    records, live = await history_and_live_model(pool, conn, settings, registry, seed=seed, customers=40)
+    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url},
+                                 new_group=new_group)
+    lanes: dict[int, int] = {}
+
+    async def both_lanes_committed() -> bool:
+        lanes.update(lane_processes(running.pid))
+        marker = await conn.fetchrow("SELECT lane_after_id FROM replay_rebuilds")
+        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"]
+
+    await until(both_lanes_committed)
+    return records, live, running, lanes
+
+
 async def a_rerun_applies_the_rest_once(conn, db_url, records, live) -> None:
     """The interrupted rebuild's lanes stand at their last committed batches; `stripeline
     replay` finishes it, applying each remaining event once, and the model is the live one."""
@@ -132,16 +150,7 @@ async def test_failed_events_of_every_lane_are_named_and_counted_in_one_summary(
 async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_rest_once(
     pool, conn, settings, registry, db_url
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=32, customers=40)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url})
-    lanes: dict[int, int] = {}
-
-    async def both_lanes_committed() -> bool:
-        lanes.update(lane_processes(running.pid))
-        marker = await conn.fetchrow("SELECT lane_after_id FROM replay_rebuilds")
-        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"]
-
-    await until(both_lanes_committed)
+    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=32)
     os.kill(lanes[1], signal.SIGKILL)
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
@@ -158,15 +167,7 @@ async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_r
 async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=33, customers=40)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url})
-    lanes: dict[int, int] = {}
-
-    async def lanes_at_work() -> bool:
-        lanes.update(lane_processes(running.pid))
-        return len(lanes) == 2 and bool(await rebuilt_so_far(conn))
-
-    await until(lanes_at_work)
+    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=33)
     running.kill()
     running.communicate()
 
@@ -184,17 +185,8 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
 async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url, sig, whom, times
 ):
-    records, live = await history_and_live_model(pool, conn, settings, registry, seed=34, customers=40)
-    running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url},
-                                 new_group=True)
-    lanes: dict[int, int] = {}
-
-    async def both_lanes_committed() -> bool:
-        lanes.update(lane_processes(running.pid))
-        marker = await conn.fetchrow("SELECT lane_after_id FROM replay_rebuilds")
-        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"]
-
-    await until(both_lanes_committed)
+    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=34,
+                                                            new_group=True)
     # A second Ctrl-C at once aborts the open batches (they roll back); one that came after the
     # stop had ended would find the command on its way out.
     for _ in range(times):
