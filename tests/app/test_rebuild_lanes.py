@@ -89,12 +89,18 @@ async def a_rerun_applies_the_rest_once(conn, db_url, records, live) -> None:
     replay` finishes it, applying each remaining event once, and the model is the live one."""
     behind = await behind_the_lane_cursors(conn, records)
     assert await rebuilt_so_far(conn) == len(behind) < len(records)
-    rerun = await asyncio.to_thread(stripeline, "replay", env={"DATABASE_URL": db_url})
+    await a_rerun_finishes(conn, db_url, ["replay"], "resuming the rebuild", len(records) - len(behind), live)
+
+
+async def a_rerun_finishes(conn, db_url, command: list[str], says: str, remaining: int, live) -> None:
+    """`stripeline COMMAND` finishes the pending rebuild, saying `says`: it applies (or skips)
+    exactly the `remaining` events, and the model is the live one."""
+    rerun = await asyncio.to_thread(stripeline, *command, env={"DATABASE_URL": db_url})
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming the rebuild" in rerun.stderr.decode()
+    assert says in rerun.stderr.decode()
     [summary] = summary_lines(rerun.stdout)
     applied, skipped = (int(summary.split()[i].replace(",", "")) for i in (1, 3))
-    assert applied + skipped == len(records) - len(behind)
+    assert applied + skipped == remaining
     assert await derived_state(conn) == live
     assert await event_log.rebuild_status(conn) is None
 
@@ -251,15 +257,9 @@ async def test_a_rebuild_interrupted_on_crc32_lanes_finishes_in_the_command_itse
         " lane_after_id) VALUES (now(), $1, $2, $3, $4)",
         len(applied), len(records), [c.created for c in cursors], [c.id for c in cursors])
 
-    rerun = await asyncio.to_thread(stripeline, "replay", "--rebuild", env={"DATABASE_URL": db_url})
-
-    assert rerun.returncode == 0, rerun.stderr
-    assert "started by an older version: its lanes finish in this process" in rerun.stderr.decode()
-    [summary] = summary_lines(rerun.stdout)
-    applied_now, skipped_now = (int(summary.split()[i].replace(",", "")) for i in (1, 3))
-    assert applied_now + skipped_now == len(records) - len(applied)
-    assert await derived_state(conn) == live
-    assert await event_log.rebuild_status(conn) is None
+    await a_rerun_finishes(conn, db_url, ["replay", "--rebuild"],
+                           "started by an older version: its lanes finish in this process",
+                           len(records) - len(applied), live)
 
 
 async def test_the_internal_lane_option_refuses_to_run_without_its_parent(db_url):
