@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from stripeline.model.locks import customer_lock_key
 from stripeline.processing import replay as replay_module
 from stripeline.processing.engine import REBUILD, Batch, Engine
 from stripeline.store import event_log
@@ -66,22 +67,50 @@ async def history_and_live_model(pool, conn, settings, registry, seed: int, cust
     return records, await derived_state(conn)
 
 
+async def hold_the_last_customer_of_each_lane(pool, conn, records):
+    """Take, on a connection of its own, the advisory lock of the customer that comes last (by its
+    first event) in each lane, so that each lane's process waits there, mid-rebuild, however fast
+    it runs; release it with `pg_advisory_unlock_all` and return the connection."""
+    lane_of = {row["customer_id"]: row["lane"] for row in await conn.fetch(
+        f"SELECT DISTINCT customer_id, {replay_module.LANE_OF_EVENT.format(lanes='$1::int')} AS lane"
+        " FROM stripe_events WHERE customer_id IS NOT NULL", replay_module.REBUILD_LANES)}
+    first_seen: dict[str, tuple] = {}
+    for r in sorted(records, key=lambda r: (r.created, r.id)):
+        if r.customer_id in lane_of:
+            first_seen.setdefault(r.customer_id, (r.created, r.id))
+    last = {lane_of[c]: c for c in sorted(first_seen, key=first_seen.__getitem__)}
+    assert sorted(last) == list(range(replay_module.REBUILD_LANES))
+    holder = await pool.acquire()
+    await holder.execute(f"SELECT pg_advisory_lock({customer_lock_key('c')}) FROM unnest($1::text[]) AS c",
+                         list(last.values()))
+    return holder
+
+
 async def rebuild_under_way(pool, conn, settings, registry, db_url, seed: int, new_group: bool = False):
     """A history, its live model, and the installed command's rebuild of it once both of its lane
-    processes committed a batch (one event per batch, so that the rest is still to come):
-    (records, live model, the command's process, {lane: pid})."""
+    processes committed a batch and wait at a customer the test holds (one event per batch):
+    (records, live model, the command's process, {lane: pid}, release), where `release()` lets the
+    lanes go on."""
     records, live = await history_and_live_model(pool, conn, settings, registry, seed=seed, customers=40)
+    holder = await hold_the_last_customer_of_each_lane(pool, conn, records)
     running = stripeline_process("replay", "--rebuild", "--batch-size", "1", env={"DATABASE_URL": db_url},
                                  new_group=new_group)
     lanes: dict[int, int] = {}
 
-    async def both_lanes_committed() -> bool:
+    async def both_lanes_committed_and_wait() -> bool:
         lanes.update(lane_processes(running.pid))
         marker = await conn.fetchrow("SELECT lane_after_id FROM replay_rebuilds")
-        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"]
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        return len(lanes) == 2 and marker is not None and None not in marker["lane_after_id"] and waiting == 2
 
-    await until(both_lanes_committed)
-    return records, live, running, lanes
+    async def release() -> None:
+        await holder.execute("SELECT pg_advisory_unlock_all()")
+        await pool.release(holder)
+
+    await until(both_lanes_committed_and_wait)
+    return records, live, running, lanes, release
 
 
 async def a_rerun_applies_the_rest_once(conn, db_url, records, live) -> None:
@@ -156,8 +185,10 @@ async def test_failed_events_of_every_lane_are_named_and_counted_in_one_summary(
 async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_rest_once(
     pool, conn, settings, registry, db_url
 ):
-    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=32)
+    records, live, running, lanes, release = await rebuild_under_way(pool, conn, settings, registry, db_url,
+                                                                     seed=32)
     os.kill(lanes[1], signal.SIGKILL)
+    await release()
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
     # The first failure of a lane stops the rebuild, with one line saying what to do.
@@ -173,9 +204,11 @@ async def test_a_killed_lane_process_stops_the_rebuild_and_a_rerun_applies_the_r
 async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url
 ):
-    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=33)
+    records, live, running, lanes, release = await rebuild_under_way(pool, conn, settings, registry, db_url,
+                                                                     seed=33)
     running.kill()
     running.communicate()
+    await release()
 
     # Their socket to the parent closed: each rolls its open batch back and exits.
     await until(lambda: not any(alive(pid) for pid in lanes.values()), timeout=10)
@@ -191,8 +224,8 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
 async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
     pool, conn, settings, registry, db_url, sig, whom, times
 ):
-    records, live, running, lanes = await rebuild_under_way(pool, conn, settings, registry, db_url, seed=34,
-                                                            new_group=True)
+    records, live, running, lanes, release = await rebuild_under_way(pool, conn, settings, registry, db_url,
+                                                                     seed=34, new_group=True)
     # A second Ctrl-C at once aborts the open batches (they roll back); one that came after the
     # stop had ended would find the command on its way out.
     for _ in range(times):
@@ -202,6 +235,7 @@ async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
             running.send_signal(sig)
         else:  # a lane stopped alone stops the others too
             os.kill(lanes[1], sig)
+    await release()
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
     assert running.returncode == 130, err
