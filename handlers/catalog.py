@@ -71,8 +71,9 @@ WHERE NOT p.deleted
 # worker's, the other lane of a rebuild) that writes them waits until then. Written last, they
 # are held for the commit alone: in a rebuild, prices were the first statement by time waited
 # on locks (23% of the backends' samples).
-PRODUCTS = Table(name="products", row=ProductRow, order=80, template=UPSERT_CATALOG.format(table="products"))
-PRICES = Table(name="prices", row=PriceRow, order=90, template=UPSERT_CATALOG.format(table="prices"))
+PRODUCTS = Table(name="products", row=ProductRow, order=80, template=UPSERT_CATALOG.format(table="products"),
+                 shared=True)
+PRICES = Table(name="prices", row=PriceRow, order=90, template=UPSERT_CATALOG.format(table="prices"), shared=True)
 
 
 def _product_row(event: EventRecord, product: dict[str, Any], deleted: bool) -> ProductRow:

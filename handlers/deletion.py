@@ -376,7 +376,7 @@ async def _anonymize_stored(
         return {"events_scrubbed": 0, "outbox_scrubbed": await _outbox_mentions(conn, tombstone.customer_id,
                                                                                 delete=False)}
     # What this batch staged so far is written now, so that the payments read below include it.
-    await ctx.writes.flush(conn, ctx)
+    await ctx.writes.flush(conn, ctx, shared=False)
     own = await _scrub_payloads(conn, OWN_EVENTS, tombstone.customer_id)
     references = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
     mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), references)
@@ -409,7 +409,7 @@ async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx:
     mode = ctx.settings.deleted_customers
     if mode == "delete":
         # What this batch staged so far is written now, so that the payments read below include it.
-        await ctx.writes.flush(conn, ctx)
+        await ctx.writes.flush(conn, ctx, shared=False)
         counts = await _delete_stored(conn, event, tombstone)
     else:
         counts = await _anonymize_stored(conn, event, tombstone, ctx, known=known)

@@ -125,6 +125,11 @@ class Table:
     # Fixed flush order: concurrent batches lock shared rows table by table, in key order.
     order: int
     template: str
+    # Rows no customer's lock covers (the catalog): written by a batch's last flush only, so
+    # that a transaction locks them once, in that order; a mid-batch flush (a deletion's) that
+    # wrote them too could lock some, then wait for others another batch holds while that one
+    # waits for these: a deadlock, each costing a second of `deadlock_timeout` and a retry.
+    shared: bool = False
     # Rows written with each row and replaced with it (subscription items), and their table.
     child: type | None = None
     child_table: str = ""
@@ -241,9 +246,13 @@ class WriteBuffer:
         for snapshot in snapshots:
             self.stage(snapshot)
 
-    async def flush(self, conn: asyncpg.Connection, ctx: Any) -> None:
-        """Write every staged snapshot that is newer than its row; safe to call repeatedly."""
+    async def flush(self, conn: asyncpg.Connection, ctx: Any, *, shared: bool = True) -> None:
+        """Write every staged snapshot that is newer than its row; safe to call repeatedly.
+        With `shared=False` (mid-batch) the shared tables' snapshots stay staged for the last flush."""
         staged, self._staged = self._staged, {}
+        if not shared:
+            self._staged = {table: entries for table, entries in staged.items() if table.shared}
+            staged = {table: entries for table, entries in staged.items() if not table.shared}
         invoices, self._invoice_customers = self._invoice_customers, set()
         started = time.perf_counter()
         ties: list[tuple[Table, list[Snapshot]]] = []

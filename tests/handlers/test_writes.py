@@ -182,3 +182,41 @@ async def test_flushing_twice_writes_once(conn, settings):
     assert ctx.writes.rows_flushed == 1
     await apply(conn, settings, [payload])
     assert (await row(conn, "customers", customer["id"]))["event_id"] == payload["id"]
+
+
+async def test_two_batches_each_deleting_a_customer_midway_never_deadlock_on_shared_prices(pool, conn, settings):
+    """A deletion writes its batch's rows so far (its search of stored payments must see them).
+    Were shared catalog rows written then too, batch A would hold price 1 and batch B price 2,
+    each then waiting for the other's in its last flush: a deadlock, found after a second of
+    `deadlock_timeout`, and the victim batch run again. Here both batches pause right after
+    their deletions until the other got there too, the worst interleaving, and each runs once."""
+    t = 1_700_000_000
+    prices = [f.price_object(), f.price_object()]
+    batches = []
+    for first, then in ((0, 1), (1, 0)):
+        deleted, kept = f.new_id("cus"), f.new_id("cus")
+        batches.append([
+            f.event("customer.subscription.created", f.subscription_object(deleted, [(prices[first], 1)]), created=t),
+            f.event("customer.deleted", f.deleted_customer_object(deleted), created=t + 1),
+            f.event("test.pause", {"id": f.new_id("obj"), "object": "pause", "customer": kept}, created=t + 2),
+            f.event("customer.subscription.created", f.subscription_object(kept, [(prices[then], 1)]), created=t + 3),
+        ])
+    records = [[event_from_payload(e) for e in batch] for batch in batches]
+    await insert_events(conn, [r for batch in records for r in batch])
+    paused, both_paused = [], asyncio.Event()
+
+    async def pause(conn, record, ctx):
+        paused.append(record.id)
+        if len(paused) == len(batches):
+            both_paused.set()
+        await asyncio.wait_for(both_paused.wait(), 10)
+
+    registry = dataclasses.replace(registries.product(),
+                                   handlers={**registries.product().handlers, "test.pause": pause})
+    outcomes = await asyncio.gather(*(process_events(pool, [r.id for r in batch], settings, registry=registry)
+                                      for batch in records))
+
+    assert all(len(outcome.processed) == 4 and not outcome.failed and not outcome.retry for outcome in outcomes)
+    assert sorted(paused) == sorted(batch[2].id for batch in records)  # neither batch ran twice
+    assert await conn.fetchval("SELECT count(*) FROM prices WHERE id = ANY($1::text[])",
+                               [p["id"] for p in prices]) == 2
