@@ -3,7 +3,7 @@
 The default run makes a few thousand requests (about 20 s). The long profile spreads
 STRIPELINE_FUZZ_REQUESTS requests over the same tests and prints a tally at the end:
 
-    STRIPELINE_FUZZ_REQUESTS=100000 .venv/bin/python -m pytest -s tests/app/test_web_fuzz.py tests/app/test_api_fuzz.py
+    STRIPELINE_FUZZ_REQUESTS=100000 .venv/bin/python -m pytest -n 0 -s tests/app/test_web_fuzz.py tests/app/test_api_fuzz.py
 """
 
 from __future__ import annotations
