@@ -163,7 +163,9 @@ def clean_stop(progress: Progress | None = None) -> Iterator[asyncio.Event]:
     """Turn the first Ctrl-C (or SIGTERM, as Heroku sends) into a stop request.
 
     Long loops check the event between batches. A second signal cancels the running task,
-    which rolls back the open transaction; everything committed stays.
+    which rolls back the open transaction; everything committed stays. One that comes after the
+    stop, while the command closes its connections, ends it at once with exit code 130 (without
+    this, Python's default handler would print a KeyboardInterrupt traceback).
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -189,6 +191,12 @@ def clean_stop(progress: Progress | None = None) -> Iterator[asyncio.Event]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if stop.is_set():
+                signal.signal(sig, _exit_interrupted)
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(130)
 
 
 def refuse(command: str, message: str) -> int:

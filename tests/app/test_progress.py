@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
+import time
+
+import pytest
 
 from stripeline.commands import progress as progress_module
-from stripeline.commands.progress import FAILURES_SHOWN, Progress, summary_line
+from stripeline.commands.progress import FAILURES_SHOWN, Progress, clean_stop, summary_line
 
 
 class Terminal(io.StringIO):
@@ -84,3 +90,25 @@ def test_the_summary_is_one_line_with_counts_in_order():
     line = summary_line("backfill", {"listed": 1200, "applied": 1190, "skipped": 10, "failed": 0}, 3.14159)
     assert line == "backfill: 1,200 listed, 1,190 applied, 10 skipped, 0 failed in 3.14 s"
     assert summary_line("replay", {"applied": 5}, 1, interrupted=True).endswith("(interrupted: run it again to continue)")
+
+
+async def test_a_ctrl_c_after_the_clean_stop_ended_exits_at_once_with_130_not_a_traceback():
+    """The first Ctrl-C asks for a stop; one more that arrives while the command closes its
+    connections (the stop is over) ends it with the interrupted exit code, quietly."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with clean_stop() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.05)
+            assert stop.is_set()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pytest.fail("Python's default handler ran: a KeyboardInterrupt traceback, exit by SIGINT")
+        except SystemExit as exited:
+            assert exited.code == 130
+        else:
+            pytest.fail("the second Ctrl-C did nothing")
+    finally:
+        signal.signal(signal.SIGINT, previous)
