@@ -56,9 +56,20 @@ class PriceRow(NamedTuple):
 
 
 # Shared rows: the context-free order (created, rank, event id); a deleted one stays deleted.
+# A snapshot that is not newer than the stored row is left out before the insert: ON CONFLICT
+# DO UPDATE locks the conflicting row until commit even when its WHERE refuses the update, and
+# nearly every batch carries the same few prices, unchanged, so concurrent batches (two
+# workers, the lanes of a rebuild) queued on those locks for nothing. The guard below still
+# decides for a row that changes meanwhile.
 UPSERT_CATALOG = """
 INSERT INTO {table} AS p ({{columns}})
 SELECT {{columns}} FROM {{incoming}}
+WHERE NOT EXISTS (
+    SELECT FROM {table} AS stored
+    WHERE stored.id = i.id
+      AND (stored.deleted OR (i.event_created, i.event_rank, i.event_id)
+                             <= (stored.event_created, stored.event_rank, coalesce(stored.event_id, '')))
+)
 ORDER BY i.id
 ON CONFLICT (id) DO UPDATE SET {{updates}}, last_synced_at = now()
 WHERE NOT p.deleted

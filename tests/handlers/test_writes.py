@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -220,3 +221,30 @@ async def test_two_batches_each_deleting_a_customer_midway_never_deadlock_on_sha
     assert sorted(paused) == sorted(batch[2].id for batch in records)  # neither batch ran twice
     assert await conn.fetchval("SELECT count(*) FROM prices WHERE id = ANY($1::text[])",
                                [p["id"] for p in prices]) == 2
+
+
+async def test_a_batch_repeating_a_known_price_leaves_its_row_unlocked_for_concurrent_batches(pool, conn, settings):
+    """Nearly every batch carries the same few prices, unchanged. A batch that only repeats
+    what the row holds must not lock it: another worker's batch (or a rebuild's other lane)
+    would wait for this one's commit to write its own, unchanged, copy."""
+    price = f.price_object()
+    first = f.event("customer.subscription.created", f.subscription_object(f.new_id("cus"), [(price, 1)]))
+    await apply(conn, settings, [first])
+    newer = f.event("customer.subscription.updated", f.subscription_object(f.new_id("cus"), [(price, 2)]),
+                    created=first["created"] + 60)
+
+    async with pool.acquire() as other:
+        for payload, locks in ((first, False), (newer, True)):
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                await apply(conn, settings, [payload])  # a batch holding its transaction open
+                await other.execute("SET lock_timeout = '100ms'")
+                try:
+                    await other.execute("SELECT FROM prices WHERE id = $1 FOR UPDATE", price["id"])
+                    locked = False
+                except asyncpg.LockNotAvailableError:
+                    locked = True
+                assert locked == locks, payload["type"]
+            finally:
+                await transaction.rollback()
