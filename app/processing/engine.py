@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -365,6 +366,13 @@ class Engine:
             if batch.on_commit is not None and batch.records:
                 await batch.on_commit(conn, batch.records)
         return outcome
+
+
+def crc32_lane_of(customer_id: str | None, lanes: int) -> int:
+    """The lane, of `lanes`, of a customer's events when a run applies lanes side by side (an
+    import's chunks; a rebuild started under sql/0015): all of one customer's events on one
+    lane, so each lane keeps them in order; events without a customer on lane 0."""
+    return zlib.crc32(customer_id.encode()) % lanes if customer_id else 0
 
 
 def describe_error(error: BaseException) -> str:

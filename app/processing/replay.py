@@ -32,7 +32,6 @@ import dataclasses
 import gc
 import random
 import re
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,7 +44,7 @@ from stripeline.model import tables
 from stripeline.model.context import Registry
 from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
 from stripeline.model.locks import customer_lock_key
-from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, lock_customers
+from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, crc32_lane_of, lock_customers
 from stripeline.processing.lanes import parent_channel, run_lane_processes
 from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of
 from stripeline.settings import Settings
@@ -370,12 +369,6 @@ async def _walk(run: _Run, scope: _Scope, on_commit: Callable | None = None,
                 return
             if records and not await _apply(run, records, statuses, on_commit):
                 return
-
-
-def crc32_lane_of(customer_id: str | None, lanes: int) -> int:
-    """The lane of a customer's events in a rebuild started under sql/0015 (PostgreSQL cannot
-    compute crc32, so such a rebuild resumes in one process, which sorts its events here)."""
-    return zlib.crc32(customer_id.encode()) % lanes if customer_id else 0
 
 
 async def _walk_lane(run: _Run, lanes: asyncpg.Record, lane: int) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 
 import orjson
 import pytest
 
+from stripeline.processing.engine import crc32_lane_of
 from stripeline.processing.event_files import Malformed, read_events
-from stripeline.processing.importing import ImportCounts, import_events
+from stripeline.processing.importing import APPLY_LANES, ImportCounts, import_events
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
 from tests.app.replay_helpers import (
@@ -66,6 +68,29 @@ async def test_a_chronological_file_is_applied_as_it_is_read_in_stripe_order(poo
 
     await assert_applied_once_in_stripe_order(conn, payloads, tally, counts)
     assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 0
+
+
+async def test_an_outage_in_one_lane_stops_the_import_and_the_other_lane_with_it(pool, conn, settings):
+    # The lanes apply side by side: when PostgreSQL fails one, the other's open batch is
+    # cancelled (rolled back) and the import ends with the outage, nothing left running.
+    payloads = sorted(generated_history(seed=14, customers=15), key=lambda p: p["created"])
+    cancelled: list[str] = []
+
+    async def lane_handler(conn, record, ctx):
+        if crc32_lane_of(record.customer_id, APPLY_LANES) == 0:
+            try:
+                await asyncio.Event().wait()  # lane 0 is slow: still in its batch when lane 1 fails
+            except asyncio.CancelledError:
+                cancelled.append(record.id)
+                raise
+        raise OSError("connection refused")  # PostgreSQL went away under lane 1
+
+    registry = with_handlers(doubles(), {kind: lane_handler for kind in doubles().handlers})
+    with pytest.raises(OSError):
+        await asyncio.wait_for(run_import(pool, settings, jsonl(*payloads), registry=registry), 30)
+
+    assert len(cancelled) == 1
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE status <> 'pending'") == 0
 
 
 async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings):

@@ -17,7 +17,7 @@ import pytest
 
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing import replay as replay_module
-from stripeline.processing.engine import REBUILD, Batch, Engine
+from stripeline.processing.engine import REBUILD, Batch, Engine, crc32_lane_of
 from stripeline.store import event_log
 from tests.app.replay_helpers import derived_state, generated_history, stripeline, stripeline_process, summary_lines
 from tests.app.test_replay import behind_the_lane_cursors, process_live, statuses, store
@@ -280,8 +280,8 @@ async def test_a_rebuild_interrupted_on_crc32_lanes_finishes_in_the_command_itse
     await conn.execute(replay_module.WIPE_DERIVED)
     cursors = [records[len(records) // 3], records[2 * len(records) // 3]]
     applied = [r for r in records
-               if (r.created, r.id) <= (cursors[replay_module.crc32_lane_of(r.customer_id, 2)].created,
-                                        cursors[replay_module.crc32_lane_of(r.customer_id, 2)].id)]
+               if (r.created, r.id) <= (cursors[crc32_lane_of(r.customer_id, 2)].created,
+                                        cursors[crc32_lane_of(r.customer_id, 2)].id)]
     engine = Engine(pool, settings, registry)
     for start in range(0, len(applied), 50):
         part = applied[start:start + 50]
