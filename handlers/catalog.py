@@ -57,10 +57,11 @@ class PriceRow(NamedTuple):
 
 # Shared rows: the context-free order (created, rank, event id); a deleted one stays deleted.
 # A snapshot that is not newer than the stored row is left out before the insert: ON CONFLICT
-# DO UPDATE locks the conflicting row until commit even when its WHERE refuses the update, and
-# nearly every batch carries the same few prices, unchanged, so concurrent batches (two
-# workers, the lanes of a rebuild) queued on those locks for nothing. The guard below still
-# decides for a row that changes meanwhile.
+# DO UPDATE locks the conflicting row until commit even when its WHERE refuses the update, so a
+# batch that only repeats what the rows hold (a duplicate, a late event, a replay) made
+# concurrent batches (two workers, the lanes of a rebuild or an import) wait on those locks
+# for nothing. The guard below still decides for a row that changes meanwhile. (A batch of new
+# events still writes its prices: each event carries them at its own, newer, version.)
 UPSERT_CATALOG = """
 INSERT INTO {table} AS p ({{columns}})
 SELECT {{columns}} FROM {{incoming}}

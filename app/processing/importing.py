@@ -94,13 +94,12 @@ async def import_events(
     matter) is processed as it is read: each stored chunk's events are applied from the records
     in hand, in (created, id) order in each of APPLY_LANES lanes of customers side by side,
     while the next chunk is stored, except those of its last second, which wait for the rest of
-    their second. So memory stays flat and the store's
-    writes and the engine's overlap. Any other file (listed newest first, as `stripe events
-    list` prints it, or shuffled) is found out in its first chunk: it is stored whole, then
-    processed in Stripe order, read back from the store. A file that goes back in time only
-    later has its chronological beginning applied as it came, and the rest after it, in Stripe
-    order: an older event then comes late, as a late webhook does, and the model's rules make
-    the state the same.
+    their second. So memory stays flat and the store's writes and the engine's overlap. Any
+    other file (listed newest first, as `stripe events list` prints it, or shuffled) is found
+    out in its first chunk: it is stored whole, then processed in Stripe order, read back from
+    the store. A file that goes back in time only later has its chronological beginning applied
+    as it came, and the rest after it, in Stripe order: an older event then comes late, as a late
+    webhook does, and the model's rules make the state the same.
     """
     created: dict[str, datetime] = {}
     chunk: list[EventRecord] = []

@@ -23,7 +23,7 @@ from tests.app.replay_helpers import (
     summary_lines,
     with_handlers,
 )
-from tests.factories import event, new_id
+from tests.factories import customer_object, event, new_id
 
 
 def jsonl(*values) -> bytes:
@@ -72,17 +72,26 @@ async def test_a_chronological_file_is_applied_as_it_is_read_in_stripe_order(poo
 
 async def test_an_outage_in_one_lane_stops_the_import_and_the_other_lane_with_it(pool, conn, settings):
     # The lanes apply side by side: when PostgreSQL fails one, the other's open batch is
-    # cancelled (rolled back) and the import ends with the outage, nothing left running.
-    payloads = sorted(generated_history(seed=14, customers=15), key=lambda p: p["created"])
+    # cancelled (rolled back) and the import ends with the outage, nothing left running. One
+    # customer per lane, two events a second, so that the first chunk applies both lanes.
+    customers: dict[int, str] = {}
+    while len(customers) < APPLY_LANES:
+        customer_id = new_id("cus")
+        customers.setdefault(crc32_lane_of(customer_id, APPLY_LANES), customer_id)
+    payloads = [event("customer.updated", customer_object(customers[lane]), created=1_700_000_000 + second)
+                for second in range(5) for lane in sorted(customers)]
     cancelled: list[str] = []
+    lane_0_in_its_batch = asyncio.Event()
 
     async def lane_handler(conn, record, ctx):
         if crc32_lane_of(record.customer_id, APPLY_LANES) == 0:
+            lane_0_in_its_batch.set()
             try:
                 await asyncio.Event().wait()  # lane 0 is slow: still in its batch when lane 1 fails
             except asyncio.CancelledError:
                 cancelled.append(record.id)
                 raise
+        await asyncio.wait_for(lane_0_in_its_batch.wait(), 10)
         raise OSError("connection refused")  # PostgreSQL went away under lane 1
 
     registry = with_handlers(doubles(), {kind: lane_handler for kind in doubles().handlers})

@@ -224,9 +224,9 @@ async def test_two_batches_each_deleting_a_customer_midway_never_deadlock_on_sha
 
 
 async def test_a_batch_repeating_a_known_price_leaves_its_row_unlocked_for_concurrent_batches(pool, conn, settings):
-    """Nearly every batch carries the same few prices, unchanged. A batch that only repeats
-    what the row holds must not lock it: another worker's batch (or a rebuild's other lane)
-    would wait for this one's commit to write its own, unchanged, copy."""
+    """A batch that only repeats what a price row holds (a duplicate, a late event, a replay)
+    must not lock it: another worker's batch (or another lane's) would wait for this one's
+    commit to write its own copy. A newer version is written, and locked, as before."""
     price = f.price_object()
     first = f.event("customer.subscription.created", f.subscription_object(f.new_id("cus"), [(price, 1)]))
     await apply(conn, settings, [first])
