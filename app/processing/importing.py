@@ -19,7 +19,7 @@ from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord
 from stripeline.processing.engine import INTAKE, Batch, Engine, crc32_lane_of
 from stripeline.processing.event_files import Malformed
-from stripeline.processing.runs import Reporter, Tally
+from stripeline.processing.runs import Reporter, Tally, side_by_side
 from stripeline.settings import Settings
 from stripeline.store.event_log import insert_events
 
@@ -124,14 +124,7 @@ async def import_events(
         lanes: list[list[EventRecord]] = [[] for _ in range(APPLY_LANES)]
         for record in records:
             lanes[crc32_lane_of(record.customer_id, APPLY_LANES)].append(record)
-        tasks = [asyncio.create_task(apply_lane(lane)) for lane in lanes if lane]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:  # a lane failed (an outage), or we are cancelled: stop the other too
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await side_by_side(apply_lane(lane) for lane in lanes if lane)
 
     async def store() -> None:
         nonlocal in_order, newest, applying, waiting

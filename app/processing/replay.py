@@ -46,7 +46,7 @@ from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, crc32_lane_of, lock_customers
 from stripeline.processing.lanes import parent_channel, run_lane_processes
-from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of
+from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of, side_by_side
 from stripeline.settings import Settings
 from stripeline.store import event_log
 
@@ -383,21 +383,6 @@ async def _walk_lane(run: _Run, lanes: asyncpg.Record, lane: int) -> None:
                     keep=lambda record: crc32_lane_of(record.customer_id, count) == lane)
 
 
-async def _lanes_side_by_side(run: _Run, lanes: asyncpg.Record) -> None:
-    """The rebuild's lanes as tasks of this process. The first failure stops everything:
-    batches in flight roll back, and what a lane committed is behind its cursor."""
-    tasks = [asyncio.create_task(_walk_lane(run, lanes, lane)) for lane in range(len(lanes["lane_after_id"]))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()
-
-
 def _lane_connections(run: _Run, lanes: asyncpg.Record) -> list[int] | None:
     """Connections for each lane process, or None when the lanes run in this process: lanes
     given to processes (`lane_process`) and following PostgreSQL's hash, and the command's one
@@ -420,7 +405,8 @@ async def _walk_lanes(run: _Run, marker: asyncpg.Record, lanes: asyncpg.Record) 
     if connections is None:
         if run.lane_process is not None and lanes["lane_hash"] != LANE_HASH and run.progress is not None:
             run.progress.note("the rebuild was started by an older version: its lanes finish in this process")
-        await _lanes_side_by_side(run, lanes)
+        # The first failure stops every lane: what each committed is behind its cursor.
+        await side_by_side(_walk_lane(run, lanes, lane) for lane in range(len(lanes["lane_after_id"])))
         return
     commands = [run.lane_process(lane, len(connections), n) for lane, n in enumerate(connections)]
     await run_lane_processes(commands, run.tally, run.progress, run.stop)

@@ -6,9 +6,11 @@ processing only needs a `Reporter`, so it never imports the command line.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -31,6 +33,23 @@ def run_error_of(problem: BaseException, schema: str) -> RunError | None:
     if isinstance(problem, (asyncpg.PostgresError, asyncpg.InterfaceError)):
         return RunError(f"database error, stopped: {type(problem).__name__}: {problem}")
     return None
+
+
+async def side_by_side(lanes: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run a run's lanes as tasks of this process. The first failure stops them all (batches in
+    flight roll back) and is raised; so is a cancellation of the caller."""
+    tasks = [asyncio.create_task(lane) for lane in lanes]
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
 @dataclass
