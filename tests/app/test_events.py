@@ -6,9 +6,19 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stripeline.http.responses import JSONResponse
-from stripeline.model.events import MAX_DEPTH, InvalidEvent, parse_event
+from stripeline.model.events import (
+    MAX_DEPTH,
+    MAX_EMAIL_LENGTH,
+    MAX_ID_LENGTH,
+    REFERENCE_KEYS,
+    InvalidEvent,
+    event_from_payload,
+    parse_event,
+)
 from stripeline.store.event_log import insert_events
 from tests.factories import body_of, event, ping_event
 
@@ -50,6 +60,66 @@ def test_event_as_deep_as_the_limit_is_accepted():
 def test_long_free_text_in_metadata_is_not_mistaken_for_an_id():
     payload = customer_event(metadata={"customer": "y" * 500, "id": "z" * 500})
     assert parse_event(body_of(payload)).customer_id == "cus_events1"
+
+
+def _refusal(value, depth=1, references=True):
+    """What the event checks refuse, walked the plain way: a reason, or whether a float is in it."""
+    if depth > MAX_DEPTH:
+        return "nested"
+    floats = False
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(item, str):
+            if references and len(item) > MAX_ID_LENGTH and key in REFERENCE_KEYS:
+                return "id"
+            if key == "email" and len(item) > MAX_EMAIL_LENGTH:
+                return "email"
+        elif isinstance(item, (dict, list)):
+            inner = _refusal(item, depth + 1, references and key != "metadata")
+            if isinstance(inner, str):
+                return inner
+            floats |= inner
+        elif isinstance(item, float):
+            floats = True
+    return floats
+
+
+class _Built(dict):
+    """A payload built by code (a backfill's object, a library's dict subclass)."""
+
+
+class _Text(str):
+    pass
+
+
+_KEYS = st.sampled_from(["id", "customer", "email", "metadata", "name", "price", "lines", "data"])
+_TEXT = st.one_of(st.text(max_size=3), st.integers(250, 600).map(lambda n: "x" * n))
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _TEXT,
+                    _TEXT.map(_Text))
+_TREES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4),
+                            st.dictionaries(_KEYS, inner, max_size=3).map(_Built)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300)
+@given(tree=_TREES, depth=st.integers(0, MAX_DEPTH + 2))
+def test_the_event_checks_refuse_exactly_what_a_plain_walk_of_every_value_refuses(tree, depth):
+    # The checks run on every webhook body and imported event, written for speed; the plain
+    # walk says what they must decide, for parsed JSON and for payloads built by code.
+    for _ in range(depth):
+        tree = {"inner": tree}
+    payload = event("customer.updated", {"id": "cus_1", "object": "customer", "metadata": {}, "tree": tree})
+    expected = _refusal(payload)
+    raw = b"{}"
+    if isinstance(expected, str):
+        with pytest.raises(InvalidEvent, match={"nested": "nested", "id": "longer than", "email": "email"}[expected]):
+            event_from_payload(payload, raw)
+    else:
+        # A float means the raw text is not stored as is (orjson writes it again).
+        assert (event_from_payload(payload, raw).raw is None) == expected
 
 
 async def test_numbers_postgresql_would_refuse_are_stored_as_orjson_writes_them(conn):
