@@ -14,15 +14,16 @@ from stripeline.model.events import EventRecord
 # arrive as JSON text and are stored as they came (json: PostgreSQL checks the syntax and
 # builds nothing, sql/0013). One holding a \u escape goes through jsonb first, so that the log
 # refuses what it refused as jsonb (\u0000, a lone surrogate) and can always be read as jsonb
-# (the deletion scrub searches payloads as jsonb).
+# (the deletion scrub searches payloads as jsonb). Which ones do is found here ($11), not by
+# PostgreSQL: its strpos over the payloads cost 4-5 us an event, Python's `in` a tenth of it.
 INSERT_EVENTS = """
 INSERT INTO stripe_events (id, type, account, livemode, api_version, created,
                            object_type, object_id, customer_id, payload)
 SELECT id, type, account, livemode, api_version, created, object_type, object_id, customer_id,
-       CASE WHEN strpos(payload, '\\u') > 0 THEN payload::jsonb::json ELSE payload::json END
+       CASE WHEN escaped THEN payload::jsonb::json ELSE payload::json END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::timestamptz[],
-            $7::text[], $8::text[], $9::text[], $10::text[])
-     AS e(id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload)
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[])
+     AS e(id, type, account, livemode, api_version, created, object_type, object_id, customer_id, payload, escaped)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -36,6 +37,7 @@ def _json_text(event: EventRecord) -> str:
 
 async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> set[str]:
     """Store events; return the ids that were new (the rest were already stored)."""
+    payloads = [_json_text(e) for e in events]
     rows = await conn.fetch(
         INSERT_EVENTS,
         [e.id for e in events],
@@ -47,7 +49,8 @@ async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> 
         [e.object_type for e in events],
         [e.object_id for e in events],
         [e.customer_id for e in events],
-        [_json_text(e) for e in events],
+        payloads,
+        ["\\u" in payload for payload in payloads],
     )
     return {row["id"] for row in rows}
 
