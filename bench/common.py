@@ -539,7 +539,7 @@ async def profiled(directory: Path | None, targets: dict[str, int], database: st
     directory.mkdir(parents=True, exist_ok=True)
     recorders = {
         name: subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
-                                "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking"],
+                                "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking", "--subprocesses"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in targets.items()
     }

@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DATABASE_URL (required); STRIPELINE_DELETED_CUSTOMERS",
     )
     load.add_argument("file", help="path, or - for standard input")
+    # Internal: `import FILE` starts each of its apply lanes as `import --lane N -`.
+    load.add_argument("--lane", type=int, help=argparse.SUPPRESS)
     load.set_defaults(run=_import)
 
     backfill = command(

@@ -1,21 +1,59 @@
-"""`stripeline import FILE`: a file of Stripe events stored as if received, then processed in order."""
+"""`stripeline import FILE`: a file of Stripe events stored as if received, then processed in order.
+
+Its apply lanes run as processes of this same command (`import --lane N -`, a hidden option:
+the lane's events come on standard input, from the parent): each builds its pool and registry
+and runs `import_lane`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
 from stripeline import event_loop
-from stripeline.commands.progress import refuse, run_command
+from stripeline.commands.progress import clean_stop, refuse, run_command
+from stripeline.garbage import quiet_garbage_collector
 from stripeline.handlers import registry
 from stripeline.processing.event_files import read_events
-from stripeline.processing.importing import ImportCounts, import_events
+from stripeline.processing.importing import ImportCounts, import_events, import_lane
+from stripeline.processing.lanes import has_parent
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
+from stripeline.store.db import open_pool
+
+
+def lane_argv(lane: int, lanes: int) -> list[str]:
+    """How this command starts the process of an apply lane: the same interpreter and command."""
+    return [sys.executable, "-m", "stripeline", "import", "--lane", str(lane), "-"]
+
+
+def lane_command(settings: Settings) -> int:
+    """One apply lane of an import, in a process that `stripeline import` started."""
+    if not has_parent():
+        return refuse("import", "--lane is internal: `stripeline import FILE` starts its lanes itself")
+    quiet_garbage_collector()
+
+    async def work() -> int:
+        pool = await open_pool(settings, "command", name="import", max_size=1)
+        try:
+            with clean_stop() as stop:
+                return await import_lane(pool, settings, stop=stop, registry=registry())
+        except asyncio.CancelledError:  # aborted (a second Ctrl-C, or the parent is gone): rolled back
+            pool.terminate()
+            pool = None
+            return 130
+        finally:
+            if pool is not None:
+                await pool.close()
+
+    return event_loop.run(work())
 
 
 def import_command(args: Any, settings: Settings) -> int:
     settings.require("DATABASE_URL")
+    if args.lane is not None:
+        return lane_command(settings)
     counts = ImportCounts()
     try:
         stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115 - closed below
@@ -24,7 +62,7 @@ def import_command(args: Any, settings: Settings) -> int:
 
     async def work(pool, tally, progress, stop) -> None:
         await import_events(pool, settings, read_events(stream), tally, counts, progress=progress, stop=stop,
-                            registry=registry())
+                            registry=registry(), lane_process=lane_argv)
 
     def summary(tally: Tally) -> dict[str, int]:
         return {

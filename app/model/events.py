@@ -143,11 +143,12 @@ def _check_other(key: Any, item: Any, depth: int, references: bool) -> bool:
     return False
 
 
-def event_from_payload(payload: Any, raw: bytes | None = None) -> EventRecord:
-    """Validate a decoded Stripe event object and describe it as a row."""
+def event_from_payload(payload: Any, raw: bytes | None = None, *, checked: bool = False) -> EventRecord:
+    """Validate a decoded Stripe event object and describe it as a row (`checked`: its values
+    passed the checks already, in the process that stored it)."""
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
-    if _check_values(payload) and raw is not None:
+    if not checked and _check_values(payload) and raw is not None:
         # PostgreSQL refuses some numbers JSON allows (1e-20000 overflows numeric) and orjson
         # reads them as plain floats: store orjson's own spelling, which PostgreSQL accepts.
         raw = None

@@ -9,26 +9,35 @@ backoff, exactly as for an event Stripe sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
 
 from stripeline.model.context import Registry
-from stripeline.model.events import EventRecord
+from stripeline.model.events import EventRecord, event_from_payload
 from stripeline.processing.engine import INTAKE, Batch, Engine, crc32_lane_of
 from stripeline.processing.event_files import Malformed
-from stripeline.processing.runs import Reporter, Tally, side_by_side
+from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, parent_channel
+from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of, side_by_side
 from stripeline.settings import Settings
-from stripeline.store.event_log import insert_events
+from stripeline.store.event_log import insert_events, stored_json
 
 STORE_CHUNK = 1000
 PROCESS_BATCH = 500
 # A file read in order has each stored chunk's events applied in this many lanes of customers
-# at once, each batch on a connection of its own (the store's is a third; a command's pool
+# at once, each batch on a connection of its own (the store's is another; a command's pool
 # has 4): 5,720-5,799 events/s against 5,203-5,255 in one (bench/import.py, 2026-11-30).
 APPLY_LANES = 2
+# How the command starts the process of apply lane `lane` of `lanes` (its argv), when the
+# lanes run in processes of their own: then Python runs on more than one core (the import's
+# one thread was the bound).
+LaneProcess = Callable[[int, int], list[str]]
+IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); the events it had not applied are stored "
+                     "and pending: the worker processes them, or run the same import again")
 
 
 async def process_in_order(
@@ -76,6 +85,67 @@ class ImportCounts:
     malformed: int = 0
 
 
+class _Tasks:
+    """Chunks applied by tasks of this process: one chunk at a time, a task per lane."""
+
+    def __init__(self, engine: Engine, tally: Tally, progress: Reporter | None):
+        self._engine, self._tally, self._progress = engine, tally, progress
+        self._applying: asyncio.Task | None = None
+        self.stopping = asyncio.Event()  # never set: our stop is the command's
+
+    async def _lane(self, records: list[EventRecord]) -> None:
+        for start in range(0, len(records), PROCESS_BATCH):
+            part = records[start : start + PROCESS_BATCH]
+            await _process(self._engine, Batch([r.id for r in part], records=part), self._tally, self._progress)
+
+    async def apply(self, records: list[EventRecord]) -> None:
+        """Start applying these records once the chunk before them is applied."""
+        await self.finish()
+        lanes = _lanes_of(records, APPLY_LANES)
+        self._applying = asyncio.create_task(side_by_side(self._lane(lane) for lane in lanes if lane))
+
+    async def finish(self) -> None:
+        if self._applying is not None:
+            task, self._applying = self._applying, None
+            await task
+
+    async def close(self) -> None:
+        if self._applying is not None:
+            self._applying.cancel()
+            await asyncio.gather(self._applying, return_exceptions=True)
+
+
+class _Processes:
+    """Chunks applied by lane processes: each gets its customers' events, at most a chunk ahead."""
+
+    def __init__(self, lanes: LaneProcesses):
+        self._lanes = lanes
+        self.stopping = lanes.stopping  # a lane stopped (signalled itself): so do we
+
+    async def apply(self, records: list[EventRecord]) -> None:
+        await self._lanes.caught_up(behind=STORE_CHUNK)
+        for lane, part in zip(self._lanes.lanes, _lanes_of(records, len(self._lanes.lanes))):
+            if part:
+                await lane.send([stored_json(r) for r in part])
+
+    async def finish(self) -> None:
+        await self._lanes.caught_up()
+
+
+def _lanes_of(records: list[EventRecord], count: int) -> list[list[EventRecord]]:
+    lanes: list[list[EventRecord]] = [[] for _ in range(count)]
+    for record in records:
+        lanes[crc32_lane_of(record.customer_id, count)].append(record)
+    return lanes
+
+
+def _lane_count(settings: Settings) -> int:
+    """Apply lanes in processes: APPLY_LANES, each with a connection, within the command's
+    budget (STRIPELINE_DB_POOL_SIZE) less the store's connection; 0: none (the lanes run here)."""
+    lanes = min(APPLY_LANES, settings.pool_size("command") - 1)
+    return lanes if lanes >= 2 else 0
+
+
 async def import_events(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -87,6 +157,7 @@ async def import_events(
     progress: Reporter | None = None,
     stop: asyncio.Event | None = None,
     registry: Registry,
+    lane_process: LaneProcess | None = None,
 ) -> None:
     """Store the file's events (duplicates skipped) and process the pending ones in Stripe order.
 
@@ -94,7 +165,9 @@ async def import_events(
     matter) is processed as it is read: each stored chunk's events are applied from the records
     in hand, in (created, id) order in each of APPLY_LANES lanes of customers side by side,
     while the next chunk is stored, except those of its last second, which wait for the rest of
-    their second. So memory stays flat and the store's writes and the engine's overlap. Any
+    their second. So memory stays flat and the store's writes and the engine's overlap. With
+    `lane_process` (the command's), a file of more than one chunk has its lanes in processes of
+    their own (`import_lane`), sent the stored text of their events. Any
     other file (listed newest first, as `stripe events list` prints it, or shuffled) is found
     out in its first chunk: it is stored whole, then processed in Stripe order, read back from
     the store. A file that goes back in time only later has its chronological beginning applied
@@ -112,22 +185,25 @@ async def import_events(
     in_order = True
     went_back = False
     newest: datetime | None = None
-    applying: asyncio.Task | None = None
+    appliers = contextlib.AsyncExitStack()
+    applier: _Tasks | _Processes | None = None
 
-    async def apply_lane(records: list[EventRecord]) -> None:
-        for start in range(0, len(records), PROCESS_BATCH):
-            part = records[start : start + PROCESS_BATCH]
-            await _process(engine, Batch([r.id for r in part], records=part), tally, progress)
+    async def apply(records: list[EventRecord], more: bool) -> None:
+        """Apply these records, in order, in lanes of customers (`more`: the file goes on)."""
+        nonlocal applier
+        if applier is None:
+            lanes = _lane_count(settings) if lane_process is not None and more else 0
+            if lanes:
+                commands = [lane_process(lane, lanes) for lane in range(lanes)]
+                applier = _Processes(await appliers.enter_async_context(
+                    LaneProcesses(commands, tally, progress, stop, unexpected_end=IMPORT_LANE_ENDED)))
+            else:
+                applier = _Tasks(engine, tally, progress)
+                appliers.push_async_callback(applier.close)
+        await applier.apply(records)
 
-    async def apply(records: list[EventRecord]) -> None:
-        """Apply these records, in order, one lane of customers per task."""
-        lanes: list[list[EventRecord]] = [[] for _ in range(APPLY_LANES)]
-        for record in records:
-            lanes[crc32_lane_of(record.customer_id, APPLY_LANES)].append(record)
-        await side_by_side(apply_lane(lane) for lane in lanes if lane)
-
-    async def store() -> None:
-        nonlocal in_order, newest, applying, waiting
+    async def store(more: bool) -> None:
+        nonlocal in_order, newest, waiting
         async with pool.acquire() as conn:
             new = await insert_events(conn, chunk)
         counts.stored += len(new)
@@ -152,19 +228,14 @@ async def import_events(
         newest = stored[-1].created
         ready = [r for r in stored if r.created < newest]
         waiting = stored[len(ready) :]
-        if not ready:
-            return
-        await finish()
-        applying = asyncio.create_task(apply(ready))
+        if ready:
+            await apply(ready, more)
 
-    async def finish() -> None:
-        nonlocal applying
-        if applying is not None:
-            task, applying = applying, None
-            await task
+    def stopped() -> bool:
+        return (stop is not None and stop.is_set()) or (applier is not None and applier.stopping.is_set())
 
     newest_read: datetime | None = None
-    try:
+    async with appliers:
         if progress is not None:
             progress.phase("store")
         for item in items:
@@ -181,19 +252,64 @@ async def import_events(
             newest_read = item.created if newest_read is None else max(newest_read, item.created)
             chunk.append(item)
             if len(chunk) >= chunk_size:
-                await store()
-                if stop is not None and stop.is_set():
-                    await finish()
+                await store(more=True)
+                if stopped():
+                    if applier is not None:
+                        await applier.finish()
                     tally.interrupted = True
                     return
         if chunk:
-            await store()
-        await finish()
+            await store(more=False)
         if waiting:
-            await apply(waiting)
-    finally:
-        if applying is not None:
-            applying.cancel()
-            await asyncio.gather(applying, return_exceptions=True)
+            await apply(waiting, more=False)
+        if applier is not None:
+            await applier.finish()
     if left:
         await process_in_order(pool, settings, left, tally, progress=progress, stop=stop, registry=registry)
+
+
+async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.Event, registry: Registry) -> int:
+    """The body of an import's lane process: the events its parent stored and sends (one
+    line of JSON text each, then `apply`), applied in batches as sent, each acknowledged;
+    `done` ends it. Its exit code."""
+    tally = Tally()
+    async with parent_channel(tally, stop) as parent:
+        engine = Engine(pool, settings, registry)
+        records: list[EventRecord] = []
+        try:
+            while (line := await _next_line(parent, stop)) not in (DONE, STOP):
+                if line != APPLY:
+                    # Checked by the parent as it read them.
+                    records.append(event_from_payload(orjson.loads(line), checked=True))
+                    continue
+                for start in range(0, len(records), PROCESS_BATCH):
+                    if stop.is_set():
+                        break
+                    part = records[start : start + PROCESS_BATCH]
+                    await _process(engine, Batch([r.id for r in part], records=part), tally, parent)
+                    parent.applied(len(part))
+                records = []
+            tally.interrupted = stop.is_set()
+        except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
+            error = run_error_of(problem, settings.schema)
+            parent.fail(error)
+            return error.exit_code
+        parent.end(tally.interrupted)
+    return 0
+
+
+async def _next_line(parent: LaneReporter, stop: asyncio.Event) -> bytes:
+    """The parent's next line, or STOP once we are asked to stop (by the parent or a signal)."""
+    if stop.is_set():
+        return STOP
+    if not parent.inbox.empty():
+        return parent.inbox.get_nowait()
+    getting = asyncio.ensure_future(parent.inbox.get())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((getting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not getting.done():
+            getting.cancel()
+    return getting.result() if getting.done() and not getting.cancelled() else STOP

@@ -19,6 +19,11 @@ which rolls back, and exits; a lane that ended without saying so stops the whole
 the first failure of any lane does in one process. Each lane commits its batches with its
 cursor, so whatever killed whom, the next `stripeline replay` resumes every lane where it
 stopped.
+
+`stripeline import` runs its apply lanes the same way (`LaneProcesses`): the parent stores the
+file's events and sends each lane the stored JSON text of its customers' events, a chunk at a
+time (event lines, then `apply`), and `done` once the file is read; the lane acknowledges what
+it applied, so the parent keeps each lane at most a chunk behind.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ from stripeline.processing.runs import Reporter, RunError, Tally
 # How long a lane asked to abort (its socket closed) may take to exit before it is killed.
 ABORT_SECONDS = 10.0
 STOP = b"stop\n"
+# From an import's parent: apply the event lines sent since the last `apply`; no more lines.
+APPLY = b"apply\n"
+DONE = b"done\n"
+# The longest line a lane reads from its parent: one event's JSON text (the web takes bodies of
+# at most a few MB; an import line may be longer, and a longer one fails the import plainly).
+MAX_LINE = 1 << 28
+REBUILD_LANE_ENDED = ("rebuild lane {number} ended unexpectedly ({how}); "
+                      "run `stripeline replay` to finish the rebuild")
 
 
 class LaneFailed(RunError):
@@ -59,6 +72,9 @@ class LaneReporter:
     def __init__(self, writer: asyncio.StreamWriter, tally: Tally):
         self._writer = writer
         self._tally = tally
+        # What the parent sent besides `stop` (an import's event lines, `apply`, `done`); a
+        # `stop` is put here too, so that a lane waiting for lines wakes up to it.
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
 
     def _send(self, message: dict) -> None:
         if not self._writer.is_closing():
@@ -73,6 +89,10 @@ class LaneReporter:
 
     def note(self, message: str) -> None:
         self._send({"note": message})
+
+    def applied(self, n: int) -> None:
+        """An import's lane: n more of the events sent are done with (applied, skipped or failed)."""
+        self._send({"applied": n, "counts": [self._tally.applied, self._tally.skipped, self._tally.failed]})
 
     def failure(self, message: str) -> None:
         self._send({"failure": message})
@@ -97,20 +117,25 @@ def has_parent() -> bool:
 @contextlib.asynccontextmanager
 async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[LaneReporter]:
     """In a lane process: the socket on standard input, as a Reporter. `stop` from the parent
-    sets `stop`; its end (the parent is gone) cancels the task that entered this context."""
-    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=os.dup(0)))
+    sets `stop`; its other lines go to the reporter's inbox; its end (the parent is gone)
+    cancels the task that entered this context."""
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=os.dup(0)), limit=MAX_LINE)
     task = asyncio.current_task()
+    reporter = LaneReporter(writer, tally)
 
     async def listen() -> None:
-        while line := await reader.readline():
-            if line == STOP:
-                stop.set()
-        log.warning("rebuild_lane_orphaned")  # the parent died: roll the open batch back and go
+        try:
+            while line := await reader.readline():
+                if line == STOP:
+                    stop.set()
+                reporter.inbox.put_nowait(line)
+        except ValueError:  # a line over MAX_LINE: the lane cannot go on, the parent says so
+            log.warning("lane_line_too_long")
+        log.warning("lane_orphaned")  # the parent died: roll the open batch back and go
         if task is not None:
             task.cancel()
 
     listener = asyncio.create_task(listen())
-    reporter = LaneReporter(writer, tally)
     try:
         yield reporter
     finally:
@@ -139,18 +164,38 @@ class _Lane:
     process: asyncio.subprocess.Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    # Set whenever this lane acknowledges events or ends (shared by the lanes of a run).
+    changed: asyncio.Event
+    # What to say when it ends unannounced ({number}, {how}).
+    unexpected_end: str
     counts: list[int] = field(default_factory=lambda: [0, 0, 0])
     ended: bool = False
     interrupted: bool = False
+    gone: bool = False  # its follower is done: nothing more comes from it
+    # An import's lane: events sent, and acknowledged as done with.
+    sent: int = 0
+    acknowledged: int = 0
 
     def stop(self) -> None:
-        if not self.writer.is_closing():
-            with contextlib.suppress(ConnectionError):
-                self.writer.write(STOP)
+        self._write(STOP)
 
     def abort(self) -> None:
         """Close its socket: the lane rolls its open batch back and exits."""
         self.writer.close()
+
+    def _write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            with contextlib.suppress(ConnectionError):
+                self.writer.write(data)
+
+    async def send(self, lines: Sequence[bytes]) -> None:
+        """An import's lane: apply these events (the JSON text of each, on one line) after the rest."""
+        if self.writer.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):
+            self.writer.write(b"\n".join(lines) + b"\n" + APPLY if lines else APPLY)
+            self.sent += len(lines)
+            await self.writer.drain()
 
     async def _next_line(self) -> bytes:
         """Its next message; b"" once it closed its end (or its process died)."""
@@ -160,6 +205,13 @@ class _Lane:
             return b""
 
     async def follow(self, tally: Tally, progress: Reporter | None, stopping: asyncio.Event) -> None:
+        try:
+            await self._follow(tally, progress, stopping)
+        finally:
+            self.gone = True
+            self.changed.set()
+
+    async def _follow(self, tally: Tally, progress: Reporter | None, stopping: asyncio.Event) -> None:
         """Pass its messages on until it ends; LaneFailed if it failed or ended unannounced
         (but for a SIGTERM or SIGINT, or any signal while the lanes stop). A lane that
         stopped (signalled itself) sets `stopping`."""
@@ -172,6 +224,9 @@ class _Lane:
                 tally.failures.append(message["failure"])
                 if progress is not None:
                     progress.failure(message["failure"])
+            elif "applied" in message:
+                self.acknowledged += message["applied"]
+                self.changed.set()
             elif "advance" in message and progress is not None:
                 progress.advance(message["advance"])
             elif "note" in message and progress is not None:
@@ -193,11 +248,10 @@ class _Lane:
             stopping.set()
         if not self.ended:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            raise LaneFailed(f"rebuild lane {self.number} ended unexpectedly ({how}); "
-                             "run `stripeline replay` to finish the rebuild")
+            raise LaneFailed(self.unexpected_end.format(number=self.number, how=how))
 
 
-async def _start(number: int, argv: Sequence[str]) -> _Lane:
+async def _start(number: int, argv: Sequence[str], changed: asyncio.Event, unexpected_end: str) -> _Lane:
     ours, theirs = socket.socketpair()
     try:
         # A session of its own: a Ctrl-C reaches the whole process group of the terminal's
@@ -206,7 +260,7 @@ async def _start(number: int, argv: Sequence[str]) -> _Lane:
     finally:
         theirs.close()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    return _Lane(number, process, reader, writer)
+    return _Lane(number, process, reader, writer, changed, unexpected_end)
 
 
 async def _ended(lane: _Lane) -> None:
@@ -218,47 +272,99 @@ async def _ended(lane: _Lane) -> None:
         await lane.process.wait()
 
 
-async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, progress: Reporter | None,
-                             stop: asyncio.Event | None) -> None:
-    """Run one process per argv (lane i is commands[i]) to their end, counting into `tally`.
+class LaneProcesses:
+    """One process per argv (lane i is commands[i]), followed while the block runs.
 
-    Our stop request, or a lane's own stop, is passed on to every lane. The first lane to fail
-    (or to end without saying so) stops the others, which roll back their open batch, and its
-    error is raised; so is this task's cancellation, after the same.
+    Our stop request, or a lane's own stop (`stopping`), is passed on to every lane. The first
+    lane to fail (or to end without saying so) stops the others, which roll back their open
+    batch, and its error is raised, from the block's next wait on the lanes or at its end; so is
+    the block's own exception or cancellation, after the same. The lanes' counts are added to
+    `tally` at the end. `unexpected_end` is the error of a lane that ended without saying why.
     """
-    lanes: list[_Lane] = []
-    stopping = asyncio.Event()
 
-    async def our_stop() -> None:
-        if stop is not None:
-            await stop.wait()
-            stopping.set()
+    def __init__(self, commands: Sequence[Sequence[str]], tally: Tally, progress: Reporter | None,
+                 stop: asyncio.Event | None, unexpected_end: str = REBUILD_LANE_ENDED):
+        self._commands = commands
+        self._unexpected_end = unexpected_end
+        self._tally = tally
+        self._progress = progress
+        self._stop = stop
+        self.lanes: list[_Lane] = []
+        self.stopping = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._helpers: list[asyncio.Task] = []
+        self._followers: list[asyncio.Task] = []
 
-    async def pass_stops_on() -> None:
-        await stopping.wait()
-        for lane in lanes:
+    async def __aenter__(self) -> LaneProcesses:
+        self._helpers = [asyncio.create_task(self._our_stop()), asyncio.create_task(self._pass_stops_on())]
+        try:
+            for number, argv in enumerate(self._commands):
+                self.lanes.append(await _start(number, argv, self._changed, self._unexpected_end))
+            self._followers = [asyncio.create_task(lane.follow(self._tally, self._progress, self.stopping))
+                               for lane in self.lanes]
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, kind, problem, traceback) -> None:  # noqa: ANN001
+        try:
+            if problem is None:
+                for lane in self.lanes:
+                    lane._write(DONE)
+                await self._until(lambda: all(lane.gone for lane in self.lanes))
+        finally:
+            await self._close()
+
+    async def _our_stop(self) -> None:
+        if self._stop is not None:
+            await self._stop.wait()
+            self.stopping.set()
+
+    async def _pass_stops_on(self) -> None:
+        await self.stopping.wait()
+        for lane in self.lanes:
             lane.stop()
 
-    helpers = [asyncio.create_task(our_stop()), asyncio.create_task(pass_stops_on())]
-    followers: list[asyncio.Task] = []
-    try:
-        for number, argv in enumerate(commands):
-            lanes.append(await _start(number, argv))
-        followers = [asyncio.create_task(lane.follow(tally, progress, stopping)) for lane in lanes]
-        done, _ = await asyncio.wait(followers, return_when=asyncio.FIRST_EXCEPTION)
-        for follower in done:
-            follower.result()  # the first failure, raised
-    finally:
-        for lane in lanes:
+    def _raise_failure(self) -> None:
+        for follower in self._followers:
+            if follower.done() and not follower.cancelled() and follower.exception() is not None:
+                raise follower.exception()
+
+    async def _until(self, condition) -> None:  # noqa: ANN001
+        """Wait until `condition()` holds, raising the first lane failure meanwhile."""
+        while True:
+            self._raise_failure()
+            if condition():
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def caught_up(self, behind: int = 0) -> None:
+        """Wait until each lane has at most `behind` of the events sent to it still to do (or has
+        ended: a stopped lane does no more)."""
+        await self._until(lambda: all(lane.gone or lane.sent - lane.acknowledged <= behind for lane in self.lanes))
+
+    async def _close(self) -> None:
+        for lane in self.lanes:
             if not lane.ended:
                 lane.abort()
-        for task in (*followers, *helpers):
+        for task in (*self._followers, *self._helpers):
             task.cancel()
-        await asyncio.gather(*followers, *helpers, return_exceptions=True)
-        await asyncio.gather(*(_ended(lane) for lane in lanes))
-        for lane in lanes:
+        await asyncio.gather(*self._followers, *self._helpers, return_exceptions=True)
+        await asyncio.gather(*(_ended(lane) for lane in self.lanes))
+        for lane in self.lanes:
             lane.writer.close()
             applied, skipped, failed = lane.counts
+            tally = self._tally
             tally.applied, tally.skipped, tally.failed = (tally.applied + applied, tally.skipped + skipped,
                                                           tally.failed + failed)
             tally.interrupted = tally.interrupted or lane.interrupted
+
+
+async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, progress: Reporter | None,
+                             stop: asyncio.Event | None) -> None:
+    """Run one process per argv (lane i is commands[i]) to their end, counting into `tally`
+    (`LaneProcesses`: the first failure stops the others and is raised)."""
+    async with LaneProcesses(commands, tally, progress, stop) as lanes:
+        await lanes._until(lambda: all(lane.gone for lane in lanes.lanes))

@@ -29,10 +29,13 @@ RETURNING id
 """
 
 
+def stored_json(event: EventRecord) -> bytes:
+    """The JSON text an event is stored as: the text it was received in, or orjson's."""
+    return event.raw if event.raw is not None else orjson.dumps(event.payload)
+
+
 def _json_text(event: EventRecord) -> str:
-    if event.raw is not None:
-        return event.raw.decode()
-    return orjson.dumps(event.payload).decode()
+    return stored_json(event).decode()
 
 
 async def insert_events(conn: asyncpg.Connection, events: list[EventRecord]) -> set[str]:

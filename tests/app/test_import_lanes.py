@@ -1,0 +1,175 @@
+"""`stripeline import FILE` with its apply lanes in processes of their own (app/processing/lanes.py).
+
+Every test runs the installed command on a chronological file of more than one chunk, as a
+user would, and compares the model with the one live processing built in Stripe order; an
+import whose lane was killed, or which was stopped or killed itself, is finished by running
+the same import again: nothing it stored is lost, each event is applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import orjson
+import pytest
+
+from stripeline.model.locks import customer_lock_key
+from stripeline.processing.engine import crc32_lane_of
+from stripeline.processing.importing import APPLY_LANES, STORE_CHUNK
+from tests.app.replay_helpers import derived_state, generated_history, stripeline, stripeline_process, summary_lines
+from tests.app.test_one_model import empty
+from tests.app.test_rebuild_lanes import alive, lane_processes, until
+from tests.app.test_replay import process_live, statuses, store
+
+CONNECTIONS = """
+SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'stripeline import'
+"""
+WAITING = """
+SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int):
+    """A history of more than one chunk, its live model (derived tables, event statuses), and
+    the history as a chronological JSON Lines file; the database is left empty for the import."""
+    payloads = generated_history(seed=seed, customers=170)
+    records = await store(pool, payloads)
+    assert len(records) > STORE_CHUNK
+    await process_live(pool, settings, records, registry)
+    live = (await derived_state(conn), await statuses(conn))
+    await empty(conn)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in sorted(payloads, key=lambda p: (p["created"], p["id"]))))
+    return records, live, path
+
+
+async def model(conn):
+    return await derived_state(conn), await statuses(conn)
+
+
+async def import_held_in_lane_1(pool, conn, db_url, records, path, new_group: bool = False):
+    """The installed import of `path` once its lane processes run and lane 1 waits, inside its
+    first batch, for customers the test holds (all of lane 1's): (process, {lane: pid}, release)."""
+    lane_1 = sorted({r.customer_id for r in records if r.customer_id and crc32_lane_of(r.customer_id, 2) == 1})
+    holder = await pool.acquire()
+    await holder.execute(f"SELECT pg_advisory_lock({customer_lock_key('c')}) FROM unnest($1::text[]) AS c", lane_1)
+    running = stripeline_process("import", str(path), env={"DATABASE_URL": db_url}, new_group=new_group)
+    lanes: dict[int, int] = {}
+
+    async def lane_1_waits() -> bool:
+        lanes.update(lane_processes(running.pid))
+        return len(lanes) == APPLY_LANES and await conn.fetchval(WAITING) == 1
+
+    async def release() -> None:
+        await holder.execute("SELECT pg_advisory_unlock_all()")
+        await pool.release(holder)
+
+    await until(lane_1_waits)
+    return running, lanes, release
+
+
+async def a_rerun_finishes(conn, db_url, records, path, live) -> None:
+    """The same import again: what was stored counts as duplicates, each event still pending is
+    applied once, the rest of the file is stored and applied, and the model is the live one."""
+    stored_before = await conn.fetchval("SELECT count(*) FROM stripe_events")
+    rerun = await asyncio.to_thread(stripeline, "import", str(path), env={"DATABASE_URL": db_url})
+    assert rerun.returncode == 0, rerun.stderr
+    [summary] = summary_lines(rerun.stdout)
+    assert summary.startswith(f"import: {len(records) - stored_before:,} stored, {stored_before:,} duplicates, "
+                              "0 malformed, "), summary
+    assert await model(conn) == live
+
+
+@pytest.mark.parametrize("pool_size", [3, 4])
+async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_the_live_model(
+    pool, conn, settings, registry, db_url, tmp_path, pool_size
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=41)
+    running = stripeline_process("import", str(path),
+                                 env={"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)})
+    seen: dict[int, int] = {}
+    peak = 0
+    while running.poll() is None:
+        seen |= lane_processes(running.pid)
+        peak = max(peak, await conn.fetchval(CONNECTIONS))
+        await asyncio.sleep(0.005)
+    out, err = running.communicate()
+
+    assert running.returncode == 0, err
+    assert sorted(seen) == list(range(APPLY_LANES))
+    assert not any(alive(pid) for pid in seen.values())
+    assert peak <= pool_size  # the command's connections, with its lanes' ones
+    [summary] = summary_lines(out)
+    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
+    assert ", 0 failed in " in summary
+    assert await model(conn) == live
+
+
+async def test_a_killed_lane_stops_the_import_plainly_and_the_same_import_again_finishes_it(
+    pool, conn, settings, registry, db_url, tmp_path
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=42)
+    running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path)
+    os.kill(lanes[1], signal.SIGKILL)
+    await release()
+    out, err = await asyncio.to_thread(running.communicate, timeout=30)
+
+    assert running.returncode == 1, err
+    assert ("stripeline import: import lane 1 ended unexpectedly (killed by SIGKILL); the events it had not "
+            "applied are stored and pending: the worker processes them, or run the same import again") in err.decode()
+    await until(lambda: not alive(lanes[0]), timeout=10)
+    # Lane 1 applied none of its events (its open batch rolled back): they are stored, pending.
+    lane_1 = {r.id for r in records if crc32_lane_of(r.customer_id, 2) == 1}
+    pending = {row["id"] for row in await conn.fetch("SELECT id FROM stripe_events WHERE status = 'pending'")}
+    assert lane_1 <= pending
+    await a_rerun_finishes(conn, db_url, records, path, live)
+
+
+async def test_a_killed_import_takes_its_lane_processes_with_it_and_the_same_import_again_finishes_it(
+    pool, conn, settings, registry, db_url, tmp_path
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=43)
+    running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path)
+    running.kill()
+    running.communicate()
+    await release()
+
+    # Their socket to the parent closed: each rolls its open batch back and exits.
+    await until(lambda: not any(alive(pid) for pid in lanes.values()), timeout=10)
+    await until(lambda: conn.fetchval(f"SELECT ({CONNECTIONS}) = 0"), timeout=10)
+    await a_rerun_finishes(conn, db_url, records, path, live)
+
+
+@pytest.mark.parametrize("sig, whom", [(signal.SIGINT, "group"), (signal.SIGTERM, "command"), (signal.SIGTERM, "lane")],
+                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "sigterm-to-one-lane"])
+async def test_a_signal_stops_the_import_and_its_lanes_cleanly_and_the_same_import_again_finishes_it(
+    pool, conn, settings, registry, db_url, tmp_path, sig, whom
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44)
+    running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path, new_group=True)
+    if whom == "group":
+        os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
+    elif whom == "command":
+        running.send_signal(sig)
+    else:  # a lane stopped alone stops the import
+        os.kill(lanes[1], sig)
+    await release()
+    out, err = await asyncio.to_thread(running.communicate, timeout=30)
+
+    assert running.returncode == 130, err
+    [summary] = summary_lines(out)
+    assert summary.endswith("(interrupted: run it again to continue)")
+    assert "Traceback" not in err.decode()
+    assert not any(alive(pid) for pid in lanes.values())
+    await a_rerun_finishes(conn, db_url, records, path, live)
+
+
+async def test_the_internal_lane_option_refuses_to_run_without_its_parent(db_url):
+    done = await asyncio.to_thread(stripeline, "import", "--lane", "0", "-", env={"DATABASE_URL": db_url})
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == (
+        "stripeline import: --lane is internal: `stripeline import FILE` starts its lanes itself"
+    )
