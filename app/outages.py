@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 
 import asyncpg
-from redis import exceptions as redis_errors
 
 from stripeline.logging import log
 
@@ -31,7 +32,14 @@ OUTAGE_SQLSTATE_CLASSES = ("08", "28", "3D", "40", "53", "57", "58")
 # The schema is not there yet (the release phase has not run): come back later.
 NOT_MIGRATED = "42P01"
 
-REDIS_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+
+
+def _redis_errors() -> ModuleType | None:
+    """redis-py's exceptions, once something in this process imported redis: a process that
+    never did (a command's lane, `migrate`) cannot meet a Redis error, and skips its import
+    (a sixth of a command's start-up)."""
+    return sys.modules.get("redis.exceptions")
+
 # asyncpg's own "cannot switch to state N; another operation is in progress": a connection the
 # server dropped in the middle of an operation (seen during PostgreSQL restarts).
 BROKEN_CONNECTION = asyncpg.exceptions._base.InternalClientError
@@ -56,11 +64,15 @@ def is_outage(error: BaseException) -> bool:
         return sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate == NOT_MIGRATED
     if isinstance(error, asyncpg.InterfaceError):
         return not isinstance(error, ValueError)  # closed or released connection, closing pool
-    if isinstance(error, redis_errors.WatchError):
-        # redis-py reports a connection lost during WATCH as a WatchError raised while handling it.
-        cause = error.__cause__ or error.__context__
-        return cause is not None and is_outage(cause)
-    return isinstance(error, (OSError, asyncio.TimeoutError, BROKEN_CONNECTION, *REDIS_OUTAGES))
+    redis_errors = _redis_errors()
+    if redis_errors is not None:
+        if isinstance(error, redis_errors.WatchError):
+            # redis-py reports a connection lost during WATCH as a WatchError raised while handling it.
+            cause = error.__cause__ or error.__context__
+            return cause is not None and is_outage(cause)
+        if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+            return True
+    return isinstance(error, (OSError, asyncio.TimeoutError, BROKEN_CONNECTION))
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -86,7 +98,8 @@ def is_connection_lost(error: BaseException) -> bool:
 
 def dependency_of(error: BaseException) -> str:
     """Which server an outage error came from."""
-    return "redis" if isinstance(error, redis_errors.RedisError) else "postgres"
+    redis_errors = _redis_errors()
+    return "redis" if redis_errors is not None and isinstance(error, redis_errors.RedisError) else "postgres"
 
 
 async def ping_postgres(pool: asyncpg.Pool, timeout: float = 2) -> None:

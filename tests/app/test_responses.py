@@ -6,6 +6,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from redis import exceptions as redis_errors
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -40,7 +41,8 @@ async def test_bad_input_raised_by_a_route_is_answered_400_with_its_message():
 @pytest.mark.parametrize(
     "problem",
     [ConnectionRefusedError(111, "refused"), TimeoutError(), asyncpg.TooManyConnectionsError("too many clients"),
-     asyncpg.CannotConnectNowError("starting up")],
+     asyncpg.CannotConnectNowError("starting up"), redis_errors.ConnectionError("Connection refused"),
+     redis_errors.TimeoutError("Timeout reading from socket")],
 )
 async def test_a_real_outage_is_503_with_retry_after(problem):
     async def endpoint(request):
