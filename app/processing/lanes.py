@@ -179,6 +179,10 @@ class _Lane:
     def stop(self) -> None:
         self._write(STOP)
 
+    def done(self) -> None:
+        """An import's lane: nothing more comes; end once what was sent is applied."""
+        self._write(DONE)
+
     def abort(self) -> None:
         """Close its socket: the lane rolls its open batch back and exits."""
         self.writer.close()
@@ -193,7 +197,7 @@ class _Lane:
         if self.writer.is_closing():
             return
         with contextlib.suppress(ConnectionError):
-            self.writer.write(b"\n".join(lines) + b"\n" + APPLY if lines else APPLY)
+            self.writer.write(b"".join(line + b"\n" for line in lines) + APPLY)
             self.sent += len(lines)
             await self.writer.drain()
 
@@ -311,8 +315,8 @@ class LaneProcesses:
         try:
             if problem is None:
                 for lane in self.lanes:
-                    lane._write(DONE)
-                await self._until(lambda: all(lane.gone for lane in self.lanes))
+                    lane.done()
+                await self.ended()
         finally:
             await self._close()
 
@@ -339,6 +343,10 @@ class LaneProcesses:
                 return
             self._changed.clear()
             await self._changed.wait()
+
+    async def ended(self) -> None:
+        """Wait until every lane has ended."""
+        await self._until(lambda: all(lane.gone for lane in self.lanes))
 
     async def caught_up(self, behind: int = 0) -> None:
         """Wait until each lane has at most `behind` of the events sent to it still to do (or has
@@ -367,4 +375,4 @@ async def run_lane_processes(commands: Sequence[Sequence[str]], tally: Tally, pr
     """Run one process per argv (lane i is commands[i]) to their end, counting into `tally`
     (`LaneProcesses`: the first failure stops the others and is raised)."""
     async with LaneProcesses(commands, tally, progress, stop) as lanes:
-        await lanes._until(lambda: all(lane.gone for lane in lanes.lanes))
+        await lanes.ended()

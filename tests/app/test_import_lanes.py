@@ -143,19 +143,23 @@ async def test_a_killed_import_takes_its_lane_processes_with_it_and_the_same_imp
     await a_rerun_finishes(conn, db_url, records, path, live)
 
 
-@pytest.mark.parametrize("sig, whom", [(signal.SIGINT, "group"), (signal.SIGTERM, "command"), (signal.SIGTERM, "lane")],
-                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "sigterm-to-one-lane"])
+@pytest.mark.parametrize("sig, whom, times", [(signal.SIGINT, "group", 1), (signal.SIGTERM, "command", 1),
+                                              (signal.SIGINT, "group", 2), (signal.SIGTERM, "lane", 1)],
+                         ids=["ctrl-c-to-the-group", "sigterm-to-the-command", "ctrl-c-twice-aborts",
+                              "sigterm-to-one-lane"])
 async def test_a_signal_stops_the_import_and_its_lanes_cleanly_and_the_same_import_again_finishes_it(
-    pool, conn, settings, registry, db_url, tmp_path, sig, whom
+    pool, conn, settings, registry, db_url, tmp_path, sig, whom, times
 ):
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44)
     running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path, new_group=True)
-    if whom == "group":
-        os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
-    elif whom == "command":
-        running.send_signal(sig)
-    else:  # a lane stopped alone stops the import
-        os.kill(lanes[1], sig)
+    # A second Ctrl-C at once aborts the open batches (they roll back).
+    for _ in range(times):
+        if whom == "group":
+            os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
+        elif whom == "command":
+            running.send_signal(sig)
+        else:  # a lane stopped alone stops the import
+            os.kill(lanes[1], sig)
     await release()
     out, err = await asyncio.to_thread(running.communicate, timeout=30)
 
