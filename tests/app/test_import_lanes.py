@@ -35,7 +35,7 @@ AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int):
     """A history of more than one chunk, its live model (derived tables, event statuses), and
     the history as a chronological JSON Lines file; the database is left empty for the import."""
-    payloads = generated_history(seed=seed, customers=170)
+    payloads = generated_history(seed=seed, customers=120)
     records = await store(pool, payloads)
     assert len(records) > STORE_CHUNK
     await process_live(pool, settings, records, registry)
