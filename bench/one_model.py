@@ -10,7 +10,9 @@ the stream applied in Stripe order in-process with this checkout's code:
 1. live: signed webhooks in Stripe order, plus a share delivered again late, over
    --concurrency connections into `stripeline web`, processed by two `stripeline worker`s;
 2. rebuild: `stripeline replay --rebuild` over the live database's own log;
-3. import: `stripeline import` of the stream (shuffled, with repeats) into an empty database.
+3. import: `stripeline import` of the stream into an empty database, shuffled with repeats
+   (stored whole, then applied in Stripe order by the command), and in Stripe order (applied as
+   it is read, by the command's lane processes).
 
 It prints how many customers differ after each (each must be 0), and for the rebuild and the
 import also against the live answers of the same checkout (the figure to compare across
@@ -121,6 +123,33 @@ def report(path: str, got: dict, want: dict) -> int:
     return len(different)
 
 
+async def import_path(checkout: Checkout, redis_url: str, args: argparse.Namespace, label: str, lines: list[dict],
+                      customers: list[str], want: dict, live: dict) -> int:
+    """`stripeline import` of these lines into an empty database: customers that differ from `want`."""
+    async with fresh_database(suffix="_import") as (_, import_url):
+        env = product_env(import_url, redis_url, STRIPELINE_DELETED_CUSTOMERS=args.mode)
+        migrate(checkout, env)
+        with tempfile.NamedTemporaryFile(suffix=".jsonl") as file:
+            file.write(b"\n".join(bodies_of(lines, False)) + b"\n")
+            file.flush()
+            started = time.perf_counter()
+            done = checkout.run(["import", file.name], env)
+        if done.returncode != 0:
+            raise SystemExit(f"import failed: {(done.stdout + done.stderr)[-800:]}")
+        events = len({p["id"] for p in lines})
+        print(f"import: {len(lines):,} lines ({label}), {events / (time.perf_counter() - started):,.0f} events/s "
+              "(the command's whole run)", flush=True)
+        port = free_port()
+        web = checkout.popen(["web", "--host", "127.0.0.1"], {**env, "PORT": str(port)})
+        try:
+            await wait_for_http(port, web)
+            imported = await observe(port, customers)
+            report(f"import ({label}), against the live answers", imported, live)
+            return report(f"import ({label}) into an empty database", imported, want)
+        finally:
+            stop([web])
+
+
 async def main(args: argparse.Namespace) -> int:
     checkout = checkout_of(args)
     quiet_logs()
@@ -176,29 +205,12 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 stop(processes)
 
-        async with fresh_database(suffix="_import") as (_, import_url):
-            env = product_env(import_url, redis_url, STRIPELINE_DELETED_CUSTOMERS=args.mode)
-            migrate(checkout, env)
-            lines = payloads + rng.sample(payloads, k=len(payloads) // 10)
-            rng.shuffle(lines)
-            with tempfile.NamedTemporaryFile(suffix=".jsonl") as file:
-                file.write(b"\n".join(bodies_of(lines, False)) + b"\n")
-                file.flush()
-                started = time.perf_counter()
-                done = checkout.run(["import", file.name], env)
-            if done.returncode != 0:
-                raise SystemExit(f"import failed: {(done.stdout + done.stderr)[-800:]}")
-            print(f"import: {len(lines):,} lines (shuffled, with repeats), "
-                  f"{len(payloads) / (time.perf_counter() - started):,.0f} events/s (the command's whole run)", flush=True)
-            port = free_port()
-            web = checkout.popen(["web", "--host", "127.0.0.1"], {**env, "PORT": str(port)})
-            try:
-                await wait_for_http(port, web)
-                imported = await observe(port, account.customers)
-                problems += report("import into an empty database", imported, want)
-                report("import, against the live answers", imported, live)
-            finally:
-                stop([web])
+        shuffled = payloads + rng.sample(payloads, k=len(payloads) // 10)
+        rng.shuffle(shuffled)
+        in_order = sorted(payloads, key=lambda p: p["created"])  # a second's events in any order
+        paths = (("shuffled, with repeats", shuffled), ("in Stripe order: applied by lane processes", in_order))
+        for label, lines in paths:
+            problems += await import_path(checkout, redis_url, args, label, lines, account.customers, want, live)
     print("every path gives the in-order model" if not problems else f"{problems} differences")
     return 1 if problems else 0
 

@@ -7,20 +7,17 @@ and runs `import_lane`.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 from stripeline import event_loop
-from stripeline.commands.progress import clean_stop, refuse, run_command
-from stripeline.garbage import quiet_garbage_collector
+from stripeline.commands.progress import refuse, run_command, run_lane
 from stripeline.handlers import registry
 from stripeline.processing.event_files import read_events
 from stripeline.processing.importing import ImportCounts, import_events, import_lane
 from stripeline.processing.lanes import has_parent
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
-from stripeline.store.db import open_pool
 
 
 def lane_argv(lane: int, lanes: int) -> list[str]:
@@ -32,22 +29,11 @@ def lane_command(settings: Settings) -> int:
     """One apply lane of an import, in a process that `stripeline import` started."""
     if not has_parent():
         return refuse("import", "--lane is internal: `stripeline import FILE` starts its lanes itself")
-    quiet_garbage_collector()
 
-    async def work() -> int:
-        pool = await open_pool(settings, "command", name="import", max_size=1)
-        try:
-            with clean_stop() as stop:
-                return await import_lane(pool, settings, stop=stop, registry=registry())
-        except asyncio.CancelledError:  # aborted (a second Ctrl-C, or the parent is gone): rolled back
-            pool.terminate()
-            pool = None
-            return 130
-        finally:
-            if pool is not None:
-                await pool.close()
+    async def work(pool, stop) -> int:
+        return await import_lane(pool, settings, stop=stop, registry=registry())
 
-    return event_loop.run(work())
+    return event_loop.run(run_lane("import", settings, 1, work))
 
 
 def import_command(args: Any, settings: Settings) -> int:

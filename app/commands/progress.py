@@ -236,3 +236,24 @@ async def run_command(command: str, settings: Settings, work: Work, summary: Cal
             return 2
     print(summary_line(command, summary(tally), tally.seconds(), tally.interrupted), flush=True)
     return max(tally.exit_code(), error.exit_code if error else 0)
+
+
+LaneWork = Callable[[asyncpg.Pool, asyncio.Event], Awaitable[int]]
+
+
+async def run_lane(command: str, settings: Settings, connections: int, work: LaneWork) -> int:
+    """The process of a command's lane (`replay --lane`, `import --lane`): `work` with a pool of
+    `connections` and a clean stop; its exit code, 130 when aborted (a second Ctrl-C, or the
+    parent gone), its open transaction rolled back."""
+    quiet_garbage_collector()
+    pool = await open_pool(settings, "command", name=command, max_size=connections)
+    try:
+        with clean_stop() as stop:
+            return await work(pool, stop)
+    except asyncio.CancelledError:
+        pool.terminate()
+        pool = None
+        return 130
+    finally:
+        if pool is not None:
+            await pool.close()

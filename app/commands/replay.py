@@ -6,20 +6,17 @@ hidden options): each builds its pool and registry and runs its lane (`rebuild_l
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from stripeline import event_loop
-from stripeline.commands.progress import clean_stop, refuse, run_command
-from stripeline.garbage import quiet_garbage_collector
+from stripeline.commands.progress import refuse, run_command, run_lane
 from stripeline.handlers import registry
 from stripeline.processing.lanes import has_parent
 from stripeline.processing.replay import MAX_BATCH_SIZE, ReplayRefused, Selection, rebuild_lane, replay
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
-from stripeline.store.db import open_pool
 
 
 def parse_time(option: str, text: str) -> datetime:
@@ -64,23 +61,12 @@ def lane_command(args: Any, settings: Settings) -> int:
     """One lane of the pending rebuild, in a process that `replay --rebuild` started."""
     if not has_parent():
         return refuse("replay", "--lane is internal: `stripeline replay --rebuild` starts the lanes of a rebuild itself")
-    quiet_garbage_collector()
 
-    async def work() -> int:
-        pool = await open_pool(settings, "command", name="replay", max_size=args.connections)
-        try:
-            with clean_stop() as stop:
-                return await rebuild_lane(pool, settings, args.lane, batch_size=args.batch_size, stop=stop,
-                                          registry=registry())
-        except asyncio.CancelledError:  # aborted (a second Ctrl-C, or the parent is gone): rolled back
-            pool.terminate()
-            pool = None
-            return 130
-        finally:
-            if pool is not None:
-                await pool.close()
+    async def work(pool, stop) -> int:
+        return await rebuild_lane(pool, settings, args.lane, batch_size=args.batch_size, stop=stop,
+                                  registry=registry())
 
-    return event_loop.run(work())
+    return event_loop.run(run_lane("replay", settings, args.connections, work))
 
 
 def replay_command(args: Any, settings: Settings) -> int:

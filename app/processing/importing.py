@@ -21,8 +21,8 @@ from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord, event_from_payload
 from stripeline.processing.engine import INTAKE, Batch, Engine, crc32_lane_of
 from stripeline.processing.event_files import Malformed
-from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, parent_channel
-from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of, side_by_side
+from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
+from stripeline.processing.runs import Reporter, Tally, side_by_side
 from stripeline.settings import Settings
 from stripeline.store.event_log import insert_events, stored_json
 
@@ -273,29 +273,25 @@ async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.E
     line of JSON text each, then `apply`), applied in batches as sent, each acknowledged;
     `done` ends it. Its exit code."""
     tally = Tally()
-    async with parent_channel(tally, stop) as parent:
-        engine = Engine(pool, settings, registry)
+    engine = Engine(pool, settings, registry)
+
+    async def apply_what_comes(parent: LaneReporter) -> None:
         records: list[EventRecord] = []
-        try:
-            while (line := await _next_line(parent, stop)) not in (DONE, STOP):
-                if line != APPLY:
-                    # Checked by the parent as it read them.
-                    records.append(event_from_payload(orjson.loads(line), checked=True))
-                    continue
-                for start in range(0, len(records), PROCESS_BATCH):
-                    if stop.is_set():
-                        break
-                    part = records[start : start + PROCESS_BATCH]
-                    await _process(engine, Batch([r.id for r in part], records=part), tally, parent)
-                    parent.applied(len(part))
-                records = []
-            tally.interrupted = stop.is_set()
-        except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
-            error = run_error_of(problem, settings.schema)
-            parent.fail(error)
-            return error.exit_code
-        parent.end(tally.interrupted)
-    return 0
+        while (line := await _next_line(parent, stop)) not in (DONE, STOP):
+            if line != APPLY:
+                # Checked by the parent as it read them.
+                records.append(event_from_payload(orjson.loads(line), checked=True))
+                continue
+            for start in range(0, len(records), PROCESS_BATCH):
+                if stop.is_set():
+                    break
+                part = records[start : start + PROCESS_BATCH]
+                await _process(engine, Batch([r.id for r in part], records=part), tally, parent)
+                parent.applied(len(part))
+            records = []
+        tally.interrupted = stop.is_set()
+
+    return await serve_parent(tally, stop, settings.schema, apply_what_comes)
 
 
 async def _next_line(parent: LaneReporter, stop: asyncio.Event) -> bytes:

@@ -34,13 +34,14 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import asyncpg
 import orjson
 
 from stripeline.logging import log
-from stripeline.processing.runs import Reporter, RunError, Tally
+from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of
 
 # How long a lane asked to abort (its socket closed) may take to exit before it is killed.
 ABORT_SECONDS = 10.0
@@ -151,6 +152,21 @@ async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[Lan
                 writer.write_eof()
                 await asyncio.wait_for(reader.read(), ABORT_SECONDS)
         writer.close()
+
+
+async def serve_parent(tally: Tally, stop: asyncio.Event, schema: str,
+                       body: Callable[[LaneReporter], Awaitable[None]]) -> int:
+    """The whole of a lane process: `body` run with the parent's channel, its end or its error
+    (one the user can act on) told to the parent; the exit code."""
+    async with parent_channel(tally, stop) as parent:
+        try:
+            await body(parent)
+        except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
+            error = run_error_of(problem, schema)
+            parent.fail(error)
+            return error.exit_code
+        parent.end(tally.interrupted)
+    return 0
 
 
 # --- the parent's side ----------------------------------------------------------------------

@@ -45,8 +45,8 @@ from stripeline.model.context import Registry
 from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import REBUILD, REPLAY, Batch, Engine, Outcome, crc32_lane_of, lock_customers
-from stripeline.processing.lanes import parent_channel, run_lane_processes
-from stripeline.processing.runs import Reporter, RunError, Tally, run_error_of, side_by_side
+from stripeline.processing.lanes import LaneReporter, run_lane_processes, serve_parent
+from stripeline.processing.runs import Reporter, RunError, Tally, side_by_side
 from stripeline.settings import Settings
 from stripeline.store import event_log
 
@@ -424,21 +424,17 @@ async def rebuild_lane(
     """The body of a lane process (`run_lane_processes` starts it): lane `lane` of the pending
     rebuild, reporting to its parent over standard input; its exit code."""
     tally = Tally()
-    async with parent_channel(tally, stop) as parent:
+
+    async def walk(parent: LaneReporter) -> None:
         run = _Run(Engine(pool, settings, registry), tally, batch_size, parent, stop, analyzes=lane == 0)
-        try:
-            async with pool.acquire() as conn:
-                lanes = await conn.fetchrow(GET_LANES)
-            if lanes is None or lanes["lane_hash"] != LANE_HASH:
-                raise ReplayRefused("no rebuild with lanes in PostgreSQL's hash is pending")
-            with _collecting_rarely():
-                await _walk_lane(run, lanes, lane)
-        except (RunError, asyncpg.PostgresError, asyncpg.InterfaceError) as problem:
-            error = run_error_of(problem, settings.schema)
-            parent.fail(error)
-            return error.exit_code
-        parent.end(tally.interrupted)
-    return 0
+        async with pool.acquire() as conn:
+            lanes = await conn.fetchrow(GET_LANES)
+        if lanes is None or lanes["lane_hash"] != LANE_HASH:
+            raise ReplayRefused("no rebuild with lanes in PostgreSQL's hash is pending")
+        with _collecting_rarely():
+            await _walk_lane(run, lanes, lane)
+
+    return await serve_parent(tally, stop, settings.schema, walk)
 
 
 async def _start_rebuild(conn: asyncpg.Connection) -> asyncpg.Record:

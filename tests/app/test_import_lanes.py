@@ -20,7 +20,13 @@ from stripeline.processing.engine import crc32_lane_of
 from stripeline.processing.importing import APPLY_LANES, STORE_CHUNK
 from tests.app.replay_helpers import derived_state, generated_history, stripeline, stripeline_process, summary_lines
 from tests.app.test_one_model import empty
-from tests.app.test_rebuild_lanes import alive, lane_processes, until
+from tests.app.test_rebuild_lanes import (
+    alive,
+    lane_processes,
+    signal_as_a_user_would,
+    stopped_cleanly,
+    until,
+)
 from tests.app.test_replay import process_live, statuses, store
 
 CONNECTIONS = """
@@ -153,21 +159,9 @@ async def test_a_signal_stops_the_import_and_its_lanes_cleanly_and_the_same_impo
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44)
     running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path, new_group=True)
     # A second Ctrl-C at once aborts the open batches (they roll back).
-    for _ in range(times):
-        if whom == "group":
-            os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
-        elif whom == "command":
-            running.send_signal(sig)
-        else:  # a lane stopped alone stops the import
-            os.kill(lanes[1], sig)
+    signal_as_a_user_would(running, lanes, sig, whom, times)  # a lane stopped alone stops the import
     await release()
-    out, err = await asyncio.to_thread(running.communicate, timeout=30)
-
-    assert running.returncode == 130, err
-    [summary] = summary_lines(out)
-    assert summary.endswith("(interrupted: run it again to continue)")
-    assert "Traceback" not in err.decode()
-    assert not any(alive(pid) for pid in lanes.values())
+    await stopped_cleanly(running, lanes)
     await a_rerun_finishes(conn, db_url, records, path, live)
 
 

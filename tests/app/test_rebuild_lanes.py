@@ -61,6 +61,28 @@ async def until(condition, timeout: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
+def signal_as_a_user_would(running, lanes: dict[int, int], sig: int, whom: str, times: int) -> None:
+    """`sig`, `times` over: to the command's process group (a terminal's Ctrl-C goes to its
+    foreground group), to the command alone, or to lane 1 alone."""
+    for _ in range(times):
+        if whom == "group":
+            os.killpg(running.pid, sig)
+        elif whom == "command":
+            running.send_signal(sig)
+        else:
+            os.kill(lanes[1], sig)
+
+
+async def stopped_cleanly(running, lanes: dict[int, int]) -> None:
+    """The command ended as stopped (130, its summary says so, no traceback), its lanes with it."""
+    out, err = await asyncio.to_thread(running.communicate, timeout=30)
+    assert running.returncode == 130, err
+    [summary] = summary_lines(out)
+    assert summary.endswith("(interrupted: run it again to continue)")
+    assert "Traceback" not in err.decode()
+    assert not any(alive(pid) for pid in lanes.values())
+
+
 async def history_and_live_model(pool, conn, settings, registry, seed: int, customers: int = 60):
     records = await store(pool, generated_history(seed=seed, customers=customers))
     await process_live(pool, settings, records, registry)
@@ -228,21 +250,9 @@ async def test_a_signal_stops_every_lane_cleanly_and_a_rerun_finishes(
                                                                      seed=34, new_group=True)
     # A second Ctrl-C at once aborts the open batches (they roll back); one that came after the
     # stop had ended would find the command on its way out.
-    for _ in range(times):
-        if whom == "group":
-            os.killpg(running.pid, sig)  # as a terminal's Ctrl-C: to its foreground process group
-        elif whom == "command":
-            running.send_signal(sig)
-        else:  # a lane stopped alone stops the others too
-            os.kill(lanes[1], sig)
+    signal_as_a_user_would(running, lanes, sig, whom, times)  # a lane stopped alone stops the others too
     await release()
-    out, err = await asyncio.to_thread(running.communicate, timeout=30)
-
-    assert running.returncode == 130, err
-    [summary] = summary_lines(out)
-    assert summary.endswith("(interrupted: run it again to continue)")
-    assert "Traceback" not in err.decode()
-    assert not any(alive(pid) for pid in lanes.values())
+    await stopped_cleanly(running, lanes)
     await a_rerun_applies_the_rest_once(conn, db_url, records, live)
 
 
