@@ -13,7 +13,8 @@ lines. Each lane runs in a session of its own, so a terminal's Ctrl-C reaches th
 alone (a lane still starting up would die of it); the parent writes `stop` to every lane on
 its first Ctrl-C or SIGTERM (finish the batch, then stop), and closes their sockets on the
 second (roll the open batch back). A lane signalled itself stops the same way. The lane
-writes its progress, failed events and its end. End of file means the other side is gone: a
+writes its progress, failed events and its end. End of file (or a reset: a parent killed with
+messages of ours unread) means the other side is gone: a
 lane whose parent died (even by SIGKILL: the kernel closes its socket) aborts its open batch,
 which rolls back, and exits; a lane that ended without saying so stops the whole rebuild, as
 the first failure of any lane does in one process. Each lane commits its batches with its
@@ -132,6 +133,10 @@ async def parent_channel(tally: Tally, stop: asyncio.Event) -> AsyncIterator[Lan
                 reporter.inbox.put_nowait(line)
         except ValueError:  # a line over MAX_LINE: the lane cannot go on, the parent says so
             log.warning("lane_line_too_long")
+        except ConnectionError:
+            # A parent that died with our last messages unread resets the socket instead of
+            # ending it: gone all the same (missing this left lanes waiting forever).
+            pass
         log.warning("lane_orphaned")  # the parent died: roll the open batch back and go
         if task is not None:
             task.cancel()

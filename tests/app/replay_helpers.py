@@ -191,7 +191,7 @@ def command(argv: list[str], settings) -> int:
     return args.run(args, settings)
 
 
-def _environment(env: dict[str, str]) -> dict[str, str]:
+def command_environment(env: dict[str, str]) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "warning", **env}
 
 
@@ -201,14 +201,14 @@ def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> s
     In-process `main()` would point structlog at this test's captured stdout for good.
     """
     command = [sys.executable, "-m", "stripeline", *argv]
-    return subprocess.run(command, input=stdin, capture_output=True, env=_environment(env), timeout=60)
+    return subprocess.run(command, input=stdin, capture_output=True, env=command_environment(env), timeout=60)
 
 
 def stripeline_process(*argv: str, env: dict[str, str], new_group: bool = False) -> subprocess.Popen:
     """`stripeline` started in the background, for a test to signal (`new_group`: in a process
     group of its own, as a terminal starts a command, for a signal to the whole group)."""
     command = [sys.executable, "-m", "stripeline", *argv]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(env),
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=command_environment(env),
                             process_group=0 if new_group else None)
 
 

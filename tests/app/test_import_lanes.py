@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
+import socket
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -18,7 +22,14 @@ import pytest
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import crc32_lane_of
 from stripeline.processing.importing import APPLY_LANES, STORE_CHUNK
-from tests.app.replay_helpers import derived_state, generated_history, stripeline, stripeline_process, summary_lines
+from tests.app.replay_helpers import (
+    command_environment,
+    derived_state,
+    generated_history,
+    stripeline,
+    stripeline_process,
+    summary_lines,
+)
 from tests.app.test_one_model import empty
 from tests.app.test_rebuild_lanes import (
     alive,
@@ -28,6 +39,7 @@ from tests.app.test_rebuild_lanes import (
     until,
 )
 from tests.app.test_replay import process_live, statuses, store
+from tests.factories import customer_object, event
 
 CONNECTIONS = """
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'stripeline import'
@@ -102,7 +114,7 @@ async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_t
         seen |= lane_processes(running.pid)
         peak = max(peak, await conn.fetchval(CONNECTIONS))
         await asyncio.sleep(0.005)
-    out, err = running.communicate()
+    out, err = running.communicate(timeout=30)
 
     assert running.returncode == 0, err
     assert sorted(seen) == list(range(APPLY_LANES))
@@ -140,7 +152,7 @@ async def test_a_killed_import_takes_its_lane_processes_with_it_and_the_same_imp
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=43)
     running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path)
     running.kill()
-    running.communicate()
+    running.communicate(timeout=30)
     await release()
 
     # Their socket to the parent closed: each rolls its open batch back and exits.
@@ -163,6 +175,27 @@ async def test_a_signal_stops_the_import_and_its_lanes_cleanly_and_the_same_impo
     await release()
     await stopped_cleanly(running, lanes)
     await a_rerun_finishes(conn, db_url, records, path, live)
+
+
+async def test_a_lane_whose_parent_dies_with_its_messages_unread_exits(db_url):
+    # The parent's end of the socket, as `stripeline import` holds it: a parent that dies with
+    # the lane's last messages unread resets the socket rather than ending it (Linux), and the
+    # lane must take that as its parent gone too (it used to wait for lines forever).
+    ours, theirs = socket.socketpair()
+    lane = subprocess.Popen([sys.executable, "-m", "stripeline", "import", "--lane", "0", "-"], stdin=theirs,
+                            env=command_environment({"DATABASE_URL": db_url}), start_new_session=True)
+    theirs.close()
+    try:
+        ours.sendall(orjson.dumps(event("customer.created", customer_object())) + b"\napply\n")
+        readable, _, _ = await asyncio.to_thread(select.select, [ours], [], [], 30)
+        assert readable, "the lane never acknowledged its event"
+        ours.close()  # its acknowledgement unread
+        assert await asyncio.to_thread(lane.wait, 15) == 130
+    finally:
+        ours.close()
+        if lane.poll() is None:
+            lane.kill()
+            lane.wait()
 
 
 async def test_the_internal_lane_option_refuses_to_run_without_its_parent(db_url):

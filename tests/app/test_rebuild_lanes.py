@@ -168,7 +168,7 @@ async def test_the_installed_rebuild_runs_each_lane_in_a_process_and_reaches_the
     while running.poll() is None:
         seen |= lane_processes(running.pid)
         await asyncio.sleep(0.01)
-    out, err = running.communicate()
+    out, err = running.communicate(timeout=30)
 
     assert running.returncode == 0, err
     assert sorted(seen) == list(range(replay_module.REBUILD_LANES))
@@ -229,7 +229,7 @@ async def test_a_killed_parent_takes_its_lane_processes_with_it_and_a_rerun_fini
     records, live, running, lanes, release = await rebuild_under_way(pool, conn, settings, registry, db_url,
                                                                      seed=33)
     running.kill()
-    running.communicate()
+    running.communicate(timeout=30)
     await release()
 
     # Their socket to the parent closed: each rolls its open batch back and exits.
@@ -273,7 +273,7 @@ async def test_the_command_and_its_lane_processes_keep_to_one_commands_connectio
         lanes |= lane_processes(running.pid)
         peak = max(peak, await conn.fetchval(SAMPLE_CONNECTIONS))
         await asyncio.sleep(0.005)
-    out, err = running.communicate()
+    out, err = running.communicate(timeout=30)
 
     assert running.returncode == 0, err
     assert len(lanes) == replay_module.REBUILD_LANES  # the lanes had processes even so
