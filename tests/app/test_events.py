@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import asyncpg
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -21,6 +23,7 @@ from stripeline.model.events import (
 )
 from stripeline.store.event_log import insert_events
 from tests.factories import body_of, event, ping_event
+from tests.simulation import generate
 
 
 def nested(depth: int) -> dict:
@@ -143,3 +146,28 @@ async def test_stored_event_nested_deeper_than_orjson_writes_can_still_be_answer
     stored = await conn.fetchval("SELECT payload FROM stripe_events WHERE id = $1", payload["id"])
     rendered = JSONResponse({"payload": stored}).body
     assert orjson.loads(rendered)["payload"]["id"] == payload["id"]
+
+
+async def test_a_large_batch_is_stored_whole_or_not_at_all_and_without_temporary_files(conn):
+    # An import stores 1,000 real-sized events at a time (here 1,400 simulated ones): more text than one statement
+    # keeps in PostgreSQL's memory (work_mem), so they go in several statements, one transaction.
+    payloads = generate(seed=7, actions=2000).events[:1400]
+    records = [parse_event(orjson.dumps(p)) for p in payloads]
+    assert sum(len(r.raw) for r in records) > 4_000_000  # work_mem's default, and more
+    before = await conn.fetchval(TEMP_FILES)
+
+    assert await insert_events(conn, records) == {r.id for r in records}
+
+    await asyncio.sleep(1.5)  # statistics reach pg_stat_database within a second of the statement
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    assert await conn.fetchval(TEMP_FILES) == before
+    # One the log refuses (a lone surrogate goes through jsonb) in the last statement: none stored.
+    await conn.execute("TRUNCATE stripe_events")
+    lone = customer_event(name="x")
+    refused = event_from_payload(lone, raw=body_of(lone).replace(b'"name":"x"', b'"name":"\\ud800"'))
+    with pytest.raises(asyncpg.PostgresError):
+        await insert_events(conn, [*records, refused])
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events") == 0
+
+
+TEMP_FILES = "SELECT temp_files FROM pg_stat_database WHERE datname = current_database()"
