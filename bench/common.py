@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -320,6 +321,22 @@ async def fresh_database(
 
 
 @contextlib.asynccontextmanager
+async def stream_in_fresh_database(checkout: Checkout, bodies: list[bytes], keep: bool = False
+                                   ) -> AsyncIterator[tuple[Path, str, str, dict[str, str]]]:
+    """The bodies as a JSON Lines file, and a fresh database with a Redis db number, migrated by
+    the checkout: (the file, the database's name and URL, the environment of a product process).
+    The list is emptied once written (a 200,000-event stream is worth freeing)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        stream = Path(scratch) / "events.jsonl"
+        write_jsonl(stream, bodies)
+        bodies.clear()
+        async with fresh_database(keep=keep) as (name, database_url), claimed_redis_db() as (redis_url, _):
+            env = product_env(database_url, redis_url)
+            migrate(checkout, env)
+            yield stream, name, database_url, env
+
+
+@contextlib.asynccontextmanager
 async def claimed_redis_db() -> AsyncIterator[tuple[str, int | None]]:
     """(URL, server pid) of a Redis db number (1-15) claimed as the test sessions claim theirs,
     flushed before and after."""
@@ -539,7 +556,8 @@ async def profiled(directory: Path | None, targets: dict[str, int], database: st
     directory.mkdir(parents=True, exist_ok=True)
     recorders = {
         name: subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
-                                "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking", "--subprocesses"],
+                                "--output", str(directory / f"{name}.speedscope.json"), "--nonblocking",
+                                "--subprocesses"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in targets.items()
     }

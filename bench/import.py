@@ -39,15 +39,11 @@ from bench.common import (  # noqa: E402
     bodies_of,
     checkout_of,
     child_cpu_seconds,
-    claimed_redis_db,
     cpu_report,
-    fresh_database,
-    migrate,
-    product_env,
     profiled,
     simulated_events,
     size_line,
-    write_jsonl,
+    stream_in_fresh_database,
 )
 from stripeline.model.events import parse_event  # noqa: E402
 
@@ -101,17 +97,11 @@ async def main(args: argparse.Namespace) -> None:
     bodies = bodies_of(simulated_events(args.events, args.customers, args.seed), args.small)
     print(f"checkout under test: {checkout.describe()}")
     print(size_line(bodies))
-    with tempfile.TemporaryDirectory() as scratch:
-        stream = Path(scratch) / "events.jsonl"
-        write_jsonl(stream, bodies)
-        async with fresh_database() as (name, database_url), claimed_redis_db() as (redis_url, _):
-            env = product_env(database_url, redis_url)
-            migrate(checkout, env)
-            if args.existing:
-                await fill_log(database_url, args.existing, max(1, args.existing // 10), args.seed + 1)
-            seconds, used, code, summary = await timed_command(checkout, ["import", str(stream)], env, name,
-                                                               args.profile)
     events = len(bodies)
+    async with stream_in_fresh_database(checkout, bodies) as (stream, name, database_url, env):
+        if args.existing:
+            await fill_log(database_url, args.existing, max(1, args.existing // 10), args.seed + 1)
+        seconds, used, code, summary = await timed_command(checkout, ["import", str(stream)], env, name, args.profile)
     print(f"import: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s (exit code {code})")
     print(f"its summary: {summary[:300]}")
     print(cpu_report(used, events, ("import", "postgres")))

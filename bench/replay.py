@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import importlib
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,7 +44,7 @@ from bench.common import (  # noqa: E402
     product_env,
     simulated_events,
     size_line,
-    write_jsonl,
+    stream_in_fresh_database,
 )
 
 timed_command = importlib.import_module("bench.import").timed_command
@@ -99,28 +98,22 @@ async def main(args: argparse.Namespace) -> None:
     print(f"checkout under test: {checkout.describe()}")
     print(f"{size_line(bodies)}{' (--small: the old factories fields)' if args.small else ''}")
     events = len(bodies)
-    with tempfile.TemporaryDirectory() as scratch:
-        stream = Path(scratch) / "events.jsonl"
-        write_jsonl(stream, bodies)
-        del bodies
-        async with fresh_database(keep=args.keep) as (name, database_url), claimed_redis_db() as (redis_url, _):
-            env = product_env(database_url, redis_url)
-            migrate(checkout, env)
-            seconds, _, code, summary = await timed_command(checkout, ["import", str(stream)], env, name, None)
-            print(f"stored with `stripeline import` in {seconds:.1f} s ({events / seconds:,.0f} events/s, exit {code})")
-            conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
-            await conn.execute("VACUUM ANALYZE")
+    async with stream_in_fresh_database(checkout, bodies, keep=args.keep) as (stream, name, database_url, env):
+        seconds, _, code, summary = await timed_command(checkout, ["import", str(stream)], env, name, None)
+        print(f"stored with `stripeline import` in {seconds:.1f} s ({events / seconds:,.0f} events/s, exit {code})")
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
+        await conn.execute("VACUUM ANALYZE")
+        await conn.close()
+        command = ["replay", "--rebuild", "--batch-size", str(args.batch_size)]
+        seconds, used, code, summary = await timed_command(checkout, command, env, name, args.profile)
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
+        try:
+            rows = await conn.fetch(SEGMENTS)
+            segments = ", ".join(f"{r['segment']}={r['n']:,}" for r in rows) or "none"
+        except asyncpg.PostgresError as problem:  # another checkout's schema
+            segments = f"n/a ({type(problem).__name__})"
+        finally:
             await conn.close()
-            command = ["replay", "--rebuild", "--batch-size", str(args.batch_size)]
-            seconds, used, code, summary = await timed_command(checkout, command, env, name, args.profile)
-            conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMAS})
-            try:
-                rows = await conn.fetch(SEGMENTS)
-                segments = ", ".join(f"{r['segment']}={r['n']:,}" for r in rows) or "none"
-            except asyncpg.PostgresError as problem:  # another checkout's schema
-                segments = f"n/a ({type(problem).__name__})"
-            finally:
-                await conn.close()
     report_rebuild(events, seconds, args.batch_size, code, summary, used)
     print(f"segments: {segments}")
 

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,29 +64,21 @@ async def measure(database_url: str, stream: Path, batch: int, rounds: int) -> l
 
 async def main(args: argparse.Namespace) -> None:
     from bench.common import (
-        bodies_of,
-        checkout_of,
-        claimed_redis_db,
-        fresh_database,
-        migrate,
-        product_env,
-        simulated_events,
-        size_line,
-        write_jsonl,
-    )
+    bodies_of,
+    checkout_of,
+    simulated_events,
+    size_line,
+    stream_in_fresh_database,
+)
 
     checkout = checkout_of(args)
     bodies = bodies_of(simulated_events(args.events, args.customers, args.seed), small=False)
     print(f"checkout under test: {checkout.describe()}")
     print(size_line(bodies))
-    with tempfile.TemporaryDirectory() as scratch:
-        stream = Path(scratch) / "events.jsonl"
-        write_jsonl(stream, bodies)
-        async with fresh_database() as (_, database_url), claimed_redis_db() as (redis_url, _):
-            migrate(checkout, product_env(database_url, redis_url))
-            done = subprocess.run([str(checkout.python), __file__, "--measure", database_url, str(stream),
-                                   str(args.batch), str(args.rounds)], cwd=checkout.root, capture_output=True,
-                                  text=True)
+    async with stream_in_fresh_database(checkout, bodies) as (stream, _, database_url, _):
+        done = subprocess.run([str(checkout.python), __file__, "--measure", database_url, str(stream),
+                               str(args.batch), str(args.rounds)], cwd=checkout.root, capture_output=True,
+                              text=True)
     if done.returncode != 0:
         raise SystemExit(f"measuring with {checkout.root} failed: {done.stderr[-800:]}")
     for result in json.loads(done.stdout):

@@ -37,6 +37,7 @@ from tests.app.test_rebuild_lanes import (
     signal_as_a_user_would,
     stopped_cleanly,
     until,
+    watched_to_its_end,
 )
 from tests.app.test_replay import process_live, statuses, store
 from tests.factories import customer_object, event
@@ -108,13 +109,7 @@ async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_t
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=41)
     running = stripeline_process("import", str(path),
                                  env={"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)})
-    seen: dict[int, int] = {}
-    peak = 0
-    while running.poll() is None:
-        seen |= lane_processes(running.pid)
-        peak = max(peak, await conn.fetchval(CONNECTIONS))
-        await asyncio.sleep(0.005)
-    out, err = running.communicate(timeout=30)
+    seen, peak, out, err = await watched_to_its_end(running, conn, CONNECTIONS)
 
     assert running.returncode == 0, err
     assert sorted(seen) == list(range(APPLY_LANES))

@@ -61,6 +61,20 @@ async def until(condition, timeout: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
+async def watched_to_its_end(running, conn, connections_query: str | None = None):
+    """Follow a command to its end: ({lane: pid} of every lane process seen, the most PostgreSQL
+    connections `connections_query` counted at once, its stdout, its stderr)."""
+    seen: dict[int, int] = {}
+    peak = 0
+    while running.poll() is None:
+        seen |= lane_processes(running.pid)
+        if connections_query is not None:
+            peak = max(peak, await conn.fetchval(connections_query))
+        await asyncio.sleep(0.005)
+    out, err = running.communicate(timeout=30)
+    return seen, peak, out, err
+
+
 def signal_as_a_user_would(running, lanes: dict[int, int], sig: int, whom: str, times: int) -> None:
     """`sig`, `times` over: to the command's process group (a terminal's Ctrl-C goes to its
     foreground group), to the command alone, or to lane 1 alone."""
@@ -164,11 +178,7 @@ async def test_the_installed_rebuild_runs_each_lane_in_a_process_and_reaches_the
     ignored = sum(1 for status in live_statuses.values() if status == "ignored")
 
     running = stripeline_process("replay", "--rebuild", "--batch-size", "5", env={"DATABASE_URL": db_url})
-    seen: dict[int, int] = {}
-    while running.poll() is None:
-        seen |= lane_processes(running.pid)
-        await asyncio.sleep(0.01)
-    out, err = running.communicate(timeout=30)
+    seen, _, out, err = await watched_to_its_end(running, conn)
 
     assert running.returncode == 0, err
     assert sorted(seen) == list(range(replay_module.REBUILD_LANES))
@@ -268,12 +278,7 @@ async def test_the_command_and_its_lane_processes_keep_to_one_commands_connectio
     records, live = await history_and_live_model(pool, conn, settings, registry, seed=35, customers=40)
     running = stripeline_process("replay", "--rebuild", "--batch-size", "1",
                                  env={"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)})
-    peak, lanes = 0, {}
-    while running.poll() is None:
-        lanes |= lane_processes(running.pid)
-        peak = max(peak, await conn.fetchval(SAMPLE_CONNECTIONS))
-        await asyncio.sleep(0.005)
-    out, err = running.communicate(timeout=30)
+    lanes, peak, out, err = await watched_to_its_end(running, conn, SAMPLE_CONNECTIONS)
 
     assert running.returncode == 0, err
     assert len(lanes) == replay_module.REBUILD_LANES  # the lanes had processes even so
