@@ -93,16 +93,12 @@ class _Tasks:
         self._applying: asyncio.Task | None = None
         self.stopping = asyncio.Event()  # never set: our stop is the command's
 
-    async def _lane(self, records: list[EventRecord]) -> None:
-        for start in range(0, len(records), PROCESS_BATCH):
-            part = records[start : start + PROCESS_BATCH]
-            await _process(self._engine, Batch([r.id for r in part], records=part), self._tally, self._progress)
-
     async def apply(self, records: list[EventRecord]) -> None:
         """Start applying these records once the chunk before them is applied."""
         await self.finish()
         lanes = _lanes_of(records, APPLY_LANES)
-        self._applying = asyncio.create_task(side_by_side(self._lane(lane) for lane in lanes if lane))
+        self._applying = asyncio.create_task(side_by_side(
+            _apply_in_batches(self._engine, lane, self._tally, self._progress) for lane in lanes if lane))
 
     async def finish(self) -> None:
         if self._applying is not None:
@@ -130,6 +126,19 @@ class _Processes:
 
     async def finish(self) -> None:
         await self._lanes.caught_up()
+
+
+async def _apply_in_batches(engine: Engine, records: list[EventRecord], tally: Tally, progress: Reporter | None,
+                            *, stop: asyncio.Event | None = None, done: Callable[[int], None] | None = None) -> None:
+    """Apply records already read, in order, PROCESS_BATCH at a time (`done` told of each batch),
+    until `stop`."""
+    for start in range(0, len(records), PROCESS_BATCH):
+        if stop is not None and stop.is_set():
+            return
+        part = records[start : start + PROCESS_BATCH]
+        await _process(engine, Batch([r.id for r in part], records=part), tally, progress)
+        if done is not None:
+            done(len(part))
 
 
 def _lanes_of(records: list[EventRecord], count: int) -> list[list[EventRecord]]:
@@ -282,12 +291,7 @@ async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.E
                 # Checked by the parent as it read them.
                 records.append(event_from_payload(orjson.loads(line), checked=True))
                 continue
-            for start in range(0, len(records), PROCESS_BATCH):
-                if stop.is_set():
-                    break
-                part = records[start : start + PROCESS_BATCH]
-                await _process(engine, Batch([r.id for r in part], records=part), tally, parent)
-                parent.applied(len(part))
+            await _apply_in_batches(engine, records, tally, parent, stop=stop, done=parent.applied)
             records = []
         tally.interrupted = stop.is_set()
 
