@@ -3,7 +3,8 @@
 Stores the real-sized stream (tests/simulation.py, as the other benches send it) with the
 checkout's own `insert_events` (`stripeline.store.event_log`), in batches of --batch events on
 one connection, into a freshly migrated database; then marks them processed in batches of 500,
-as the worker does. Prints the payload sizes and, for each pass, the backend's CPU per event
+as the worker does; then, where the checkout can (`insert_events(done=True)`), stores them
+once more as processed, as an import's batches do. Prints the payload sizes and, for each pass, the backend's CPU per event
 (from /proc) and the wall time. --code DIR measures another checkout: its venv's Python runs
 this script's measuring part with DIR's code.
 
@@ -35,6 +36,8 @@ def backend_cpu_seconds(pid: int) -> float:
 
 async def measure(database_url: str, stream: Path, batch: int, rounds: int) -> list[dict]:
     """In the checkout under test's Python: store and mark done, `rounds` times, on an emptied log."""
+    import inspect
+
     import asyncpg
 
     from stripeline.model.events import parse_event
@@ -55,8 +58,15 @@ async def measure(database_url: str, stream: Path, batch: int, rounds: int) -> l
             ids = [r.id for r in records]
             for start in range(0, len(ids), 500):
                 await conn.execute(MARK_DONE, ids[start : start + 500])
-            results.append({"events": len(records), "store_cpu": stored_cpu, "store_wall": stored_wall,
-                            "done_cpu": backend_cpu_seconds(pid) - cpu, "done_wall": time.perf_counter() - started})
+            result = {"events": len(records), "store_cpu": stored_cpu, "store_wall": stored_wall,
+                      "done_cpu": backend_cpu_seconds(pid) - cpu, "done_wall": time.perf_counter() - started}
+            if "done" in inspect.signature(insert_events).parameters:
+                await conn.execute("TRUNCATE stripe_events")
+                cpu = backend_cpu_seconds(pid)
+                for start in range(0, len(records), batch):
+                    await insert_events(conn, records[start : start + batch], done=True)
+                result["stored_done_cpu"] = backend_cpu_seconds(pid) - cpu
+            results.append(result)
     finally:
         await conn.close()
     return results
@@ -85,7 +95,9 @@ async def main(args: argparse.Namespace) -> None:
         events = result["events"]
         print(f"store, batches of {args.batch}: PostgreSQL {1e6 * result['store_cpu'] / events:.1f} µs of CPU per "
               f"event, {events / result['store_wall']:,.0f} events/s; mark done, batches of 500: "
-              f"{1e6 * result['done_cpu'] / events:.1f} µs per event")
+              f"{1e6 * result['done_cpu'] / events:.1f} µs per event"
+              + (f"; stored as processed: {1e6 * result['stored_done_cpu'] / events:.1f} µs per event"
+                 if "stored_done_cpu" in result else ""))
 
 
 if __name__ == "__main__":

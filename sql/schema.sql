@@ -40,8 +40,9 @@ CREATE FUNCTION stripeline.count_received_minute() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    INSERT INTO stripe_event_minutes (minute, received)
-    SELECT date_trunc('minute', now()), count(*) FROM inserted HAVING count(*) > 0;
+    INSERT INTO stripe_event_minutes (minute, received, processed)
+    SELECT date_trunc('minute', now()), count(*), count(*) FILTER (WHERE status IN ('processed', 'ignored'))
+    FROM inserted HAVING count(*) > 0;
     RETURN NULL;
 END $$;
 

@@ -34,6 +34,7 @@ from stripeline.model.events import EVENT_COLUMNS, EventRecord, record_from_row
 from stripeline.model.locks import customer_lock_key
 from stripeline.outages import is_conflict, is_connection_lost, is_outage
 from stripeline.settings import Settings
+from stripeline.store.event_log import insert_events
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Batch:
     fill_up_to: int = 0
     # The events that joined to fill it up, once claimed.
     joined: list[str] = field(default_factory=list)
+    # Live, records in hand: the ids of those not stored yet (an import's). The batch stores
+    # them itself, processed, in its transaction: their row is written once, in its final
+    # state. Its claim of them is that insert; one found stored already (a duplicate) is left
+    # out, in `Outcome.already`.
+    unstored: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, records: list[EventRecord], statuses: list[str], on_commit=None) -> Batch:  # noqa: ANN001
@@ -93,6 +99,7 @@ class Batch:
         return replace(
             self,
             ids=self.ids[start:stop],
+            unstored=self.unstored.intersection(self.ids[start:stop]),
             records=None if self.records is None else self.records[start:stop],
             statuses=None if self.statuses is None else self.statuses[start:stop],
         )
@@ -109,6 +116,9 @@ class Outcome:
     errors: dict[str, str] = field(default_factory=dict)
     # Events that were not named but joined to fill the batch up.
     joined: int = 0
+    # Of the batch's unstored events: how many it stored, and those found stored already.
+    stored: int = 0
+    already: list[str] = field(default_factory=list)
 
     @property
     def claimed(self) -> int:
@@ -122,6 +132,8 @@ class Outcome:
         self.retry += other.retry
         self.errors |= other.errors
         self.joined += other.joined
+        self.stored += other.stored
+        self.already += other.already
 
 
 LOCK_EVENTS = f"""
@@ -166,7 +178,8 @@ SELECT pg_advisory_xact_lock({customer_lock_key("customer_id")})
 FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
 """
 
-# Live: the claimed (pending) events are done.
+# Live: the claimed (pending) events are done; so are those a batch stored itself, of which
+# only the ignored ones change (they were stored as processed).
 MARK_DONE = """
 UPDATE stripe_events AS e
 SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
@@ -291,9 +304,9 @@ class Engine:
 
     async def _together(self, batch: Batch, policy: Policy) -> Outcome:
         async with self.pool.acquire() as conn, conn.transaction():
-            records, joined = await self._claim(conn, batch, policy)
+            records, joined, stored = await self._claim(conn, batch, policy)
             if not records:
-                return Outcome()
+                return Outcome(already=sorted(batch.unstored - stored))
             await lock_customers(conn, (r.customer_id for r in records))
             ctx = ProcessingContext(
                 settings=self.settings, now=datetime.now(timezone.utc), registry=self.registry,
@@ -302,7 +315,9 @@ class Engine:
             ignored = set(await apply_events(conn, records, ctx))
             statuses = ["ignored" if r.id in ignored else "processed" for r in records]
             if policy.live:
-                await conn.execute(MARK_DONE, [r.id for r in records], statuses)
+                done = [(r.id, s) for r, s in zip(records, statuses) if r.id not in stored or s != "processed"]
+                if done:
+                    await conn.execute(MARK_DONE, [d[0] for d in done], [d[1] for d in done])
             else:
                 changed = [(r.id, s) for r, s, was in zip(records, statuses, batch.statuses or statuses)
                            if was in ("processed", "ignored", "failed") and was != s]
@@ -310,25 +325,33 @@ class Engine:
                     await conn.execute(RECORD_OUTCOMES, [c[0] for c in changed], [c[1] for c in changed])
             if batch.on_commit is not None:
                 await batch.on_commit(conn, records)
-        outcome = Outcome(joined=joined)
+        outcome = Outcome(joined=joined, stored=len(stored), already=sorted(batch.unstored - stored))
         for record, status in zip(records, statuses):
             (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
             log.debug("event_processed", event_id=record.id, event_type=record.type, status=status)
         return outcome
 
-    async def _claim(self, conn: asyncpg.Connection, batch: Batch, policy: Policy) -> tuple[list[EventRecord], int]:
-        """The batch's events in Stripe order, and how many joined to fill it up."""
+    async def _claim(self, conn: asyncpg.Connection, batch: Batch,
+                     policy: Policy) -> tuple[list[EventRecord], int, set[str]]:
+        """The batch's events in Stripe order, how many joined to fill it up, and the ids of those
+        it stored itself (`Batch.unstored`)."""
         if not policy.live:
-            return list(batch.records or ()), 0
+            return list(batch.records or ()), 0, set()
         if batch.records is not None:
-            claimed = {row["id"] for row in await conn.fetch(LOCK_EVENT_IDS, batch.ids)}
-            return sorted((r for r in batch.records if r.id in claimed), key=lambda r: (r.created, r.id)), 0
+            stored_ids = [i for i in batch.ids if i not in batch.unstored]
+            claimed = {row["id"] for row in await conn.fetch(LOCK_EVENT_IDS, stored_ids)} if stored_ids else set()
+            stored = set()
+            if batch.unstored:
+                stored = await insert_events(conn, [r for r in batch.records if r.id in batch.unstored], done=True)
+                claimed |= stored
+            return sorted((r for r in batch.records if r.id in claimed), key=lambda r: (r.created, r.id)), 0, stored
         if batch.fill_up_to:
             rows = await conn.fetch(LOCK_EVENTS_FILLING_UP, batch.ids, batch.fill_up_to)
             batch.joined = [row["id"] for row in rows if row["joined"]]  # kept should the batch fail (see `halves`)
         else:
             rows = await conn.fetch(LOCK_EVENTS, batch.ids)
-        return sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id)), len(batch.joined)
+        records = sorted((record_from_row(row) for row in rows), key=lambda r: (r.created, r.id))
+        return records, len(batch.joined), set()
 
     async def _failed(self, batch: Batch, policy: Policy, error: BaseException, started: float) -> Outcome:
         """Record the failure of a batch's one event (none when another worker had it)."""
@@ -349,6 +372,11 @@ class Engine:
         )
         outcome = Outcome(errors={event_id: described})
         async with self.pool.acquire() as conn, conn.transaction():
+            if event_id in batch.unstored:
+                # Stored pending, with its failure: retried later like any other.
+                if not await insert_events(conn, [r for r in batch.records or () if r.id == event_id]):
+                    return Outcome(already=[event_id])
+                outcome.stored = 1
             if policy.retries_failures:
                 row = await conn.fetchrow(
                     RECORD_FAILURE, event_id, described, self.settings.max_attempts,

@@ -1,9 +1,10 @@
 """Events from outside the webhook path (an import file, a backfill listing), taken in as received.
 
-They are stored with `events.insert_events` (a known id is a duplicate and changes nothing),
-then the pending ones are processed in Stripe order by the worker's own batch engine
-(`processing.Engine` with the INTAKE policy): a failure is recorded and retried later with
-backoff, exactly as for an event Stripe sent.
+They are stored with `events.insert_events` (a known id is a duplicate and changes nothing)
+and processed in Stripe order by the worker's own batch engine (`processing.Engine` with the
+INTAKE policy): a failure is recorded and retried later with backoff, exactly as for an event
+Stripe sent. An import read in order has most of its events stored by the batch that applies
+them, processed (`Batch.unstored`); the rest are stored pending first, then processed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -19,7 +20,7 @@ import orjson
 
 from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord, event_from_payload
-from stripeline.processing.engine import INTAKE, Batch, Engine, crc32_lane_of
+from stripeline.processing.engine import INTAKE, Batch, Engine, Outcome, crc32_lane_of
 from stripeline.processing.event_files import Malformed
 from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
 from stripeline.processing.runs import Reporter, Tally, side_by_side
@@ -36,8 +37,8 @@ APPLY_LANES = 2
 # lanes run in processes of their own: then Python runs on more than one core (the import's
 # one thread was the bound).
 LaneProcess = Callable[[int, int], list[str]]
-IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); the events it had not applied are stored "
-                     "and pending: the worker processes them, or run the same import again")
+IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); run the same import again: it stores and "
+                     "applies the events that lane had not applied")
 
 
 async def process_in_order(
@@ -66,9 +67,13 @@ async def process_in_order(
             return
 
 
-async def _process(engine: Engine, batch: Batch, tally: Tally, progress: Reporter | None) -> None:
-    """Process one batch of pending events as the worker does, and count what happened."""
+async def _process(engine: Engine, batch: Batch, tally: Tally, progress: Reporter | None,
+                   counts: ImportCounts | None = None) -> None:
+    """Process one batch of events as the worker does (those it names stored and pending, and
+    those it stores itself), and count what happened."""
     outcome = await engine.run(batch, INTAKE)
+    if counts is not None:
+        counts.found(outcome)
     failed = outcome.failed + [event_id for event_id, _ in outcome.retry]
     failures = [f"{event_id}, left for retry (see /api/events/{event_id})" for event_id in failed]
     skipped = len(batch.ids) - len(outcome.processed) - len(failed)  # ignored, or already done
@@ -83,13 +88,32 @@ class ImportCounts:
     stored: int = 0
     duplicates: int = 0
     malformed: int = 0
+    # Events that a batch was to store and found stored already (before this import): left for
+    # the end, where the stored payload is applied if it is still pending.
+    already: list[str] = field(default_factory=list)
+
+    def found(self, outcome: Outcome) -> None:
+        """Count what a batch that stores its events found."""
+        self.stored += outcome.stored
+        self.duplicates += len(outcome.already)
+        self.already += outcome.already
+
+
+def _stored_by_its_batch(record: EventRecord) -> bool:
+    """Whether an event read in order is stored by the batch that applies it (processed, in one
+    write) rather than before it, pending. Events of a customer are: each is in its customer's
+    lane, after that customer's earlier events. Events of no customer are stored first, with
+    their chunk: a deletion, in whichever lane, scrubs the stored events that mention the
+    customer, and must find those of its chunk and before stored already, as when all of a
+    chunk was stored before it was applied."""
+    return record.customer_id is not None
 
 
 class _Tasks:
     """Chunks applied by tasks of this process: one chunk at a time, a task per lane."""
 
-    def __init__(self, engine: Engine, tally: Tally, progress: Reporter | None):
-        self._engine, self._tally, self._progress = engine, tally, progress
+    def __init__(self, engine: Engine, tally: Tally, progress: Reporter | None, counts: ImportCounts):
+        self._engine, self._tally, self._progress, self._counts = engine, tally, progress, counts
         self._applying: asyncio.Task | None = None
         self.stopping = asyncio.Event()  # never set: our stop is the command's
 
@@ -98,7 +122,7 @@ class _Tasks:
         await self.finish()
         lanes = _lanes_of(records, APPLY_LANES)
         self._applying = asyncio.create_task(side_by_side(
-            _apply_in_batches(self._engine, lane, self._tally, self._progress) for lane in lanes if lane))
+            _apply_in_batches(self._engine, lane, self._tally, self._progress, self._counts) for lane in lanes if lane))
 
     async def finish(self) -> None:
         if self._applying is not None:
@@ -114,8 +138,8 @@ class _Tasks:
 class _Processes:
     """Chunks applied by lane processes: each gets its customers' events, at most a chunk ahead."""
 
-    def __init__(self, lanes: LaneProcesses):
-        self._lanes = lanes
+    def __init__(self, lanes: LaneProcesses, counts: ImportCounts):
+        self._lanes, self._counts = lanes, counts
         self.stopping = lanes.stopping  # a lane stopped (signalled itself): so do we
 
     async def apply(self, records: list[EventRecord]) -> None:
@@ -126,17 +150,24 @@ class _Processes:
 
     async def finish(self) -> None:
         await self._lanes.caught_up()
+        for lane in self._lanes.lanes:  # what they stored and found stored, acknowledged so far
+            self._counts.stored += lane.stored
+            self._counts.duplicates += len(lane.already)
+            self._counts.already += lane.already
+            lane.stored, lane.already = 0, []
 
 
 async def _apply_in_batches(engine: Engine, records: list[EventRecord], tally: Tally, progress: Reporter | None,
-                            *, stop: asyncio.Event | None = None, done: Callable[[int], None] | None = None) -> None:
-    """Apply records already read, in order, PROCESS_BATCH at a time (`done` told of each batch),
-    until `stop`."""
+                            counts: ImportCounts, *, stop: asyncio.Event | None = None,
+                            done: Callable[[int], None] | None = None) -> None:
+    """Apply records read in order, PROCESS_BATCH at a time (`done` told of each batch), until
+    `stop`; those not stored yet (`_stored_by_its_batch`) are stored by their batch."""
     for start in range(0, len(records), PROCESS_BATCH):
         if stop is not None and stop.is_set():
             return
         part = records[start : start + PROCESS_BATCH]
-        await _process(engine, Batch([r.id for r in part], records=part), tally, progress)
+        unstored = frozenset(r.id for r in part if _stored_by_its_batch(r))
+        await _process(engine, Batch([r.id for r in part], records=part, unstored=unstored), tally, progress, counts)
         if done is not None:
             done(len(part))
 
@@ -171,22 +202,25 @@ async def import_events(
     """Store the file's events (duplicates skipped) and process the pending ones in Stripe order.
 
     A file in chronological order (as `created` goes; the order within a second does not
-    matter) is processed as it is read: each stored chunk's events are applied from the records
-    in hand, in (created, id) order in each of APPLY_LANES lanes of customers side by side,
-    while the next chunk is stored, except those of its last second, which wait for the rest of
-    their second. So memory stays flat and the store's writes and the engine's overlap. With
-    `lane_process` (the command's), a file of more than one chunk has its lanes in processes of
-    their own (`import_lane`), sent the stored text of their events. Any
-    other file (listed newest first, as `stripe events list` prints it, or shuffled) is found
-    out in its first chunk: it is stored whole, then processed in Stripe order, read back from
-    the store. A file that goes back in time only later has its chronological beginning applied
-    as it came, and the rest after it, in Stripe order: an older event then comes late, as a late
-    webhook does, and the model's rules make the state the same.
+    matter) is processed as it is read, a chunk at a time: the chunk's events are applied from
+    the records in hand, in (created, id) order in each of APPLY_LANES lanes of customers side
+    by side, while the next chunk is read, except those of its last second, which wait for the
+    rest of their second. An event of a customer is stored by the batch that applies it, already
+    processed (one write of its row, not an insert and then an update); the chunk's events of no
+    customer are stored first (`_stored_by_its_batch`). So memory stays flat and the reading and
+    the engine's writes overlap. With `lane_process` (the command's), a file of more than one
+    chunk has its lanes in processes of their own (`import_lane`), sent the JSON text of their
+    events. Any other file (listed newest first, as `stripe events list` prints it, or shuffled)
+    is found out in its first chunk: it is stored whole, then processed in Stripe order, read
+    back from the store. A file that goes back in time only later has its chronological
+    beginning applied as it came, and the rest after it, in Stripe order: an older event then
+    comes late, as a late webhook does, and the model's rules make the state the same. An event
+    stored before this import is applied at the end, from its stored payload, if still pending.
     """
     created: dict[str, datetime] = {}
     chunk: list[EventRecord] = []
     engine = Engine(pool, settings, registry)
-    # Stored events not yet applied, of the newest second stored so far (while in order).
+    # Events read in order and not applied yet, of the newest second so far.
     waiting: list[EventRecord] = []
     # Stored events left for the end, once the file went back in time.
     left: list[tuple[datetime, str]] = []
@@ -205,38 +239,46 @@ async def import_events(
             if lanes:
                 commands = [lane_process(lane, lanes) for lane in range(lanes)]
                 applier = _Processes(await appliers.enter_async_context(
-                    LaneProcesses(commands, tally, progress, stop, unexpected_end=IMPORT_LANE_ENDED)))
+                    LaneProcesses(commands, tally, progress, stop, unexpected_end=IMPORT_LANE_ENDED)), counts)
             else:
-                applier = _Tasks(engine, tally, progress)
+                applier = _Tasks(engine, tally, progress, counts)
                 appliers.push_async_callback(applier.close)
         await applier.apply(records)
 
     async def store(more: bool) -> None:
+        """Store what the chunk's batches will not (all of it once the file went back in time),
+        and apply the chunk's events that are ready."""
         nonlocal in_order, newest, waiting
-        async with pool.acquire() as conn:
-            new = await insert_events(conn, chunk)
-        counts.stored += len(new)
-        counts.duplicates += len(chunk) - len(new)
         if progress is not None:
             progress.advance(len(chunk))
-        stored = [r for r in chunk if r.id in new]
-        # Already in the store before this import: its stored payload is the one to apply, if
-        # it is still pending at all.
-        left.extend((r.created, r.id) for r in chunk if r.id not in new)
-        chunk.clear()
         if went_back and in_order:
             in_order = False
-            left.extend((r.created, r.id) for r in waiting)
+            # What waited for the rest of its second is left for the end, stored now if not yet.
+            left.extend((r.created, r.id) for r in waiting if not _stored_by_its_batch(r))
+            chunk.extend(r for r in waiting if _stored_by_its_batch(r))
             waiting = []
+        first = [r for r in chunk if not in_order or not _stored_by_its_batch(r)]
+        new: set[str] = set()
+        if first:
+            async with pool.acquire() as conn:
+                new = await insert_events(conn, first)
+        counts.stored += len(new)
+        counts.duplicates += len(first) - len(new)
+        # Already in the store before this import: its stored payload is the one to apply, if
+        # it is still pending at all.
+        left.extend((r.created, r.id) for r in first if r.id not in new)
         if not in_order:
-            left.extend((r.created, r.id) for r in stored)
+            left.extend((r.created, r.id) for r in first if r.id in new)
+            chunk.clear()
             return
-        stored = sorted(waiting + stored, key=lambda r: (r.created, r.id))
-        if not stored:
+        read = sorted(waiting + [r for r in chunk if r.id in new or _stored_by_its_batch(r)],
+                      key=lambda r: (r.created, r.id))
+        chunk.clear()
+        if not read:
             return
-        newest = stored[-1].created
-        ready = [r for r in stored if r.created < newest]
-        waiting = stored[len(ready) :]
+        newest = read[-1].created
+        ready = [r for r in read if r.created < newest]
+        waiting = read[len(ready) :]
         if ready:
             await apply(ready, more)
 
@@ -273,25 +315,33 @@ async def import_events(
             await apply(waiting, more=False)
         if applier is not None:
             await applier.finish()
+    left.extend((created[event_id], event_id) for event_id in counts.already)
     if left:
         await process_in_order(pool, settings, left, tally, progress=progress, stop=stop, registry=registry)
 
 
 async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.Event, registry: Registry) -> int:
-    """The body of an import's lane process: the events its parent stored and sends (one
-    line of JSON text each, then `apply`), applied in batches as sent, each acknowledged;
-    `done` ends it. Its exit code."""
+    """The body of an import's lane process: the events its parent sends (one line of the JSON
+    text to store each, then `apply`), stored (`_stored_by_its_batch`) and applied in batches
+    as sent, each acknowledged; `done` ends it. Its exit code."""
     tally = Tally()
+    counts = ImportCounts()
     engine = Engine(pool, settings, registry)
 
     async def apply_what_comes(parent: LaneReporter) -> None:
         records: list[EventRecord] = []
+
+        def acknowledge(n: int) -> None:
+            parent.applied(n, stored=counts.stored, already=counts.already)
+            counts.stored, counts.already = 0, []
+
         while (line := await _next_line(parent, stop)) not in (DONE, STOP):
             if line != APPLY:
-                # Checked by the parent as it read them.
-                records.append(event_from_payload(orjson.loads(line), checked=True))
+                # Checked by the parent as it read them; stored as the parent read it.
+                text = line.removesuffix(b"\n")
+                records.append(event_from_payload(orjson.loads(text), text, checked=True))
                 continue
-            await _apply_in_batches(engine, records, tally, parent, stop=stop, done=parent.applied)
+            await _apply_in_batches(engine, records, tally, parent, counts, stop=stop, done=acknowledge)
             records = []
         tally.interrupted = stop.is_set()
 

@@ -21,10 +21,10 @@ the first failure of any lane does in one process. Each lane commits its batches
 cursor, so whatever killed whom, the next `stripeline replay` resumes every lane where it
 stopped.
 
-`stripeline import` runs its apply lanes the same way (`LaneProcesses`): the parent stores the
-file's events and sends each lane the stored JSON text of its customers' events, a chunk at a
-time (event lines, then `apply`), and `done` once the file is read; the lane acknowledges what
-it applied, so the parent keeps each lane at most a chunk behind.
+`stripeline import` runs its apply lanes the same way (`LaneProcesses`): the parent reads the
+file and sends each lane the JSON text of its customers' events, a chunk at a time (event
+lines, then `apply`), and `done` once the file is read; the lane stores and applies them and
+acknowledges what it did, so the parent keeps each lane at most a chunk behind.
 """
 
 from __future__ import annotations
@@ -92,9 +92,11 @@ class LaneReporter:
     def note(self, message: str) -> None:
         self._send({"note": message})
 
-    def applied(self, n: int) -> None:
-        """An import's lane: n more of the events sent are done with (applied, skipped or failed)."""
-        self._send({"applied": n, "counts": [self._tally.applied, self._tally.skipped, self._tally.failed]})
+    def applied(self, n: int, *, stored: int, already: list[str]) -> None:
+        """An import's lane: n more of the events sent are done with (applied, skipped or failed),
+        of which it stored `stored` and found `already` (ids) stored before."""
+        self._send({"applied": n, "stored": stored, "already": already,
+                    "counts": [self._tally.applied, self._tally.skipped, self._tally.failed]})
 
     def failure(self, message: str) -> None:
         self._send({"failure": message})
@@ -193,9 +195,12 @@ class _Lane:
     ended: bool = False
     interrupted: bool = False
     gone: bool = False  # its follower is done: nothing more comes from it
-    # An import's lane: events sent, and acknowledged as done with.
+    # An import's lane: events sent, and acknowledged as done with; of those, how many it stored
+    # and the ids of those it found stored before (the parent takes both as it counts them).
     sent: int = 0
     acknowledged: int = 0
+    stored: int = 0
+    already: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self._write(STOP)
@@ -251,6 +256,8 @@ class _Lane:
                     progress.failure(message["failure"])
             elif "applied" in message:
                 self.acknowledged += message["applied"]
+                self.stored += message["stored"]
+                self.already += message["already"]
                 self.changed.set()
             elif "advance" in message and progress is not None:
                 progress.advance(message["advance"])

@@ -142,6 +142,23 @@ async def test_events_already_stored_are_counted_as_duplicates_and_not_applied_a
     assert await billing_model(conn) == before  # the order-sensitive log did not grow
 
 
+async def test_an_import_shows_in_the_sync_counts_and_history_as_received_and_processed(pool, conn, settings, client):
+    # Most events of an import in order are stored already processed, by the batch that applies
+    # them: they count as received and processed all the same.
+    payloads = sorted(generated_history(seed=17, customers=6), key=lambda p: p["created"])
+    tally, counts = await run_import(pool, settings, jsonl(*payloads))
+    assert (counts.stored, tally.failed) == (len(payloads), 0)
+    # The path under test: most events were stored by the batch that applied them.
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE received_at = processed_at") > len(payloads) / 2
+
+    events = (await client.get("/api/sync")).json()["events"]
+    assert events["received"] == len(payloads) and events["pending"] == events["failed"] == 0
+    assert events["processed"] + events["ignored"] == len(payloads) and events["processed"] == tally.applied
+    history = (await client.get("/api/sync/history", params={"minutes": 5})).json()["history"]
+    totals = {key: sum(point[key] for point in history) for key in ("received", "processed", "failed")}
+    assert totals == {"received": len(payloads), "processed": len(payloads), "failed": 0}
+
+
 @pytest.mark.parametrize("shape", ["array", "list object", "pretty list object"])
 def test_arrays_and_list_objects_are_read_too(shape):
     payloads = generated_history(seed=13, customers=2)
@@ -166,8 +183,12 @@ def test_an_empty_file_imports_nothing():
     assert list(read_events(io.BytesIO(b"\n  \n"))) == []
 
 
-async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings):
+@pytest.mark.parametrize("order", ["shuffled", "chronological"])
+async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn, settings, order):
+    # In order, the failing event's batch was to store it: it is stored, pending, with its failure.
     payloads = generated_history(seed=14, customers=4)
+    if order == "chronological":
+        payloads.sort(key=lambda p: p["created"])
     bad = next(p for p in payloads if p["type"] == "customer.subscription.updated")
 
     async def fails(conn, record, ctx):
@@ -179,6 +200,8 @@ async def test_a_failing_event_is_left_for_retry_and_the_rest_imports(pool, conn
 
     assert tally.failed == 1 and tally.failures[0].startswith(bad["id"])
     assert tally.applied + tally.skipped == len(payloads) - 1
+    assert (counts.stored, counts.duplicates) == (len(payloads), 0)
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events") == len(payloads)
     row = await conn.fetchrow("SELECT status, attempts, last_error FROM stripe_events WHERE id = $1", bad["id"])
     assert row["attempts"] == 1 and row["last_error"] == "ValueError: handler bug"
     assert row["status"] in ("pending", "failed")  # retried later with backoff, as a received event is

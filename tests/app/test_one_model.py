@@ -241,8 +241,15 @@ async def shuffled_live(pool, settings, client, world: Scenario, rng: random.Ran
 
 
 async def imported(pool, settings, client, world: Scenario, rng: random.Random) -> dict:
-    """`stripeline import` of the stream (with repeats) into an empty database: shuffled, or in
-    chronological order (any order within a second), which import applies as it reads it."""
+    """`stripeline import` of the stream (with repeats): shuffled, or in chronological order (any
+    order within a second), which import applies as it reads it; into an empty database, or one
+    where some of the events arrived first as webhooks (stored, some of them processed)."""
+    if rng.random() < 0.5:
+        delivered = [event_from_payload(p) for p in rng.sample(world.account.events, k=len(world.account.events) // 4)]
+        async with pool.acquire() as conn:
+            await insert_events(conn, delivered)
+        processed = [r.id for r in delivered if rng.random() < 0.5]
+        assert not (await process_events(pool, processed, settings, registry=registries.product())).failed
     lines = list(world.account.events) + rng.sample(world.account.events, k=len(world.account.events) // 5)
     rng.shuffle(lines)
     if rng.random() < 0.5:
