@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from stripeline.handlers import segments
 from stripeline.model.context import ProcessingContext
 
 REFRESH_BILLING = """
@@ -121,13 +122,42 @@ WHERE c.id = ca.id
 """
 
 
+# An import's batches leave their customers' MRR and last payment for its end (sql/0018).
+MARK_UNSETTLED = "INSERT INTO billing_unsettled (customer_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
+UNSETTLED_AFTER = "SELECT customer_id FROM billing_unsettled WHERE customer_id > $1 ORDER BY customer_id LIMIT $2"
+TAKE_UNSETTLED = "DELETE FROM billing_unsettled WHERE customer_id = ANY($1::text[]) RETURNING customer_id"
+COUNT_UNSETTLED = "SELECT count(*) FROM billing_unsettled"
+SETTLE_BATCH = 500
+
+
 async def refresh_billing(conn: asyncpg.Connection, customer_ids: list[str], ctx: ProcessingContext) -> None:
     """Refresher: recompute MRR and last payment for the touched customers (sorted, locked by the batch)."""
     if ctx.rebuilding:
         # A rebuild touches most customers in batch after batch; recomputing them each time
         # cost a tenth of its time. It ends with refresh_customers over every customer instead.
         return
+    if ctx.billing_later:
+        # An import's customers, for its end (settle_unsettled): each is recomputed once, not
+        # once per batch that touched it.
+        await conn.execute(MARK_UNSETTLED, customer_ids)
+        return
     await refresh_customers(conn, customer_ids)
+
+
+async def settle_unsettled(conn: asyncpg.Connection) -> int:
+    """Recompute MRR and last payment of the customers an import left for later, SETTLE_BATCH per
+    transaction, in one pass in id order; return how many. A customer that another transaction
+    holds (a batch in flight, which marks or recomputes it itself) is left for the next pass."""
+    settled, after = 0, ""
+    while ids := [row["customer_id"] for row in await conn.fetch(UNSETTLED_AFTER, after, SETTLE_BATCH)]:
+        after = ids[-1]
+        async with conn.transaction():
+            idle = await segments.lock_idle_customers(conn, ids)
+            taken = sorted(row["customer_id"] for row in await conn.fetch(TAKE_UNSETTLED, idle)) if idle else []
+            if taken:
+                await refresh_customers(conn, taken)
+        settled += len(taken)
+    return settled
 
 
 async def refresh_customers(conn: asyncpg.Connection, customer_ids: list[str]) -> None:

@@ -103,6 +103,10 @@ CREATE SEQUENCE stripeline.backfill_runs_id_seq
 
 ALTER SEQUENCE stripeline.backfill_runs_id_seq OWNED BY stripeline.backfill_runs.id;
 
+CREATE TABLE stripeline.billing_unsettled (
+    customer_id text NOT NULL
+);
+
 CREATE TABLE stripeline.customer_activity (
     customer_id text NOT NULL,
     at timestamp with time zone NOT NULL
@@ -425,6 +429,9 @@ ALTER TABLE ONLY stripeline.backfill_cursors
 
 ALTER TABLE ONLY stripeline.backfill_runs
     ADD CONSTRAINT backfill_runs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY stripeline.billing_unsettled
+    ADD CONSTRAINT billing_unsettled_pkey PRIMARY KEY (customer_id);
 
 ALTER TABLE ONLY stripeline.customer_activity
     ADD CONSTRAINT customer_activity_pkey PRIMARY KEY (customer_id, at);

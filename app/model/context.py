@@ -39,6 +39,10 @@ class ProcessingContext:
     # A `replay --rebuild` is refilling the model: derived state that compares before and after
     # (segment entries and exits) waits for the rebuild's end, which settles it in one pass.
     rebuilding: bool = False
+    # An import: MRR and last payment are recomputed once per customer at its end
+    # (handlers.billing.settle_unsettled), not after each batch; the customers wait in
+    # billing_unsettled meanwhile.
+    billing_later: bool = False
     # The last event of the batch that named each customer: the cause of its segment changes.
     causes: dict[str, str] = field(default_factory=dict)
 

@@ -65,6 +65,8 @@ TABLES: tuple[Table, ...] = (
     Table("backfill_runs", Role.BOOKKEEPING),
     Table("backfill_cursors", Role.BOOKKEEPING),
     Table("worker_metrics", Role.BOOKKEEPING),
+    # Customers whose MRR and last payment an import left to be recomputed (handlers/billing.py).
+    Table("billing_unsettled", Role.BOOKKEEPING, customer_column="customer_id"),
 )
 
 # The migrations' own bookkeeping: never erased.

@@ -50,12 +50,15 @@ class Policy:
     retries_failures: bool
     # Rebuild: MRR, last payment and segments wait for the run's end, which settles them once.
     rebuilding: bool = False
+    # Import: MRR and last payment wait for the import's end (`billing.settle_unsettled`).
+    billing_later: bool = False
     # One info line per batch (the worker's unit of work); commands show progress instead.
     announces: bool = False
 
 
 WORKER = Policy(live=True, retries_failures=True, announces=True)
 INTAKE = Policy(live=True, retries_failures=True)
+IMPORT = Policy(live=True, retries_failures=True, billing_later=True)
 REPLAY = Policy(live=False, retries_failures=False)
 REBUILD = Policy(live=False, retries_failures=False, rebuilding=True)
 
@@ -310,7 +313,7 @@ class Engine:
             await lock_customers(conn, (r.customer_id for r in records))
             ctx = ProcessingContext(
                 settings=self.settings, now=datetime.now(timezone.utc), registry=self.registry,
-                rebuilding=policy.rebuilding,
+                rebuilding=policy.rebuilding, billing_later=policy.billing_later,
             )
             ignored = set(await apply_events(conn, records, ctx))
             statuses = ["ignored" if r.id in ignored else "processed" for r in records]

@@ -18,9 +18,10 @@ from datetime import datetime
 import asyncpg
 import orjson
 
+from stripeline.handlers import billing
 from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord, event_from_payload
-from stripeline.processing.engine import INTAKE, Batch, Engine, Outcome, crc32_lane_of
+from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Outcome, Policy, crc32_lane_of
 from stripeline.processing.event_files import Malformed
 from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
 from stripeline.processing.runs import Reporter, Tally, side_by_side
@@ -51,15 +52,17 @@ async def process_in_order(
     progress: Reporter | None = None,
     stop: asyncio.Event | None = None,
     registry: Registry,
+    policy: Policy = INTAKE,
 ) -> None:
-    """Process those of the given (created, id) events that are still pending, in that order."""
+    """Process those of the given (created, id) events that are still pending, in that order
+    (with IMPORT, the caller settles billing at its end)."""
     ordered = [event_id for _, event_id in sorted(set(keys))]
     engine = Engine(pool, settings, registry)
     if progress is not None:
         progress.phase("process", total=len(ordered))
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start : start + batch_size]
-        await _process(engine, Batch(chunk), tally, progress)
+        await _process(engine, Batch(chunk), tally, progress, policy=policy)
         if progress is not None:
             progress.advance(len(chunk))
         if stop is not None and stop.is_set():
@@ -68,10 +71,11 @@ async def process_in_order(
 
 
 async def _process(engine: Engine, batch: Batch, tally: Tally, progress: Reporter | None,
-                   counts: ImportCounts | None = None) -> None:
+                   counts: ImportCounts | None = None, *, policy: Policy = IMPORT) -> None:
     """Process one batch of events as the worker does (those it names stored and pending, and
-    those it stores itself), and count what happened."""
-    outcome = await engine.run(batch, INTAKE)
+    those it stores itself), and count what happened. An import's batches (IMPORT) leave
+    billing to be settled at the import's end."""
+    outcome = await engine.run(batch, policy)
     if counts is not None:
         counts.found(outcome)
     failed = outcome.failed + [event_id for event_id, _ in outcome.retry]
@@ -308,6 +312,7 @@ async def import_events(
                     if applier is not None:
                         await applier.finish()
                     tally.interrupted = True
+                    await settle_billing(pool, progress)  # what was applied, consistent
                     return
         if chunk:
             await store(more=False)
@@ -317,7 +322,20 @@ async def import_events(
             await applier.finish()
     left.extend((created[event_id], event_id) for event_id in counts.already)
     if left:
-        await process_in_order(pool, settings, left, tally, progress=progress, stop=stop, registry=registry)
+        await process_in_order(pool, settings, left, tally, progress=progress, stop=stop, registry=registry,
+                               policy=IMPORT)
+    await settle_billing(pool, progress)
+
+
+async def settle_billing(pool: asyncpg.Pool, progress: Reporter | None) -> None:
+    """MRR and last payment of every customer the import's batches left unsettled (and of any
+    an earlier import left), each recomputed once."""
+    async with pool.acquire() as conn:
+        if progress is not None:
+            progress.phase("settle", total=await conn.fetchval(billing.COUNT_UNSETTLED))
+        settled = await billing.settle_unsettled(conn)
+    if progress is not None:
+        progress.advance(settled)
 
 
 async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.Event, registry: Registry) -> int:

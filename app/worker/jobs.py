@@ -30,6 +30,7 @@ from stripeline.store import event_log, queue
 from stripeline.store.db import open_pool
 from stripeline.worker import metrics as worker_metrics
 from stripeline.worker.arq_worker import Worker, dependencies_of, run_worker_until_stopped
+from stripeline.worker.billing_jobs import settle_billing
 from stripeline.worker.outbound import check_segment_webhook, deliver_segment_webhooks
 from stripeline.worker.segment_jobs import refresh_segments
 
@@ -177,6 +178,8 @@ CRON_JOBS: list = [
     # Ticks every 5 s; runs at most once per STRIPELINE_SEGMENT_REFRESH_SECONDS (see the job).
     cron(outliving_outages(refresh_segments), second=set(range(0, 60, 5)), run_at_startup=True, unique=True),
     cron(outliving_outages(deliver_segment_webhooks), second=set(range(2, 60, 5)), unique=True),
+    # What an import that died before its end left unsettled (MRR, last payment).
+    cron(outliving_outages(settle_billing), second=set(range(7, 60, 10)), unique=True),
 ]
 FUNCTIONS: list = [process_events, outliving_outages(refresh_segments), outliving_outages(deliver_segment_webhooks)]
 

@@ -15,6 +15,7 @@ from stripeline.processing.importing import APPLY_LANES, ImportCounts, import_ev
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
 from tests.app.replay_helpers import (
+    billing_is_settled,
     billing_model,
     command,
     doubles,
@@ -157,6 +158,24 @@ async def test_an_import_shows_in_the_sync_counts_and_history_as_received_and_pr
     history = (await client.get("/api/sync/history", params={"minutes": 5})).json()["history"]
     totals = {key: sum(point[key] for point in history) for key in ("received", "processed", "failed")}
     assert totals == {"received": len(payloads), "processed": len(payloads), "failed": 0}
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["to-its-end", "stopped-after-a-chunk"])
+async def test_an_import_leaves_mrr_and_last_payment_settled_even_when_stopped(pool, conn, settings, registry,
+                                                                                stopped):
+    # Its batches leave MRR and last payment for its end, which recomputes each customer once;
+    # a Ctrl-C stops it after a chunk, and what was applied is settled all the same.
+    payloads = sorted(generated_history(seed=18, customers=12), key=lambda p: p["created"])
+    stop = asyncio.Event()
+    if stopped:
+        stop.set()
+    tally, counts = Tally(), ImportCounts()
+    await import_events(pool, settings, read_events(io.BytesIO(jsonl(*payloads))), tally, counts, chunk_size=20,
+                        stop=stop, registry=registry)
+
+    assert tally.interrupted == stopped and 0 < counts.stored <= len(payloads)
+    assert await conn.fetchval("SELECT count(*) FROM customers WHERE mrr > 0") > 0
+    assert await billing_is_settled(conn)
 
 
 @pytest.mark.parametrize("shape", ["array", "list object", "pretty list object"])

@@ -22,7 +22,9 @@ import pytest
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import crc32_lane_of
 from stripeline.processing.importing import APPLY_LANES, STORE_CHUNK
+from stripeline.worker.billing_jobs import settle_billing
 from tests.app.replay_helpers import (
+    billing_is_settled,
     command_environment,
     derived_state,
     generated_history,
@@ -147,6 +149,9 @@ async def test_a_killed_import_takes_its_lane_processes_with_it_and_the_same_imp
 ):
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=43)
     running, lanes, release = await import_held_in_lane_1(pool, conn, db_url, records, path)
+    # Lane 0 goes on: its batches leave their customers' MRR for the import's end.
+    await until(lambda: conn.fetchval("SELECT count(*) > 0 FROM billing_unsettled"))
+    assert await settle_billing({"pool": pool}) == {"skipped": 1}  # the worker leaves them to the import
     running.kill()
     running.communicate(timeout=30)
     await release()
@@ -154,6 +159,10 @@ async def test_a_killed_import_takes_its_lane_processes_with_it_and_the_same_imp
     # Their socket to the parent closed: each rolls its open batch back and exits.
     await until(lambda: not any(alive(pid) for pid in lanes.values()), timeout=10)
     await until(lambda: conn.fetchval(f"SELECT ({CONNECTIONS}) = 0"), timeout=10)
+    # The import never reached its end: the worker settles what it applied.
+    assert not await billing_is_settled(conn)
+    assert (await settle_billing({"pool": pool}))["settled"] > 0
+    assert await billing_is_settled(conn)
     await a_rerun_finishes(conn, db_url, records, path, live)
 
 
