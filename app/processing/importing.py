@@ -1,10 +1,12 @@
 """Events from outside the webhook path (an import file, a backfill listing), taken in as received.
 
 They are stored with `events.insert_events` (a known id is a duplicate and changes nothing)
-and processed in Stripe order by the worker's own batch engine (`processing.Engine` with the
-INTAKE policy): a failure is recorded and retried later with backoff, exactly as for an event
-Stripe sent. An import read in order has most of its events stored by the batch that applies
-them, processed (`Batch.unstored`); the rest are stored pending first, then processed.
+and processed in Stripe order by the worker's own batch engine (`processing.Engine`): a failure
+is recorded and retried later with backoff, exactly as for an event Stripe sent. An import read
+in order has most of its events stored by the batch that applies them, processed
+(`Batch.unstored`); the rest are stored pending first, then processed. An import's batches
+(the IMPORT policy) leave MRR and last payment to `settle_billing` at its end; a backfill's
+(INTAKE) recompute them as the worker does.
 """
 
 from __future__ import annotations
