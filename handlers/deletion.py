@@ -256,6 +256,7 @@ async def settle_deletions(conn: asyncpg.Connection, customer_ids: list[str], ct
     the customer's other events came in; customers touched only indirectly (the invoice's
     customer of an invoice payment) are looked up here.
     """
+    await _apply_to_stored(conn, ctx)
     await _load(conn, set(customer_ids), ctx)
     gone = [ctx.tombstones[c] for c in customer_ids if ctx.tombstones.get(c) is not None]
     if not gone:
@@ -375,8 +376,6 @@ async def _anonymize_stored(
         # then too. Reading all of them again (a tenth of a rebuild) would change nothing.
         return {"events_scrubbed": 0, "outbox_scrubbed": await _outbox_mentions(conn, tombstone.customer_id,
                                                                                 delete=False)}
-    # What this batch staged so far is written now, so that the payments read below include it.
-    await ctx.writes.flush(conn, ctx, shared=False)
     own = await _scrub_payloads(conn, OWN_EVENTS, tombstone.customer_id)
     references = await conn.fetchrow(PAYMENT_REFERENCES, tombstone.customer_id)
     mentions = await _scrub_mentions(conn, tombstone, _when(event.object.get("created")), references)
@@ -392,36 +391,53 @@ async def _delete_stored(conn: asyncpg.Connection, event: EventRecord, tombstone
     return {"events_deleted": events, "events_scrubbed": mentions, "outbox_deleted": outbox}
 
 
-async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
-    """Record the tombstone and apply the deletion policy to what the customer left in the store.
+@dataclass(frozen=True)
+class _Deletion:
+    """A deletion this batch applied: what its customer left in the store waits for the
+    batch's rows (its payments name the charges whose mentions are scrubbed)."""
 
-    The rows follow in `settle_deletions`, once this batch's writes are in.
-    """
-    started = time.perf_counter()
+    event: EventRecord
+    known: bool  # the customer's tombstone was there before this batch
+
+
+async def on_customer_deleted(conn: asyncpg.Connection, event: EventRecord, ctx: ProcessingContext) -> None:
+    """Record the tombstone; the deletion policy is applied to what the customer left in the
+    store (`_apply_to_stored`) and to its rows once this batch's writes are in
+    (`settle_deletions`)."""
     customer_id = event.customer_id
     if customer_id is None:
         log.warning("customer_deletion_without_id", event_id=event.id)
         return
     known = ctx.tombstones.get(customer_id) is not None  # loaded before the batch's handlers ran
     row = await conn.fetchrow(RECORD_TOMBSTONE, customer_id, event.account, event.created, event.id)
-    tombstone = ctx.tombstones[customer_id] = _tombstone(row)
+    ctx.tombstones[customer_id] = _tombstone(row)
     ctx.touched.add(customer_id)
-    mode = ctx.settings.deleted_customers
-    if mode == "delete":
-        # What this batch staged so far is written now, so that the payments read below include it.
-        await ctx.writes.flush(conn, ctx, shared=False)
-        counts = await _delete_stored(conn, event, tombstone)
-    else:
-        counts = await _anonymize_stored(conn, event, tombstone, ctx, known=known)
+    ctx.deletions.setdefault(customer_id, _Deletion(event, known))
+    if ctx.settings.deleted_customers != "delete":
         ctx.writes.stage(_last_snapshot(event))
-    log.info(
-        "customer_deletion_applied",
-        event_id=event.id,
-        customer_id=customer_id,
-        mode=mode,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        **counts,
-    )
+
+
+async def _apply_to_stored(conn: asyncpg.Connection, ctx: ProcessingContext) -> None:
+    """The batch's deletions, applied to the stored events (and outbox messages) of their
+    customers and to those that mention them, after the batch's one flush: a deletion used to
+    flush the batch's writes so far itself, about eight statements more per deletion."""
+    deletions, ctx.deletions = ctx.deletions, {}
+    mode = ctx.settings.deleted_customers
+    for customer_id, deletion in sorted(deletions.items()):
+        started = time.perf_counter()
+        tombstone = ctx.tombstones[customer_id]
+        if mode == "delete":
+            counts = await _delete_stored(conn, deletion.event, tombstone)
+        else:
+            counts = await _anonymize_stored(conn, deletion.event, tombstone, ctx, known=deletion.known)
+        log.info(
+            "customer_deletion_applied",
+            event_id=deletion.event.id,
+            customer_id=customer_id,
+            mode=mode,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            **counts,
+        )
 
 
 # Tombstone, then anonymize or delete the customer (STRIPELINE_DELETED_CUSTOMERS).

@@ -33,6 +33,9 @@ class ProcessingContext:
     # Customers of this batch by whether Stripe deleted them (handlers.deletion: a Tombstone, or
     # None for one looked up and not deleted).
     tombstones: dict[str, Any] = field(default_factory=dict)
+    # The deletions this batch applied, by customer (handlers.deletion): what the customer left
+    # in the store is dealt with once the batch's rows are written, by its first refresher.
+    deletions: dict[str, Any] = field(default_factory=dict)
     # Row snapshots staged by the handlers, written in one flush before the refreshers run
     # (stripeline.model.writes). A handler that writes SQL itself may flush it first.
     writes: WriteBuffer = field(default_factory=WriteBuffer)
