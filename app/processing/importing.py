@@ -26,6 +26,7 @@ from stripeline.model.events import EventRecord, event_from_payload
 from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Outcome, Policy, crc32_lane_of
 from stripeline.processing.event_files import Malformed
 from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
+from stripeline.processing.replay import ANALYZE_DERIVED
 from stripeline.processing.runs import Reporter, Tally, side_by_side
 from stripeline.settings import Settings
 from stripeline.store.event_log import insert_events, stored_json
@@ -331,10 +332,16 @@ async def import_events(
 
 async def settle_billing(pool: asyncpg.Pool, progress: Reporter | None) -> None:
     """MRR and last payment of every customer the import's batches left unsettled (and of any
-    an earlier import left), each recomputed once."""
+    an earlier import left), each recomputed once, with the statistics of the tables the import
+    filled: without them (autovacuum analyzes a minute or so later) PostgreSQL planned the
+    recompute for tables as empty as they were before, at 300 microseconds a customer instead of
+    90 (20,000 events into an empty database)."""
     async with pool.acquire() as conn:
+        unsettled = await conn.fetchval(billing.COUNT_UNSETTLED)
         if progress is not None:
-            progress.phase("settle", total=await conn.fetchval(billing.COUNT_UNSETTLED))
+            progress.phase("settle", total=unsettled)
+        if unsettled:
+            await conn.execute(ANALYZE_DERIVED)
         settled = await billing.settle_unsettled(conn)
     if progress is not None:
         progress.advance(settled)
