@@ -23,7 +23,7 @@ import orjson
 from stripeline.handlers import billing
 from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord, event_from_payload
-from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Outcome, Policy, crc32_lane_of
+from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Policy, crc32_lane_of
 from stripeline.processing.event_files import Malformed
 from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
 from stripeline.processing.replay import ANALYZE_DERIVED
@@ -80,7 +80,7 @@ async def _process(engine: Engine, batch: Batch, tally: Tally, progress: Reporte
     billing to be settled at the import's end."""
     outcome = await engine.run(batch, policy)
     if counts is not None:
-        counts.found(outcome)
+        counts.found(outcome.stored, outcome.already)
     failed = outcome.failed + [event_id for event_id, _ in outcome.retry]
     failures = [f"{event_id}, left for retry (see /api/events/{event_id})" for event_id in failed]
     skipped = len(batch.ids) - len(outcome.processed) - len(failed)  # ignored, or already done
@@ -99,11 +99,11 @@ class ImportCounts:
     # the end, where the stored payload is applied if it is still pending.
     already: list[str] = field(default_factory=list)
 
-    def found(self, outcome: Outcome) -> None:
-        """Count what a batch that stores its events found."""
-        self.stored += outcome.stored
-        self.duplicates += len(outcome.already)
-        self.already += outcome.already
+    def found(self, stored: int, already: list[str]) -> None:
+        """Count what batches that store their events stored, and found stored already."""
+        self.stored += stored
+        self.duplicates += len(already)
+        self.already += already
 
 
 def _stored_by_its_batch(record: EventRecord) -> bool:
@@ -158,9 +158,7 @@ class _Processes:
     async def finish(self) -> None:
         await self._lanes.caught_up()
         for lane in self._lanes.lanes:  # what they stored and found stored, acknowledged so far
-            self._counts.stored += lane.stored
-            self._counts.duplicates += len(lane.already)
-            self._counts.already += lane.already
+            self._counts.found(lane.stored, lane.already)
             lane.stored, lane.already = 0, []
 
 

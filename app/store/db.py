@@ -53,8 +53,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads)
 
 
+def application_name(process: str) -> str:
+    """What a process's connections are named in pg_stat_activity (`stripeline import`, ...)."""
+    return f"stripeline {process}"
+
+
 def _server_settings(schema: str, process: str) -> dict[str, str]:
-    return {"search_path": schema, "application_name": f"stripeline {process}"}
+    return {"search_path": schema, "application_name": application_name(process)}
 
 
 async def _connect_naming_failures(database_url: str, **options) -> asyncpg.Connection:

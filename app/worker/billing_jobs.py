@@ -13,11 +13,11 @@ from typing import Any
 
 from stripeline.handlers import billing
 from stripeline.logging import log
+from stripeline.store.db import application_name
 
-# Every stripeline command's connections carry `stripeline <command>` (store.db.open_pool).
+# An import's connections (its command's and its lanes') are named by store.db.application_name.
 IMPORT_RUNNING = """
-SELECT EXISTS (SELECT FROM pg_stat_activity
-               WHERE datname = current_database() AND application_name = 'stripeline import')
+SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1)
     OR EXISTS (SELECT FROM replay_rebuilds)
 """
 
@@ -27,7 +27,7 @@ async def settle_billing(ctx: dict[str, Any]) -> dict[str, int]:
     recomputes every customer at its end) is running."""
     started = time.perf_counter()
     async with ctx["pool"].acquire() as conn:
-        if await conn.fetchval(IMPORT_RUNNING):
+        if await conn.fetchval(IMPORT_RUNNING, application_name("import")):
             return {"skipped": 1}
         settled = await billing.settle_unsettled(conn)
     if settled:
