@@ -25,7 +25,7 @@ from stripeline.model.context import Registry
 from stripeline.model.events import EventRecord, event_from_payload
 from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Policy, crc32_lane_of
 from stripeline.processing.event_files import Malformed
-from stripeline.processing.lanes import APPLY, DONE, STOP, LaneProcesses, LaneReporter, serve_parent
+from stripeline.processing.lanes import APPLY, DONE, STOP, ForkedLane, LaneProcesses, LaneReporter, serve_parent
 from stripeline.processing.replay import ANALYZE_DERIVED
 from stripeline.processing.runs import Reporter, Tally, side_by_side
 from stripeline.settings import Settings
@@ -37,10 +37,10 @@ PROCESS_BATCH = 500
 # at once, each batch on a connection of its own (the store's is another; a command's pool
 # has 4): 5,720-5,799 events/s against 5,203-5,255 in one (bench/import.py, 2026-11-30).
 APPLY_LANES = 2
-# How the command starts the process of apply lane `lane` of `lanes` (its argv), when the
-# lanes run in processes of their own: then Python runs on more than one core (the import's
-# one thread was the bound).
-LaneProcess = Callable[[int, int], list[str]]
+# How the command starts the process of apply lane `lane` of `lanes` (its argv, or a process it
+# forked already), when the lanes run in processes of their own: then Python runs on more than
+# one core (the import's one thread was the bound).
+LaneProcess = Callable[[int, int], list[str] | ForkedLane]
 IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); run the same import again: it stores and "
                      "applies the events that lane had not applied")
 
@@ -184,7 +184,7 @@ def _lanes_of(records: list[EventRecord], count: int) -> list[list[EventRecord]]
     return lanes
 
 
-def _lane_count(settings: Settings) -> int:
+def lane_count(settings: Settings) -> int:
     """Apply lanes in processes: APPLY_LANES, each with a connection, within the command's
     budget (STRIPELINE_DB_POOL_SIZE) less the store's connection; 0: none (the lanes run here)."""
     lanes = min(APPLY_LANES, settings.pool_size("command") - 1)
@@ -240,7 +240,7 @@ async def import_events(
         """Apply these records, in order, in lanes of customers (`more`: the file goes on)."""
         nonlocal applier
         if applier is None:
-            lanes = _lane_count(settings) if lane_process is not None and more else 0
+            lanes = lane_count(settings) if lane_process is not None and more else 0
             if lanes:
                 commands = [lane_process(lane, lanes) for lane in range(lanes)]
                 applier = _Processes(await appliers.enter_async_context(

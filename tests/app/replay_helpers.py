@@ -219,12 +219,12 @@ def stripeline(*argv: str, env: dict[str, str], stdin: bytes | None = None) -> s
     return subprocess.run(command, input=stdin, capture_output=True, env=command_environment(env), timeout=60)
 
 
-def stripeline_process(*argv: str, env: dict[str, str], new_group: bool = False) -> subprocess.Popen:
+def stripeline_process(*argv: str, env: dict[str, str], new_group: bool = False, stdin: Any = None) -> subprocess.Popen:
     """`stripeline` started in the background, for a test to signal (`new_group`: in a process
     group of its own, as a terminal starts a command, for a signal to the whole group)."""
     command = [sys.executable, "-m", "stripeline", *argv]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=command_environment(env),
-                            process_group=0 if new_group else None)
+    return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=command_environment(env), process_group=0 if new_group else None)
 
 
 def summary_lines(output: bytes) -> list[str]:

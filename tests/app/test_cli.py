@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from stripeline.commands.import_file import FORK_LANES_BYTES
 from stripeline.store.migrate import load_migrations
 from tests.services import closed_port, unreachable_postgres, unreachable_redis, with_database
 
@@ -173,6 +174,18 @@ def test_an_unreachable_postgres_is_named_with_its_address_in_one_line(command):
     url = unreachable_postgres()
     port = url.split(":")[-1].split("/")[0]
     result = stripeline(*command, env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    assert error_lines(result) == [f"stripeline: cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused"]
+
+
+def test_an_unreachable_postgres_is_told_once_by_an_import_that_forks_its_lanes(tmp_path):
+    # A file of FORK_LANES_BYTES or more has its lanes forked before the command connects; they
+    # connect only once it sends them events, so the failure is the command's one line.
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"id": "evt_1", "object": "event"}\n' * (FORK_LANES_BYTES // 30))
+    url = unreachable_postgres()
+    port = url.split(":")[-1].split("/")[0]
+    result = stripeline("import", str(path), env={"DATABASE_URL": url})
     assert result.returncode == 1
     assert error_lines(result) == [f"stripeline: cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused"]
 

@@ -19,6 +19,7 @@ import sys
 import orjson
 import pytest
 
+from stripeline.commands.import_file import FORK_LANES_BYTES
 from stripeline.model.locks import customer_lock_key
 from stripeline.processing.engine import crc32_lane_of
 from stripeline.processing.importing import APPLY_LANES, STORE_CHUNK
@@ -53,12 +54,13 @@ AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
-async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int):
-    """A history of more than one chunk, its live model (derived tables, event statuses), and
-    the history as a chronological JSON Lines file; the database is left empty for the import."""
-    payloads = generated_history(seed=seed, customers=120)
+async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int, customers: int = 120):
+    """A history (of more than one chunk, with the default customers), its live model (derived
+    tables, event statuses), and the history as a chronological JSON Lines file; the database is
+    left empty for the import."""
+    payloads = generated_history(seed=seed, customers=customers)
     records = await store(pool, payloads)
-    assert len(records) > STORE_CHUNK
+    assert len(records) > STORE_CHUNK or customers != 120
     await process_live(pool, settings, records, registry)
     live = (await derived_state(conn), await statuses(conn))
     await empty(conn)
@@ -104,22 +106,48 @@ async def a_rerun_finishes(conn, db_url, records, path, live) -> None:
     assert await model(conn) == live
 
 
-@pytest.mark.parametrize("pool_size", [3, 4])
+@pytest.mark.parametrize(("pool_size", "given"), [(3, "file"), (4, "file"), (4, "stdin")])
 async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_the_live_model(
-    pool, conn, settings, registry, db_url, tmp_path, pool_size
+    pool, conn, settings, registry, db_url, tmp_path, pool_size, given
 ):
     records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=41)
-    running = stripeline_process("import", str(path),
-                                 env={"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)})
-    seen, peak, out, err = await watched_to_its_end(running, conn, CONNECTIONS)
+    env = {"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)}
+    how: dict[int, str] = {}
+    with path.open("rb") as stdin:
+        running = (stripeline_process("import", str(path), env=env) if given == "file"
+                   else stripeline_process("import", "-", env=env, stdin=stdin))
+        seen, peak, out, err = await watched_to_its_end(running, conn, CONNECTIONS, how)
 
     assert running.returncode == 0, err
     assert sorted(seen) == list(range(APPLY_LANES))
+    # A file (of more than FORK_LANES_BYTES) forks its lanes as the command starts; standard
+    # input, of unknown size, starts them as commands once its second chunk comes.
+    assert set(how.values()) == {"forked" if given == "file" else "command"}
     assert not any(alive(pid) for pid in seen.values())
     assert peak <= pool_size  # the command's connections, with its lanes' ones
     [summary] = summary_lines(out)
     assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
     assert ", 0 failed in " in summary
+    assert await model(conn) == live
+
+
+async def test_a_file_of_one_chunk_applies_in_the_command_and_ends_the_lanes_it_forked_quietly(
+    pool, conn, settings, registry, db_url, tmp_path
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44, customers=60)
+    assert len(records) < STORE_CHUNK and path.stat().st_size >= FORK_LANES_BYTES
+    how: dict[int, str] = {}
+    running = stripeline_process("import", str(path), env={"DATABASE_URL": db_url})
+    seen, _, out, err = await watched_to_its_end(running, conn, how=how)
+
+    assert running.returncode == 0, err
+    assert set(how.values()) == {"forked"}  # forked as it started, then not needed
+    assert not any(alive(pid) for pid in seen.values())
+    # Nothing said by lanes that had nothing to do: the command's progress alone, no warning.
+    assert [line for line in err.decode().splitlines() if not line.startswith("import: ")] == []
+    assert b"lane_" not in out
+    [summary] = summary_lines(out)
+    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, {len(records):,} applied")
     assert await model(conn) == live
 
 

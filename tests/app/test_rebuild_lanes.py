@@ -24,8 +24,9 @@ from tests.app.test_replay import behind_the_lane_cursors, process_live, statuse
 from tests.factories import event, new_id, price_object, subscription_object
 
 
-def lane_processes(parent: int) -> dict[int, int]:
-    """{lane: pid} of the lane processes `parent` runs now."""
+def lane_processes(parent: int, how: dict[int, str] | None = None) -> dict[int, int]:
+    """{lane: pid} of the lane processes `parent` runs now; `how` gets how each was started:
+    "command" (`--lane N` in its argv) or "forked" (named import-lane-N, app/processing/lanes.py)."""
     try:
         children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     except FileNotFoundError:
@@ -34,10 +35,18 @@ def lane_processes(parent: int) -> dict[int, int]:
     for child in children:
         try:
             argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+            name = Path(f"/proc/{child}/comm").read_text().strip()
         except FileNotFoundError:
             continue
         if "--lane" in argv:
-            lanes[int(argv[argv.index("--lane") + 1])] = int(child)
+            lane, started = int(argv[argv.index("--lane") + 1]), "command"
+        elif name.startswith("import-lane-"):
+            lane, started = int(name.removeprefix("import-lane-")), "forked"
+        else:
+            continue
+        lanes[lane] = int(child)
+        if how is not None:
+            how[lane] = started
     return lanes
 
 
@@ -61,13 +70,14 @@ async def until(condition, timeout: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
-async def watched_to_its_end(running, conn, connections_query: str | None = None):
+async def watched_to_its_end(running, conn, connections_query: str | None = None, how: dict[int, str] | None = None):
     """Follow a command to its end: ({lane: pid} of every lane process seen, the most PostgreSQL
-    connections `connections_query` counted at once, its stdout, its stderr)."""
+    connections `connections_query` counted at once, its stdout, its stderr); `how` gets how
+    each lane was started (`lane_processes`)."""
     seen: dict[int, int] = {}
     peak = 0
     while running.poll() is None:
-        seen |= lane_processes(running.pid)
+        seen |= lane_processes(running.pid, how)
         if connections_query is not None:
             peak = max(peak, await conn.fetchval(connections_query))
         await asyncio.sleep(0.005)
