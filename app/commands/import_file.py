@@ -99,7 +99,7 @@ def import_command(args: Any, settings: Settings) -> int:
 
     async def work(pool, tally, progress, stop) -> None:
         try:
-            await import_events(pool, settings, read_events(stream), tally, counts, progress=progress, stop=stop,
+            await import_events(pool, settings, read_events(stream, routed=True), tally, counts, progress=progress, stop=stop,
                                 registry=registry(), lane_process=_lane_starter(forked))
         except BaseException:
             abandon_forked(forked)

@@ -12,11 +12,13 @@ import codecs
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
+import msgspec
 import orjson
 
-from stripeline.model.events import EventRecord, InvalidEvent, event_from_payload, without_nul_escapes
+from stripeline.model.events import MAX_ID_LENGTH, EventRecord, InvalidEvent, event_from_payload, without_nul_escapes
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,85 @@ class Malformed:
 
     where: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A line holding an event of a customer, read only as far as an import routes it: its id,
+    `created` and customer, found valid. The rest is parsed and checked by whoever applies it
+    (`parsed`), which may still find the line malformed (a value nested too deep, an overlong
+    id inside): a lane process, which parses its events anyway, so that the reading process
+    does not parse them too."""
+
+    id: str
+    created: datetime
+    customer_id: str
+    raw: bytes
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}"
+
+
+class _RoutedObject(msgspec.Struct):
+    id: Any = None
+    object: Any = None
+    customer: Any = None
+
+
+class _RoutedData(msgspec.Struct):
+    object: _RoutedObject
+
+
+class _Routed(msgspec.Struct):
+    id: Any = None
+    created: Any = None
+    data: _RoutedData | None = None
+
+
+# Decodes only what routing needs; msgspec checks the rest is JSON without building it: 3-4
+# microseconds for a real-sized event, against 13-20 for orjson's whole payload and 12 more for
+# the checks (event_from_payload).
+_routing = msgspec.json.Decoder(_Routed)
+
+
+def _identifier(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _unparsed(text: bytes, number: int) -> Unparsed | None:
+    """The line's event as an Unparsed, when it is an event of a customer whose id, created and
+    customer are valid; None for anything else (parsed whole, as before)."""
+    try:
+        event = _routing.decode(text)
+    except msgspec.DecodeError:
+        return None
+    created = event.created
+    if event.data is None or not _identifier(event.id) or type(created) is not int or not 0 <= created < 2**34:
+        return None
+    obj = event.data.object
+    customer = obj.id if obj.object == "customer" else obj.customer
+    if type(customer) is dict:
+        customer = customer.get("id")
+    if not _identifier(customer):
+        return None
+    return Unparsed(event.id, datetime.fromtimestamp(created, timezone.utc), customer, text, number)
+
+
+def parsed(item: EventRecord | Unparsed) -> EventRecord | Malformed:
+    """An event as an EventRecord, its payload parsed and checked (or why it is malformed)."""
+    if isinstance(item, EventRecord):
+        return item
+    return parsed_text(item.raw, item.where)
+
+
+def parsed_text(text: bytes, where: str) -> EventRecord | Malformed:
+    """The event in one JSON text (one object), or why it is malformed."""
+    try:
+        return _parse(orjson.loads(text), where, text)
+    except orjson.JSONDecodeError:
+        return Malformed(where, "not valid JSON")
 
 
 def _parse(value: Any, where: str, raw: bytes | None = None) -> EventRecord | Malformed:
@@ -51,11 +132,14 @@ def _values(value: Any, where: str, raw: bytes | None = None) -> Iterator[EventR
         yield _parse(value, where, raw)
 
 
-def _lines(lines: Iterable[bytes]) -> Iterator[EventRecord | Malformed]:
+def _lines(lines: Iterable[bytes], routed: bool = False) -> Iterator[EventRecord | Unparsed | Malformed]:
     for number, line in enumerate(lines, 1):
         # U+0000 as the web stores it (its text is what a line is stored as).
         text = without_nul_escapes(line.strip())
         if not text:
+            continue
+        if routed and (event := _unparsed(text, number)) is not None:
+            yield event
             continue
         try:
             value = orjson.loads(text)
@@ -65,8 +149,9 @@ def _lines(lines: Iterable[bytes]) -> Iterator[EventRecord | Malformed]:
         yield from _values(value, f"line {number}", text)
 
 
-def read_events(stream: BinaryIO) -> Iterator[EventRecord | Malformed]:
-    """Events and malformed entries of a file, in file order, reading JSON Lines as a stream."""
+def read_events(stream: BinaryIO, *, routed: bool = False) -> Iterator[EventRecord | Unparsed | Malformed]:
+    """Events and malformed entries of a file, in file order, reading JSON Lines as a stream.
+    `routed`: a line holding an event of a customer may come as an Unparsed (an import's)."""
     head = []
     for line in stream:
         # Editors on Windows start UTF-8 files with a byte order mark; JSON has no place for it.
@@ -82,7 +167,7 @@ def read_events(stream: BinaryIO) -> Iterator[EventRecord | Malformed]:
         except orjson.JSONDecodeError:
             pass  # an object spread over several lines: a pretty-printed document
         else:
-            yield from _lines(itertools.chain(head, stream))
+            yield from _lines(itertools.chain(head, stream), routed)
             return
     text = without_nul_escapes(b"".join(head) + stream.read())
     try:

@@ -16,15 +16,15 @@ import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
-import orjson
 
 from stripeline.handlers import billing
 from stripeline.model.context import Registry
-from stripeline.model.events import EventRecord, event_from_payload
+from stripeline.model.events import EventRecord
 from stripeline.processing.engine import IMPORT, INTAKE, Batch, Engine, Policy, crc32_lane_of
-from stripeline.processing.event_files import Malformed
+from stripeline.processing.event_files import Malformed, Unparsed, parsed, parsed_text
 from stripeline.processing.lanes import APPLY, DONE, STOP, ForkedLane, LaneProcesses, LaneReporter, serve_parent
 from stripeline.processing.replay import ANALYZE_DERIVED
 from stripeline.processing.runs import Reporter, Tally, side_by_side
@@ -106,7 +106,27 @@ class ImportCounts:
         self.already += already
 
 
-def _stored_by_its_batch(record: EventRecord) -> bool:
+def _skipped(malformed: Malformed, counts: ImportCounts, progress: Reporter | None) -> None:
+    counts.malformed += 1
+    if progress is not None:
+        progress.note(f"{malformed.where}: skipped, {malformed.reason}")
+
+
+def _parsed_all(items: Iterable[EventRecord | Unparsed], counts: ImportCounts,
+                progress: Reporter | None) -> list[EventRecord]:
+    """The events parsed and checked (an Unparsed's payload, here); the malformed ones counted,
+    told, and left out."""
+    records = []
+    for item in items:
+        record = parsed(item)
+        if isinstance(record, Malformed):
+            _skipped(record, counts, progress)
+        else:
+            records.append(record)
+    return records
+
+
+def _stored_by_its_batch(record: EventRecord | Unparsed) -> bool:
     """Whether an event read in order is stored by the batch that applies it (processed, in one
     write) rather than before it, pending. Events of a customer are: each is in its customer's
     lane, after that customer's earlier events. Events of no customer are stored first, with
@@ -124,10 +144,10 @@ class _Tasks:
         self._applying: asyncio.Task | None = None
         self.stopping = asyncio.Event()  # never set: our stop is the command's
 
-    async def apply(self, records: list[EventRecord]) -> None:
+    async def apply(self, records: list[EventRecord | Unparsed]) -> None:
         """Start applying these records once the chunk before them is applied."""
         await self.finish()
-        lanes = _lanes_of(records, APPLY_LANES)
+        lanes = _lanes_of(_parsed_all(records, self._counts, self._progress), APPLY_LANES)
         self._applying = asyncio.create_task(side_by_side(
             _apply_in_batches(self._engine, lane, self._tally, self._progress, self._counts) for lane in lanes if lane))
 
@@ -149,17 +169,26 @@ class _Processes:
         self._lanes, self._counts = lanes, counts
         self.stopping = lanes.stopping  # a lane stopped (signalled itself): so do we
 
-    async def apply(self, records: list[EventRecord]) -> None:
+    async def apply(self, records: list[EventRecord | Unparsed]) -> None:
         await self._lanes.caught_up(behind=STORE_CHUNK)
         for lane, part in zip(self._lanes.lanes, _lanes_of(records, len(self._lanes.lanes))):
             if part:
-                await lane.send([stored_json(r) for r in part])
+                await lane.send([_lane_line(r) for r in part])
 
     async def finish(self) -> None:
         await self._lanes.caught_up()
-        for lane in self._lanes.lanes:  # what they stored and found stored, acknowledged so far
+        for lane in self._lanes.lanes:  # what they stored, found stored and found malformed, so far
             self._counts.found(lane.stored, lane.already)
-            lane.stored, lane.already = 0, []
+            self._counts.malformed += lane.malformed
+            lane.stored, lane.already, lane.malformed = 0, [], 0
+
+
+def _lane_line(record: EventRecord | Unparsed) -> bytes:
+    """What a lane gets of an event: its line number in the file (0: none, or checked already),
+    a space, and its JSON text."""
+    if isinstance(record, Unparsed):
+        return b"%d %b" % (record.line, record.raw)
+    return b"0 " + stored_json(record)
 
 
 async def _apply_in_batches(engine: Engine, records: list[EventRecord], tally: Tally, progress: Reporter | None,
@@ -177,8 +206,8 @@ async def _apply_in_batches(engine: Engine, records: list[EventRecord], tally: T
             done(len(part))
 
 
-def _lanes_of(records: list[EventRecord], count: int) -> list[list[EventRecord]]:
-    lanes: list[list[EventRecord]] = [[] for _ in range(count)]
+def _lanes_of(records: list[Any], count: int) -> list[list[Any]]:
+    lanes: list[list[Any]] = [[] for _ in range(count)]
     for record in records:
         lanes[crc32_lane_of(record.customer_id, count)].append(record)
     return lanes
@@ -194,7 +223,7 @@ def lane_count(settings: Settings) -> int:
 async def import_events(
     pool: asyncpg.Pool,
     settings: Settings,
-    items: Iterable[EventRecord | Malformed],
+    items: Iterable[EventRecord | Unparsed | Malformed],
     tally: Tally,
     counts: ImportCounts,
     *,
@@ -223,10 +252,10 @@ async def import_events(
     stored before this import is applied at the end, from its stored payload, if still pending.
     """
     created: dict[str, datetime] = {}
-    chunk: list[EventRecord] = []
+    chunk: list[EventRecord | Unparsed] = []
     engine = Engine(pool, settings, registry)
     # Events read in order and not applied yet, of the newest second so far.
-    waiting: list[EventRecord] = []
+    waiting: list[EventRecord | Unparsed] = []
     # Stored events left for the end, once the file went back in time.
     left: list[tuple[datetime, str]] = []
     # The file is in chronological order so far (file order, by `created`).
@@ -236,7 +265,7 @@ async def import_events(
     appliers = contextlib.AsyncExitStack()
     applier: _Tasks | _Processes | None = None
 
-    async def apply(records: list[EventRecord], more: bool) -> None:
+    async def apply(records: list[EventRecord | Unparsed], more: bool) -> None:
         """Apply these records, in order, in lanes of customers (`more`: the file goes on)."""
         nonlocal applier
         if applier is None:
@@ -262,7 +291,8 @@ async def import_events(
             left.extend((r.created, r.id) for r in waiting if not _stored_by_its_batch(r))
             chunk.extend(r for r in waiting if _stored_by_its_batch(r))
             waiting = []
-        first = [r for r in chunk if not in_order or not _stored_by_its_batch(r)]
+        # Stored here: parsed and checked here (an Unparsed's malformed line is skipped now).
+        first = _parsed_all((r for r in chunk if not in_order or not _stored_by_its_batch(r)), counts, progress)
         new: set[str] = set()
         if first:
             async with pool.acquire() as conn:
@@ -296,9 +326,7 @@ async def import_events(
             progress.phase("store")
         for item in items:
             if isinstance(item, Malformed):
-                counts.malformed += 1
-                if progress is not None:
-                    progress.note(f"{item.where}: skipped, {item.reason}")
+                _skipped(item, counts, progress)
                 continue
             if item.id in created:
                 counts.duplicates += 1
@@ -362,9 +390,13 @@ async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.E
 
         while (line := await _next_line(parent, stop)) not in (DONE, STOP):
             if line != APPLY:
-                # Checked by the parent as it read them; stored as the parent read it.
-                text = line.removesuffix(b"\n")
-                records.append(event_from_payload(orjson.loads(text), text, checked=True))
+                # An event's line number in the file (or 0) and its text, stored as the parent read it.
+                number, _, text = line.removesuffix(b"\n").partition(b" ")
+                record = parsed_text(text, f"line {int(number)}" if number != b"0" else "an event")
+                if isinstance(record, Malformed):
+                    parent.malformed(record.where, record.reason)
+                else:
+                    records.append(record)
                 continue
             await _apply_in_batches(engine, records, tally, parent, counts, stop=stop, done=acknowledge)
             records = []

@@ -111,6 +111,10 @@ class LaneReporter:
     def failure(self, message: str) -> None:
         self._send({"failure": message})
 
+    def malformed(self, where: str, reason: str) -> None:
+        """An import's lane: one of the events sent is malformed, skipped (and done with)."""
+        self._send({"malformed": [where, reason]})
+
     def end(self, interrupted: bool) -> None:
         self._send({"end": True, "interrupted": interrupted,
                     "counts": [self._tally.applied, self._tally.skipped, self._tally.failed]})
@@ -324,12 +328,14 @@ class _Lane:
     ended: bool = False
     interrupted: bool = False
     gone: bool = False  # its follower is done: nothing more comes from it
-    # An import's lane: events sent, and acknowledged as done with; of those, how many it stored
-    # and the ids of those it found stored before (the parent takes both as it counts them).
+    # An import's lane: events sent, and acknowledged as done with; of those, how many it stored,
+    # the ids of those it found stored before, and how many it found malformed (the parent takes
+    # them as it counts them).
     sent: int = 0
     acknowledged: int = 0
     stored: int = 0
     already: list[str] = field(default_factory=list)
+    malformed: int = 0
 
     def stop(self) -> None:
         self._write(STOP)
@@ -388,6 +394,13 @@ class _Lane:
                 self.stored += message["stored"]
                 self.already += message["already"]
                 self.changed.set()
+            elif "malformed" in message:
+                self.acknowledged += 1
+                self.malformed += 1
+                self.changed.set()
+                if progress is not None:
+                    where, reason = message["malformed"]
+                    progress.note(f"{where}: skipped, {reason}")
             elif "advance" in message and progress is not None:
                 progress.advance(message["advance"])
             elif "note" in message and progress is not None:

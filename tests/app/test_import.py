@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from stripeline.processing.engine import crc32_lane_of
-from stripeline.processing.event_files import Malformed, read_events
+from stripeline.processing.event_files import Malformed, Unparsed, read_events
 from stripeline.processing.importing import APPLY_LANES, ImportCounts, import_events
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
@@ -31,12 +31,28 @@ def jsonl(*values) -> bytes:
     return b"\n".join(v if isinstance(v, bytes) else orjson.dumps(v) for v in values) + b"\n"
 
 
-async def run_import(pool, settings, data: bytes, registry=None):
-    """Import through the stand-in handlers (the tests read what they wrote)."""
+async def run_import(pool, settings, data: bytes, registry=None, routed: bool = False):
+    """Import through the stand-in handlers (the tests read what they wrote); `routed`: as the
+    command reads a file (events of a customer parsed by whoever applies them)."""
     tally, counts = Tally(), ImportCounts()
-    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=7,
+    await import_events(pool, settings, read_events(io.BytesIO(data), routed=routed), tally, counts, chunk_size=7,
                         registry=registry or doubles())
     return tally, counts
+
+
+def nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def malformed_inside(customer: str, created: int) -> list[dict]:
+    """Events of `customer` whose id, created and customer are fine and which are malformed deeper
+    in: what only a whole parse finds (an overlong reference, a value nested too deep)."""
+    overlong = {"id": customer, "object": "customer", "invoice_settings": {"default_payment_method": "pm_" + "x" * 300}}
+    deep = {"id": customer, "object": "customer", "metadata": nested(70)}
+    return [event("customer.updated", overlong, created=created), event("customer.updated", deep, created=created)]
 
 
 async def assert_applied_once_in_stripe_order(conn, payloads, tally, counts) -> None:
@@ -128,6 +144,28 @@ async def test_bad_lines_are_reported_by_number_and_skipped(pool, conn, settings
 
     assert (counts.stored, counts.duplicates, counts.malformed) == (3, 1, 3)
     assert (tally.applied, tally.failed) == (3, 0)
+    assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@x.com"
+
+
+@pytest.mark.parametrize("order", ["chronological", "newest first"])
+async def test_a_line_malformed_deep_inside_is_skipped_by_whoever_parses_it(pool, conn, settings, order):
+    customer = new_id("cus")
+    good = [
+        event("customer.updated", {"id": customer, "object": "customer", "email": f"{n}@x.com"}, created=1_700_000_000 + n)
+        for n in range(3)
+    ]
+    lines = [good[0], *malformed_inside(customer, 1_700_000_000), good[1], good[2]]
+    data = jsonl(*(lines if order == "chronological" else lines[::-1]))
+    # Read as the command reads a file, the bad lines pass for events to route: they are found
+    # out where they are parsed (here: before they are stored, or applied in this process).
+    items = list(read_events(io.BytesIO(data), routed=True))
+    assert all(isinstance(item, Unparsed) for item in items)
+
+    tally, counts = await run_import(pool, settings, data, routed=True)
+
+    assert (counts.stored, counts.duplicates, counts.malformed) == (3, 0, 2)
+    assert (tally.applied, tally.failed) == (3, 0)
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events") == 3
     assert await conn.fetchval("SELECT email FROM customers WHERE id = $1", customer) == "2@x.com"
 
 

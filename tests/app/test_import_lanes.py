@@ -33,6 +33,7 @@ from tests.app.replay_helpers import (
     stripeline_process,
     summary_lines,
 )
+from tests.app.test_import import malformed_inside
 from tests.app.test_one_model import empty
 from tests.app.test_rebuild_lanes import (
     alive,
@@ -43,7 +44,7 @@ from tests.app.test_rebuild_lanes import (
     watched_to_its_end,
 )
 from tests.app.test_replay import process_live, statuses, store
-from tests.factories import customer_object, event
+from tests.factories import customer_object, event, new_id
 
 CONNECTIONS = """
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'stripeline import'
@@ -151,6 +152,33 @@ async def test_a_file_of_one_chunk_applies_in_the_command_and_ends_the_lanes_it_
     assert await model(conn) == live
 
 
+async def test_a_line_malformed_deep_inside_is_reported_by_its_lane_and_skipped(
+    pool, conn, settings, registry, db_url, tmp_path
+):
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=45)
+    lines = path.read_bytes().splitlines()
+    # Events of a customer of their own, in their place in time: their lane parses them whole.
+    at = [len(lines) // 3, 2 * len(lines) // 3]
+    bad = [malformed_inside(new_id("cus"), orjson.loads(lines[n])["created"])[k] for k, n in enumerate(at)]
+    for k, n in enumerate(at):
+        lines.insert(n + k, orjson.dumps(bad[k]))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    numbers = [n + k + 1 for k, n in enumerate(at)]
+    how: dict[int, str] = {}
+    running = stripeline_process("import", str(path), env={"DATABASE_URL": db_url})
+    _, _, out, err = await watched_to_its_end(running, conn, how=how)
+
+    assert running.returncode == 1  # data the user meant to load was skipped
+    assert set(how.values()) == {"forked"}
+    told = err.decode()
+    assert f"import: line {numbers[0]}: skipped, event 'default_payment_method' is longer than 255 characters" in told
+    assert f"import: line {numbers[1]}: skipped, event is nested more than 64 levels deep" in told
+    [summary] = summary_lines(out)
+    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 2 malformed, ")
+    assert not await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = ANY($1::text[])", [e["id"] for e in bad])
+    assert await model(conn) == live
+
+
 async def test_a_killed_lane_stops_the_import_plainly_and_the_same_import_again_finishes_it(
     pool, conn, settings, registry, db_url, tmp_path
 ):
@@ -219,7 +247,8 @@ async def test_a_lane_whose_parent_dies_with_its_messages_unread_exits(db_url):
                             env=command_environment({"DATABASE_URL": db_url}), start_new_session=True)
     theirs.close()
     try:
-        ours.sendall(orjson.dumps(event("customer.created", customer_object())) + b"\napply\n")
+        # An event line: its line number in the file (0: none), a space, its JSON text.
+        ours.sendall(b"0 " + orjson.dumps(event("customer.created", customer_object())) + b"\napply\n")
         readable, _, _ = await asyncio.to_thread(select.select, [ours], [], [], 30)
         assert readable, "the lane never acknowledged its event"
         ours.close()  # its acknowledgement unread

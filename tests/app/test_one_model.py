@@ -256,8 +256,9 @@ async def imported(pool, settings, client, world: Scenario, rng: random.Random) 
         lines.sort(key=lambda event: event["created"])  # stable: ties stay shuffled
     data = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
     tally, counts = Tally(), ImportCounts()
-    await import_events(pool, settings, read_events(io.BytesIO(data)), tally, counts, chunk_size=50,
-                        registry=registries.product())
+    # Read as the command reads a file (events of a customer parsed where applied), or whole.
+    events = read_events(io.BytesIO(data), routed=rng.random() < 0.5)
+    await import_events(pool, settings, events, tally, counts, chunk_size=50, registry=registries.product())
     assert tally.failed == 0
     for action in world.user_data:
         await add(client, *action)
