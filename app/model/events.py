@@ -184,7 +184,9 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 def without_nul_escapes(text: bytes) -> bytes:
     """JSON text with U+FFFD in place of each \\u0000 escape: PostgreSQL text and jsonb cannot
     hold U+0000 (legal in JSON, e.g. in metadata), and a genuine event is stored rather than lost."""
-    return _NUL_ESCAPE.sub(rb"\1\\ufffd", text) if b"\\u0000" in text else text
+    # Most payloads hold no backslash at all: one memchr rules them out (a search for the
+    # two-byte escape costs ten times as much).
+    return _NUL_ESCAPE.sub(rb"\1\\ufffd", text) if b"\\" in text and b"\\u0000" in text else text
 
 
 def parse_event(body: bytes) -> EventRecord:

