@@ -18,7 +18,7 @@ from stripeline import event_loop
 from stripeline.commands.progress import refuse, run_command, run_lane
 from stripeline.handlers import registry
 from stripeline.processing.event_files import read_events
-from stripeline.processing.importing import ImportCounts, import_events, import_lane, lane_count
+from stripeline.processing.importing import ImportCounts, LaneStarts, import_events, import_lane, lane_count
 from stripeline.processing.lanes import (
     ForkedLane,
     abandon_forked,
@@ -31,9 +31,9 @@ from stripeline.processing.lanes import (
 from stripeline.processing.runs import Tally
 from stripeline.settings import Settings
 
-# A file at least this large has its lanes forked as the command starts: an import applies in
-# lanes a file of more than one chunk (1,000 events: 3.6 MB of real-sized ones, 1 MB of the
-# smallest); a smaller file that forked them anyway ends them, a few milliseconds of CPU.
+# A file at least this large (about 300 real-sized events) has its lanes forked as the command
+# starts, and applies its events in them; a file that turns out not in order ends them unused, a
+# few milliseconds of CPU. Standard input starts them as commands once it is longer than a chunk.
 FORK_LANES_BYTES = 1 << 20
 
 
@@ -59,15 +59,6 @@ def _lane_main(lane: int) -> int:
     from stripeline.commands.cli import main
 
     return main(["import", "--lane", str(lane), "-"])
-
-
-def _lane_starter(forked: list[ForkedLane]):  # noqa: ANN202
-    """import_events' `lane_process`: the forked lanes, when there are as many as it wants."""
-
-    def start(lane: int, lanes: int) -> list[str] | ForkedLane:
-        return forked[lane] if len(forked) == lanes else lane_argv(lane, lanes)
-
-    return start
 
 
 def lane_command(settings: Settings) -> int:
@@ -100,7 +91,7 @@ def import_command(args: Any, settings: Settings) -> int:
     async def work(pool, tally, progress, stop) -> None:
         try:
             await import_events(pool, settings, read_events(stream, routed=True), tally, counts, progress=progress, stop=stop,
-                                registry=registry(), lane_process=_lane_starter(forked))
+                                registry=registry(), lane_process=LaneStarts(lane_argv, forked))
         except BaseException:
             abandon_forked(forked)
             raise

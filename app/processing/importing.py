@@ -31,16 +31,34 @@ from stripeline.processing.runs import Reporter, Tally, side_by_side
 from stripeline.settings import Settings
 from stripeline.store.event_log import insert_events, stored_json
 
-STORE_CHUNK = 1000
-PROCESS_BATCH = 500
+# Events read and stored at a time; a lane's share of a chunk is applied as one batch. Batches
+# of about 1,000 (a chunk of 2,000 in two lanes) cost a fifth less of PostgreSQL's CPU per event
+# than of 500 (each customer's segments and billing refreshed once for more of its events, fewer
+# statements per event): 7,053-7,399 events/s against 6,114-6,726 (bench/import.py,
+# 2026-11-30); chunks of 3,000 and 4,000 were no faster. A lane process peaks at 66 MB.
+STORE_CHUNK = 2000
+PROCESS_BATCH = 1000
 # A file read in order has each stored chunk's events applied in this many lanes of customers
 # at once, each batch on a connection of its own (the store's is another; a command's pool
 # has 4): 5,720-5,799 events/s against 5,203-5,255 in one (bench/import.py, 2026-11-30).
 APPLY_LANES = 2
-# How the command starts the process of apply lane `lane` of `lanes` (its argv, or a process it
-# forked already), when the lanes run in processes of their own: then Python runs on more than
-# one core (the import's one thread was the bound).
-LaneProcess = Callable[[int, int], list[str] | ForkedLane]
+
+
+@dataclass
+class LaneStarts:
+    """How the command has its apply lanes run in processes of their own (then Python runs on more
+    than one core: the import's one thread was the bound): the argv of lane `lane` of `lanes`,
+    started once a file turns out longer than a chunk, or the lanes it forked as it started."""
+
+    argv: Callable[[int, int], list[str]]
+    forked: list[ForkedLane] = field(default_factory=list)
+
+    def lanes(self, count: int, more: bool) -> list[list[str]] | list[ForkedLane]:
+        """What to start `count` lanes from (none for a file of one chunk without forked lanes)."""
+        if len(self.forked) == count:
+            return self.forked
+        return [self.argv(lane, count) for lane in range(count)] if more else []
+
 IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); run the same import again: it stores and "
                      "applies the events that lane had not applied")
 
@@ -231,7 +249,7 @@ async def import_events(
     progress: Reporter | None = None,
     stop: asyncio.Event | None = None,
     registry: Registry,
-    lane_process: LaneProcess | None = None,
+    lane_process: LaneStarts | None = None,
 ) -> None:
     """Store the file's events (duplicates skipped) and process the pending ones in Stripe order.
 
@@ -242,9 +260,9 @@ async def import_events(
     rest of their second. An event of a customer is stored by the batch that applies it, already
     processed (one write of its row, not an insert and then an update); the chunk's events of no
     customer are stored first (`_stored_by_its_batch`). So memory stays flat and the reading and
-    the engine's writes overlap. With `lane_process` (the command's), a file of more than one
-    chunk has its lanes in processes of their own (`import_lane`), sent the JSON text of their
-    events. Any other file (listed newest first, as `stripe events list` prints it, or shuffled)
+    the engine's writes overlap. With `lane_process` (the command's), a file that forked its
+    lanes, or is longer than a chunk, has its lanes in processes of their own (`import_lane`),
+    sent the JSON text of their events. Any other file (listed newest first, as `stripe events list` prints it, or shuffled)
     is found out in its first chunk: it is stored whole, then processed in Stripe order, read
     back from the store. A file that goes back in time only later has its chronological
     beginning applied as it came, and the rest after it, in Stripe order: an older event then
@@ -269,9 +287,9 @@ async def import_events(
         """Apply these records, in order, in lanes of customers (`more`: the file goes on)."""
         nonlocal applier
         if applier is None:
-            lanes = lane_count(settings) if lane_process is not None and more else 0
-            if lanes:
-                commands = [lane_process(lane, lanes) for lane in range(lanes)]
+            count = lane_count(settings)
+            commands = lane_process.lanes(count, more) if lane_process is not None and count else []
+            if commands:
                 applier = _Processes(await appliers.enter_async_context(
                     LaneProcesses(commands, tally, progress, stop, unexpected_end=IMPORT_LANE_ENDED)), counts)
             else:

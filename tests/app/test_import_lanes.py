@@ -55,18 +55,20 @@ AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
-async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int, customers: int = 120):
-    """A history (of more than one chunk, with the default customers), its live model (derived
-    tables, event statuses), and the history as a chronological JSON Lines file; the database is
-    left empty for the import."""
+async def live_model_and_file(pool, conn, settings, registry, tmp_path, seed: int, customers: int = 120,
+                              newest_first: bool = False):
+    """A history (large enough for the import to fork its lanes), its live model (derived tables,
+    event statuses), and the history as a chronological JSON Lines file (or newest first); the
+    database is left empty for the import."""
     payloads = generated_history(seed=seed, customers=customers)
     records = await store(pool, payloads)
-    assert len(records) > STORE_CHUNK or customers != 120
     await process_live(pool, settings, records, registry)
     live = (await derived_state(conn), await statuses(conn))
     await empty(conn)
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in sorted(payloads, key=lambda p: (p["created"], p["id"]))))
+    ordered = sorted(payloads, key=lambda p: (p["created"], p["id"]), reverse=newest_first)
+    path.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in ordered))
+    assert path.stat().st_size >= FORK_LANES_BYTES
     return records, live, path
 
 
@@ -111,7 +113,11 @@ async def a_rerun_finishes(conn, db_url, records, path, live) -> None:
 async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_the_live_model(
     pool, conn, settings, registry, db_url, tmp_path, pool_size, given
 ):
-    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=41)
+    # Standard input starts its lanes once it turns out longer than a chunk.
+    customers = 120 if given == "file" else 240
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=41,
+                                                    customers=customers)
+    assert given == "file" or len(records) > STORE_CHUNK
     env = {"DATABASE_URL": db_url, "STRIPELINE_DB_POOL_SIZE": str(pool_size)}
     how: dict[int, str] = {}
     with path.open("rb") as stdin:
@@ -132,11 +138,13 @@ async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_t
     assert await model(conn) == live
 
 
-async def test_a_file_of_one_chunk_applies_in_the_command_and_ends_the_lanes_it_forked_quietly(
+async def test_a_file_newest_first_is_applied_from_the_store_and_ends_the_lanes_it_forked_quietly(
     pool, conn, settings, registry, db_url, tmp_path
 ):
-    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44, customers=60)
-    assert len(records) < STORE_CHUNK and path.stat().st_size >= FORK_LANES_BYTES
+    # As `stripe events list` prints them: found out in the first chunk, stored whole, then
+    # applied in Stripe order by the command itself.
+    records, live, path = await live_model_and_file(pool, conn, settings, registry, tmp_path, seed=44, customers=60,
+                                                    newest_first=True)
     how: dict[int, str] = {}
     running = stripeline_process("import", str(path), env={"DATABASE_URL": db_url})
     seen, _, out, err = await watched_to_its_end(running, conn, how=how)
@@ -148,7 +156,8 @@ async def test_a_file_of_one_chunk_applies_in_the_command_and_ends_the_lanes_it_
     assert [line for line in err.decode().splitlines() if not line.startswith("import: ")] == []
     assert b"lane_" not in out
     [summary] = summary_lines(out)
-    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, {len(records):,} applied")
+    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
+    assert ", 0 failed in " in summary
     assert await model(conn) == live
 
 
