@@ -107,7 +107,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     from stripeline.commands.import_file import import_command
 
-    return import_command(args, settings)
+    return import_command(args, settings, command=main)  # what its forked lanes run
 
 
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from stripeline import event_loop
@@ -35,6 +36,8 @@ from stripeline.settings import Settings
 # starts, and applies its events in them; a file that turns out not in order ends them unused, a
 # few milliseconds of CPU. Standard input starts them as commands once it is longer than a chunk.
 FORK_LANES_BYTES = 1 << 20
+# The command line's entry point: its arguments, its exit code.
+Command = Callable[[list[str]], int]
 
 
 def lane_argv(lane: int, lanes: int) -> list[str]:
@@ -42,23 +45,19 @@ def lane_argv(lane: int, lanes: int) -> list[str]:
     return [sys.executable, "-m", "stripeline", "import", "--lane", str(lane), "-"]
 
 
-def _forked_lanes(stream: IO[bytes], settings: Settings) -> list[ForkedLane]:
+def _forked_lanes(stream: IO[bytes], settings: Settings, command: Command) -> list[ForkedLane]:
     """The lanes of a regular file of FORK_LANES_BYTES or more, forked now (none for standard
-    input: its size is unknown, and its lanes start as commands when its second chunk comes)."""
+    input: its size is unknown, and its lanes start as commands when its second chunk comes).
+    Each runs `command` (cli.main) as `import --lane N -`: as if started anew, its errors told the
+    same way."""
     if stream is sys.stdin.buffer or not can_fork_lanes():
         return []
     status = os.fstat(stream.fileno())
     count = lane_count(settings)
     if not stat.S_ISREG(status.st_mode) or status.st_size < FORK_LANES_BYTES or not count:
         return []
-    return fork_lanes(count, _lane_main, name="import-lane", close=[stream.fileno()])
-
-
-def _lane_main(lane: int) -> int:
-    """A forked lane: the command `import --lane N -`, as if started anew (its errors told the same way)."""
-    from stripeline.commands.cli import main
-
-    return main(["import", "--lane", str(lane), "-"])
+    return fork_lanes(count, lambda lane: command(["import", "--lane", str(lane), "-"]), name="import-lane",
+                      close=[stream.fileno()])
 
 
 def lane_command(settings: Settings) -> int:
@@ -76,7 +75,8 @@ def lane_command(settings: Settings) -> int:
     return event_loop.run(lane())
 
 
-def import_command(args: Any, settings: Settings) -> int:
+def import_command(args: Any, settings: Settings, command: Command | None = None) -> int:
+    """`stripeline import`; `command`: the command line's entry point (what forked lanes run)."""
     settings.require("DATABASE_URL")
     if args.lane is not None:
         return lane_command(settings)
@@ -86,7 +86,7 @@ def import_command(args: Any, settings: Settings) -> int:
     except OSError as problem:
         return refuse("import", f"cannot read {args.file}: {problem.strerror}")
 
-    forked = _forked_lanes(stream, settings)
+    forked = _forked_lanes(stream, settings, command) if command is not None else []
 
     async def work(pool, tally, progress, stop) -> None:
         try:
