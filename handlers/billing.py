@@ -124,7 +124,11 @@ WHERE c.id = ca.id
 
 # An import's batches leave their customers' MRR and last payment for its end (sql/0018).
 MARK_UNSETTLED = "INSERT INTO billing_unsettled (customer_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
-UNSETTLED_AFTER = "SELECT customer_id FROM billing_unsettled WHERE customer_id > $1 ORDER BY customer_id LIMIT $2"
+UNSETTLED_AFTER = """
+SELECT customer_id FROM billing_unsettled
+WHERE customer_id > $1 AND abs(hashtext(customer_id)::int8) % $4 = $3
+ORDER BY customer_id LIMIT $2
+"""
 TAKE_UNSETTLED = "DELETE FROM billing_unsettled WHERE customer_id = ANY($1::text[]) RETURNING customer_id"
 COUNT_UNSETTLED = "SELECT count(*) FROM billing_unsettled"
 SETTLE_BATCH = 500
@@ -144,12 +148,14 @@ async def refresh_billing(conn: asyncpg.Connection, customer_ids: list[str], ctx
     await refresh_customers(conn, customer_ids)
 
 
-async def settle_unsettled(conn: asyncpg.Connection) -> int:
+async def settle_unsettled(conn: asyncpg.Connection, part: tuple[int, int] = (0, 1)) -> int:
     """Recompute MRR and last payment of the customers an import left for later, SETTLE_BATCH per
-    transaction, in one pass in id order; return how many. A customer that another transaction
-    holds (a batch in flight, which marks or recomputes it itself) is left for the next pass."""
+    transaction, in one pass in id order; return how many. `part`: (k, n), only the customers of
+    part k of n (by hash of the id), for n passes side by side. A customer that another
+    transaction holds (a batch in flight, which marks or recomputes it itself) is left for the
+    next pass."""
     settled, after = 0, ""
-    while ids := [row["customer_id"] for row in await conn.fetch(UNSETTLED_AFTER, after, SETTLE_BATCH)]:
+    while ids := [row["customer_id"] for row in await conn.fetch(UNSETTLED_AFTER, after, SETTLE_BATCH, *part)]:
         after = ids[-1]
         async with conn.transaction():
             idle = await segments.lock_idle_customers(conn, ids)

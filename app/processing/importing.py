@@ -59,6 +59,10 @@ class LaneStarts:
             return self.forked
         return [self.argv(lane, count) for lane in range(count)] if more else []
 
+# The import's settle (settle_billing) recomputes this many parts of its customers at once: one
+# took 0.10 s of 0.14 s for the 842 customers of a 20,000-event import, PostgreSQL's work on one
+# connection with the other core idle.
+SETTLE_PARTS = 2
 IMPORT_LANE_ENDED = ("import lane {number} ended unexpectedly ({how}); run the same import again: it stores and "
                      "applies the events that lane had not applied")
 
@@ -365,28 +369,48 @@ async def import_events(
             await store(more=False)
         if waiting:
             await apply(waiting, more=False)
-        if applier is not None:
-            await applier.finish()
+        # The file read in order: the model's tables are about as full as they will be, and
+        # their statistics are taken while the lanes apply the last chunk, not after.
+        analyzing = asyncio.create_task(_analyze(pool)) if in_order and applier is not None else None
+        try:
+            if applier is not None:
+                await applier.finish()
+        finally:
+            if analyzing is not None:
+                await analyzing
     left.extend((created[event_id], event_id) for event_id in counts.already)
     if left:
         await process_in_order(pool, settings, left, tally, progress=progress, stop=stop, registry=registry,
                                policy=IMPORT)
-    await settle_billing(pool, progress)
+    await settle_billing(pool, progress, analyzed=analyzing is not None and not left)
 
 
-async def settle_billing(pool: asyncpg.Pool, progress: Reporter | None) -> None:
+async def _analyze(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(ANALYZE_DERIVED)
+
+
+async def settle_billing(pool: asyncpg.Pool, progress: Reporter | None, *, analyzed: bool = False) -> None:
     """MRR and last payment of every customer the import's batches left unsettled (and of any
-    an earlier import left), each recomputed once, with the statistics of the tables the import
-    filled: without them (autovacuum analyzes a minute or so later) PostgreSQL planned the
+    an earlier import left), each recomputed once, in SETTLE_PARTS of the customers at once (a
+    connection each), with the statistics of the tables the import filled (`analyzed`: taken
+    already): without them (autovacuum analyzes a minute or so later) PostgreSQL planned the
     recompute for tables as empty as they were before, at 300 microseconds a customer instead of
     90 (20,000 events into an empty database)."""
     async with pool.acquire() as conn:
         unsettled = await conn.fetchval(billing.COUNT_UNSETTLED)
         if progress is not None:
             progress.phase("settle", total=unsettled)
-        if unsettled:
+        if not unsettled:
+            return
+        if not analyzed:
             await conn.execute(ANALYZE_DERIVED)
-        settled = await billing.settle_unsettled(conn)
+
+    async def settle(part: int) -> int:
+        async with pool.acquire() as conn:
+            return await billing.settle_unsettled(conn, part=(part, SETTLE_PARTS))
+
+    settled = sum(await asyncio.gather(*(settle(part) for part in range(SETTLE_PARTS))))
     if progress is not None:
         progress.advance(settled)
 
