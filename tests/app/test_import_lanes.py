@@ -76,6 +76,14 @@ async def model(conn):
     return await derived_state(conn), await statuses(conn)
 
 
+async def assert_imported_whole(out: bytes, records, conn, live) -> None:
+    """The import's summary counts every event stored, none malformed or failed, and the model is the live one."""
+    [summary] = summary_lines(out)
+    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
+    assert ", 0 failed in " in summary
+    assert await model(conn) == live
+
+
 async def import_held_in_lane_1(pool, conn, db_url, records, path, new_group: bool = False):
     """The installed import of `path` once its lane processes run and lane 1 waits, inside its
     first batch, for customers the test holds (all of lane 1's): (process, {lane: pid}, release)."""
@@ -132,10 +140,7 @@ async def test_the_installed_import_applies_its_lanes_in_processes_and_reaches_t
     assert set(how.values()) == {"forked" if given == "file" else "command"}
     assert not any(alive(pid) for pid in seen.values())
     assert peak <= pool_size  # the command's connections, with its lanes' ones
-    [summary] = summary_lines(out)
-    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
-    assert ", 0 failed in " in summary
-    assert await model(conn) == live
+    await assert_imported_whole(out, records, conn, live)
 
 
 async def test_a_file_newest_first_is_applied_from_the_store_and_ends_the_lanes_it_forked_quietly(
@@ -155,10 +160,7 @@ async def test_a_file_newest_first_is_applied_from_the_store_and_ends_the_lanes_
     # Nothing said by lanes that had nothing to do: the command's progress alone, no warning.
     assert [line for line in err.decode().splitlines() if not line.startswith("import: ")] == []
     assert b"lane_" not in out
-    [summary] = summary_lines(out)
-    assert summary.startswith(f"import: {len(records):,} stored, 0 duplicates, 0 malformed, ")
-    assert ", 0 failed in " in summary
-    assert await model(conn) == live
+    await assert_imported_whole(out, records, conn, live)
 
 
 async def test_a_line_malformed_deep_inside_is_reported_by_its_lane_and_skipped(
