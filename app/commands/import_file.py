@@ -90,8 +90,8 @@ def import_command(args: Any, settings: Settings, command: Command | None = None
 
     async def work(pool, tally, progress, stop) -> None:
         try:
-            await import_events(pool, settings, read_events(stream, routed=True), tally, counts, progress=progress, stop=stop,
-                                registry=registry(), lane_process=LaneStarts(lane_argv, forked))
+            await import_events(pool, settings, read_events(stream, routed=True), tally, counts, progress=progress,
+                                stop=stop, registry=registry(), lane_process=LaneStarts(lane_argv, forked))
         except BaseException:
             abandon_forked(forked)
             raise
