@@ -212,8 +212,15 @@ async def serve_parent(tally: Tally, stop: asyncio.Event, schema: str,
 
 
 def can_fork_lanes() -> bool:
-    """Whether this platform lets us fork lanes and wait for them on the event loop (Linux)."""
-    return hasattr(os, "fork") and hasattr(os, "pidfd_open")
+    """Whether this platform lets us fork lanes and wait for them on the event loop: Linux 5.3 or
+    later (pidfd_open; an older kernel has the call refused, and its lanes start as commands)."""
+    if not hasattr(os, "fork") or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(eq=False)
