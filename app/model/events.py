@@ -76,10 +76,20 @@ def customer_of(obj: dict[str, Any]) -> str | None:
     return _reference(obj.get("customer"))
 
 
+def is_stripe_id(value: Any) -> bool:
+    """A non-empty string no longer than any Stripe id."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def is_timestamp(value: Any) -> bool:
+    """A Unix timestamp as Stripe's `created` is: an integer (not a boolean) in range."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**34
+
+
 def _text(value: Any, name: str, required: bool = True) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+    if not is_stripe_id(value):
         raise InvalidEvent(f"event {name} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
     return value
 
@@ -155,7 +165,7 @@ def event_from_payload(payload: Any, raw: bytes | None = None, *, checked: bool 
     if payload.get("object", "event") != "event":
         raise InvalidEvent("body is not a Stripe event (object is not 'event')")
     created = payload.get("created")
-    if isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2**34:
+    if not is_timestamp(created):
         raise InvalidEvent("event created must be a Unix timestamp")
     data = payload.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):

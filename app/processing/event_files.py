@@ -18,7 +18,15 @@ from typing import Any, BinaryIO
 import msgspec
 import orjson
 
-from stripeline.model.events import MAX_ID_LENGTH, EventRecord, InvalidEvent, event_from_payload, without_nul_escapes
+from stripeline.model.events import (
+    EventRecord,
+    InvalidEvent,
+    customer_of,
+    event_from_payload,
+    is_stripe_id,
+    is_timestamp,
+    without_nul_escapes,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,10 @@ class _RoutedObject(msgspec.Struct):
     object: Any = None
     customer: Any = None
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """As a dict's: `customer_of` reads it as it reads a whole object."""
+        return getattr(self, key, default)
+
 
 class _RoutedData(msgspec.Struct):
     object: _RoutedObject
@@ -70,10 +82,6 @@ class _Routed(msgspec.Struct):
 _routing = msgspec.json.Decoder(_Routed)
 
 
-def _identifier(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
-
-
 def _unparsed(text: bytes, number: int) -> Unparsed | None:
     """The line's event as an Unparsed, when it is an event of a customer whose id, created and
     customer are valid; None for anything else (parsed whole, as before)."""
@@ -81,16 +89,12 @@ def _unparsed(text: bytes, number: int) -> Unparsed | None:
         event = _routing.decode(text)
     except msgspec.DecodeError:
         return None
-    created = event.created
-    if event.data is None or not _identifier(event.id) or type(created) is not int or not 0 <= created < 2**34:
+    if event.data is None or not is_stripe_id(event.id) or not is_timestamp(event.created):
         return None
-    obj = event.data.object
-    customer = obj.id if obj.object == "customer" else obj.customer
-    if type(customer) is dict:
-        customer = customer.get("id")
-    if not _identifier(customer):
+    customer = customer_of(event.data.object)
+    if not is_stripe_id(customer):
         return None
-    return Unparsed(event.id, datetime.fromtimestamp(created, timezone.utc), customer, text, number)
+    return Unparsed(event.id, datetime.fromtimestamp(event.created, timezone.utc), customer, text, number)
 
 
 def parsed(item: EventRecord | Unparsed) -> EventRecord | Malformed:

@@ -436,9 +436,9 @@ async def import_lane(pool: asyncpg.Pool, settings: Settings, *, stop: asyncio.E
             if line != APPLY:
                 # An event's line number in the file (or 0) and its text, stored as the parent read it.
                 number, _, text = line.removesuffix(b"\n").partition(b" ")
-                record = parsed_text(text, f"line {int(number)}" if number != b"0" else "an event")
+                record = parsed_text(text, "")  # where it is, said only if it is malformed
                 if isinstance(record, Malformed):
-                    parent.malformed(record.where, record.reason)
+                    parent.malformed(f"line {int(number)}" if number != b"0" else "an event", record.reason)
                 else:
                     records.append(record)
                 continue
