@@ -61,6 +61,9 @@ class Worker(ArqWorker):
         self.stop_reason: str | None = None
         self.handed_back = 0
         self._stopping = asyncio.Event()
+        # Set by a job that leaves more work due (`poll_soon`), or by a signal: the pause
+        # between polls ends early.
+        self._wake = asyncio.Event()
         self._backoff = Backoff()
         # Jobs that met a Redis outage: their in-progress keys may outlive them (and block the
         # job for job_timeout + 10 s), so they are deleted once Redis answers.
@@ -75,6 +78,7 @@ class Worker(ArqWorker):
         if self._pool is None:
             self._pool = queue.redis_pool(self.ctx["settings"].redis_url)
         self.ctx["redis"] = self.pool
+        self.ctx["poll_soon"] = self.poll_soon
         if self.on_startup:
             await self.on_startup(self.ctx)
         pool = self.ctx.get("pool")
@@ -88,7 +92,12 @@ class Worker(ArqWorker):
             await self._poll_iteration()
             if self.burst and await self._burst_done():
                 return
-            await self._pause(self.poll_delay_s)
+            await self._pause(self.poll_delay_s, wakeable=True)
+
+    def poll_soon(self) -> None:
+        """Poll again without waiting out poll_delay: a job left work due (a full batch had more
+        events behind it), and the worker should not idle while it is behind."""
+        self._wake.set()
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
@@ -96,11 +105,14 @@ class Worker(ArqWorker):
             return True
         return False
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, wakeable: bool = False) -> None:
+        """Wait `seconds`, or less when stopped (or, if `wakeable`, when `poll_soon` is called)."""
+        wake = self._wake if wakeable else self._stopping
         try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            await asyncio.wait_for(wake.wait(), seconds)
         except asyncio.TimeoutError:
             pass
+        self._wake.clear()
 
     async def _poll_iteration(self) -> None:
         try:
@@ -172,6 +184,7 @@ class Worker(ArqWorker):
             log.info("worker_stopping", signal=self.stop_reason, jobs_in_hand=sum(not t.done() for t in self.tasks.values()))
         self.allow_pick_jobs = False
         self._stopping.set()
+        self._wake.set()
 
     async def close(self) -> None:
         held = [task for task in self.tasks.values() if not task.done()]

@@ -385,6 +385,31 @@ async def status_is(conn, event_id: str, status: str) -> bool:
     return await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id) == status
 
 
+async def test_a_worker_that_is_behind_takes_its_next_batch_without_waiting_for_the_next_poll(
+    conn, pool, settings, redis, monkeypatch
+):
+    """Live batches gather events between polls; a full batch, though, means more are due, and
+    the worker goes on at once rather than idling out poll_delay (here far longer than the test)."""
+    monkeypatch.setattr(worker_module, "FILL_BATCH_UP_TO", 3)
+    payloads = [ping_event() for _ in range(8)]
+    await insert_events(conn, [parse_event(signed(p, WEBHOOK_SECRET)[0]) for p in payloads])
+    # One job names one event; its batch fills up with two more, and so on.
+    await enqueue_events(redis, settings.queue_name, [payloads[0]["id"]])
+    worker = own_worker(settings, pool, poll_delay=600)
+    working = asyncio.create_task(worker_module.run_worker_until_stopped(worker))
+    try:
+        await wait_for(lambda: all_done(conn, [p["id"] for p in payloads]))
+    finally:
+        worker.handle_sig(signal.SIGTERM)
+        await working
+    assert worker.jobs_complete == 3  # 3 + 3 + 2 events, each batch its own poll
+
+
+async def all_done(conn, event_ids: list[str]) -> bool:
+    rows = await conn.fetch("SELECT status FROM stripe_events WHERE id = ANY($1::text[])", event_ids)
+    return len(rows) == len(event_ids) and all(row["status"] != "pending" for row in rows)
+
+
 async def test_a_workers_batches_take_turns(client, conn, pool, settings):
     # Two batches of one worker at once mostly waited on each other's locks; the second job's
     # batch starts only once the first one's has ended, and then takes the events left.
