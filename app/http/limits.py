@@ -1,9 +1,14 @@
-"""uvicorn's httptools protocol with a limit on the request head (request line and headers).
+"""uvicorn's httptools protocol with a limit on the request head (request line and headers),
+whose answers leave in one write each.
 
 httptools buffers a header of any length until it ends (a 20 MB header was accepted), and
 uvicorn has no option for it (h11_max_incomplete_event_size covers h11 only). Here a request
 whose head is not complete after MAX_HEAD_BYTES is answered 431 and its connection closed.
 Stripe's webhook heads are about 1 KB.
+
+uvicorn writes an answer's head and its body separately, and each write is a system call
+that wakes the client: here what one turn of the event loop writes to a connection goes out
+together (`CoalescingTransport`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,49 @@ TOO_LARGE_RESPONSE = (
 )
 
 
+# Writes held for the end of the turn at most this many bytes; more go out at once, so that a
+# large answer meets the transport's flow control as it did.
+COALESCE_BYTES = 64 * 1024
+
+
+class CoalescingTransport:
+    """A connection's transport whose writes within one turn of the event loop are sent in one."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > COALESCE_BYTES:
+            self._flush()
+
+    def writelines(self, lines) -> None:  # noqa: ANN001 - any iterable of bytes, as asyncio's
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._held_bytes
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """Counts the bytes received while a request head is incomplete; 431 past the limit.
 
@@ -33,7 +81,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_bytes = 0
         self._in_head = True
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0

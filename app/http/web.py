@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import orjson
@@ -141,6 +141,30 @@ class ASGIEndpoint:
         await self.endpoint(scope, receive, send)
 
 
+WEBHOOK_PATH = "/webhooks/stripe"
+
+
+class Stripeline(Starlette):
+    """Starlette, except that a webhook goes straight to its endpoint.
+
+    Every webhook otherwise passed through five layers before `receive_webhook` (Starlette's
+    error and exception middleware, ours, the router, the route), each wrapping `send` once
+    more. It keeps the one that matters to it: ErrorAnswers, which turns an unexpected failure
+    into a JSON answer (NoStore applies under /api/ only). Anything else, a webhook sent with
+    another method included, takes the whole stack.
+    """
+
+    def __init__(self, *args, report_outage: Callable[[Exception], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._webhook = ErrorAnswers(receive_webhook, report_outage=report_outage)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
+            scope["app"] = self
+            return await self._webhook(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=None) -> Starlette:
     """The ASGI app. Tests pass their own pool and Redis; otherwise the lifespan opens them."""
 
@@ -179,10 +203,10 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
     def report_outage(problem: Exception) -> None:
         state.dependencies[dependency_of(problem)].failed(problem)
 
-    app = Starlette(
+    app = Stripeline(
         routes=[
             # A class instance, so Starlette calls it as a plain ASGI app (see receive_webhook).
-            Route("/webhooks/stripe", ASGIEndpoint(receive_webhook), methods=["POST"]),
+            Route(WEBHOOK_PATH, ASGIEndpoint(receive_webhook), methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
@@ -191,6 +215,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis=No
         ],
         middleware=[Middleware(NoStore), Middleware(ErrorAnswers, report_outage=report_outage)],
         lifespan=lifespan,
+        report_outage=report_outage,
     )
     app.state = state
     app.state.settings = settings

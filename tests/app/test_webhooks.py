@@ -283,3 +283,25 @@ async def test_ingest_recovers_when_postgres_drops_its_connections(client, conn,
 
 async def test_only_post_is_accepted(client):
     assert (await client.get(URL)).status_code == 405
+
+
+async def test_an_unexpected_failure_while_storing_is_a_json_500_and_the_next_webhook_is_stored(
+    app, client, conn, monkeypatch
+):
+    """Webhooks skip Starlette's middleware (app.http.web.Stripeline) but keep our error answers."""
+    ingestor = app.state.ingestor
+    real_submit = ingestor.submit
+
+    async def broken(event):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ingestor, "submit", broken)
+    body, headers = signed(ping_event(), WEBHOOK_SECRET)
+    answer = await client.post(URL, content=body, headers=headers)
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error; the server log has the details"}
+    monkeypatch.setattr(ingestor, "submit", real_submit)
+    payload = ping_event()
+    body, headers = signed(payload, WEBHOOK_SECRET)
+    assert (await client.post(URL, content=body, headers=headers)).status_code == 200
+    assert await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", payload["id"]) == 1
