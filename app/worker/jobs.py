@@ -202,12 +202,13 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "max_jobs": 8,
         # arq starts new jobs only when it polls. Each poll's job takes every event due by then
         # (up to FILL_BATCH_UP_TO), and a batch costs about the same few milliseconds of
-        # statements, commit and Redis whatever its size: polling every 0.1 s rather than 0.02
-        # makes the live batches four times larger (250 events at 2,500/s, against 60) and cut
-        # the worker's CPU per event by a third and its PostgreSQL's by a third
-        # (bench/pipeline.py), for 50 ms more lag on average. A worker that is behind does not
-        # wait: a full batch calls `poll_soon` (app/worker/arq_worker.py).
-        "poll_delay": 0.1,
+        # statements, commit and Redis whatever its size. Polling every 0.02 s made live batches
+        # of 50-60 events at 2,000-2,500 events/s; every 0.1 s, 225-310; every 0.2 s, 445, and
+        # the worker's CPU per event fell from 0.13-0.22 ms to 0.07-0.08 and its PostgreSQL's
+        # from 0.17-0.24 to 0.09-0.10 (bench/pipeline.py, alternated), for 0.1 s more lag on
+        # average. A worker that is behind does not wait: a full batch calls `poll_soon`
+        # (app/worker/arq_worker.py).
+        "poll_delay": 0.2,
         "keep_result": 0,
         "job_timeout": 300,
         # Retries of failed events are ours (attempts and backoff live on the event row); arq
