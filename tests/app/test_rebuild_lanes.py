@@ -29,14 +29,14 @@ def lane_processes(parent: int, how: dict[int, str] | None = None) -> dict[int, 
     "command" (`--lane N` in its argv) or "forked" (named import-lane-N, app/processing/lanes.py)."""
     try:
         children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going (ESRCH while it exits)
         return {}
     lanes = {}
     for child in children:
         try:
             argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
             name = Path(f"/proc/{child}/comm").read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # a lane that ended between the two reads
             continue
         if "--lane" in argv:
             lane, started = int(argv[argv.index("--lane") + 1]), "command"
