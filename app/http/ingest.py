@@ -1,11 +1,13 @@
 """Group commit for webhooks: many concurrent requests share one INSERT and one enqueue.
 
 Each request hands its verified event to the Ingestor and waits. A flusher takes whatever
-has gathered (up to MAX_BATCH), stores it in one statement, enqueues one arq job for the new
-events (or lets them join the queued job no worker has claimed yet: app/store/queue.py), and
-only then releases the waiting requests. Under load, batches grow by themselves;
-alone, a request waits for nothing but its own round trip. An event is acknowledged only after
-its row is committed.
+has gathered (up to MAX_BATCH) and stores it in one statement; the enqueuer takes every batch
+stored since its last turn and enqueues one arq job for their new events (or lets them join
+the queued job no worker has claimed yet: app/store/queue.py), and only then releases their
+waiting requests. The two run side by side: while Redis answers for one batch, the next is
+being stored. Under load, batches grow by themselves; alone, a request waits for nothing but
+its own round trips. An event is acknowledged only after its row is committed and the enqueue
+was tried; a duplicate or a refused event is answered as soon as its batch is stored.
 
 Faults: an event whose values PostgreSQL refuses is refused alone (400) and the rest of its
 batch is stored. A connection that died under the flusher (a terminated backend, a restart) is
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -31,11 +33,13 @@ from stripeline.store import event_log, queue
 
 MAX_BATCH = 256
 # Flushers at work at once. Each statement and commit costs PostgreSQL about 0.2 ms whatever its
-# size, and the web a round trip: with four, 16 connections made batches of 3.9 events; with
-# two, 5.1, and PostgreSQL's CPU per stored event was 0.098-0.119 ms against 0.132-0.168
-# (bench/pipeline.py, alternated). One made batches of 7.3 for no clear further gain, and every
-# webhook would wait behind its probe of a frozen Redis (ENQUEUE_WAIT_SECONDS).
-FLUSHERS = 2
+# size, so fewer, larger INSERTs are cheaper. With the enqueue out of the flusher's loop (the
+# enqueuer answers for Redis meanwhile), one flusher stored 5.5-5.8 events per INSERT at 16
+# connections and the whole pipeline used 0.411-0.419 ms of CPU per event, 3,527-3,538 events/s
+# end to end; two flushers 3.9-4.0 per INSERT, 0.448-0.467 ms, 3,179-3,328/s; before the
+# enqueuer (two flushers, each waiting for Redis) 5.0-5.1, 0.448-0.457 ms, 3,172-3,279/s
+# (bench/pipeline.py, alternated, 2026-11-30 17:07-17:12 UTC).
+FLUSHERS = 1
 
 
 class StoreUnavailable(Exception):
@@ -54,6 +58,14 @@ SUMMARY_EVERY_SECONDS = 10.0
 class _Pending:
     event: events.EventRecord
     future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Stored:
+    """A stored batch waiting for the enqueuer: its new events' ids, in order, and who waits on them."""
+
+    new_ids: list[str]
+    waiting: list[_Pending] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -91,6 +103,7 @@ class Ingestor:
         self._redis_backoff = Backoff(first=0.5)
         self._next_redis_probe = 0.0
         self._waiting: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._stored: asyncio.Queue[_Stored] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._tally = _Tally(since=time.monotonic())
 
@@ -98,6 +111,7 @@ class Ingestor:
         # Each flusher holds a connection for good: leave two for /readyz and the API.
         flushers = max(1, min(FLUSHERS, self._pool.get_max_size() - 2))
         self._tasks = [asyncio.create_task(self._run(_Flusher())) for _ in range(flushers)]
+        self._tasks.append(asyncio.create_task(self._run_enqueuer()))
         self._tasks.append(asyncio.create_task(self._report()))
 
     async def stop(self) -> None:
@@ -150,15 +164,14 @@ class Ingestor:
                 log.warning("ingest_connection_not_released", error=type(error).__name__)
 
     async def _flush(self, flusher: _Flusher, batch: list[_Pending]) -> None:
+        """Store a batch, answer its duplicates and refused events, and hand the rest to the enqueuer."""
         started = time.perf_counter()
         # A repeat inside one batch is a duplicate of its first occurrence.
         first: dict[str, events.EventRecord] = {}
         for item in batch:
             first.setdefault(item.event.id, item.event)
         new_ids, refused = await self._store_once_more_if_lost(flusher, list(first.values()))
-        stored_at = time.perf_counter()
-        new_in_order = [event_id for event_id in first if event_id in new_ids]
-        enqueued = await self._enqueue(new_in_order)
+        stored = _Stored([event_id for event_id in first if event_id in new_ids])
         answered = set()
         for item in batch:
             event_id = item.event.id
@@ -166,25 +179,57 @@ class Ingestor:
                 continue
             if event_id in refused:
                 item.future.set_exception(events.InvalidEvent(refused[event_id]))
-                continue
-            item.future.set_result(event_id not in new_ids or event_id in answered)
-            answered.add(event_id)
+            elif event_id in new_ids and event_id not in answered:
+                stored.waiting.append(item)
+                answered.add(event_id)
+            else:
+                item.future.set_result(True)
         if self._metrics is not None:
-            self._metrics.observe_ingest(len(batch) - len(refused), len(new_in_order))
+            self._metrics.observe_ingest(len(batch) - len(refused), len(stored.new_ids))
         log.debug(
             "events_stored",
             count=len(batch),
-            new=len(new_in_order),
-            enqueued=enqueued,
-            store_ms=round((stored_at - started) * 1000, 2),
-            total_ms=round((time.perf_counter() - started) * 1000, 2),
+            new=len(stored.new_ids),
+            store_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         tally = self._tally
         tally.batches += 1
         tally.events += len(batch)
-        tally.new += len(new_in_order)
-        tally.not_enqueued += 0 if enqueued else len(new_in_order)
+        tally.new += len(stored.new_ids)
         self._summarise()
+        if stored.waiting:
+            self._stored.put_nowait(stored)
+
+    async def _run_enqueuer(self) -> None:
+        """Enqueue what the flushers stored, every batch stored meanwhile in one call, then answer."""
+        taken: list[_Stored] = []
+        try:
+            while True:
+                taken = [await self._stored.get()]
+                while not self._stored.empty():
+                    taken.append(self._stored.get_nowait())
+                event_ids = [event_id for stored in taken for event_id in stored.new_ids]
+                try:
+                    enqueued = await self._enqueue(event_ids)
+                except Exception:  # noqa: BLE001 - the events are stored: answered whatever happens here
+                    log.error("events_not_enqueued", count=len(event_ids), exc_info=True)
+                    enqueued = False
+                if not enqueued:
+                    self._tally.not_enqueued += len(event_ids)
+                self._answer_stored(taken)
+                taken = []
+        finally:
+            # Stopping: what is stored is acknowledged (the sweeper enqueues what was not).
+            while not self._stored.empty():
+                taken.append(self._stored.get_nowait())
+            self._answer_stored(taken)
+
+    @staticmethod
+    def _answer_stored(taken: list[_Stored]) -> None:
+        for stored in taken:
+            for item in stored.waiting:
+                if not item.future.done():
+                    item.future.set_result(False)
 
     async def _store_once_more_if_lost(
         self, flusher: _Flusher, records: list[events.EventRecord]

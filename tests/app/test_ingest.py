@@ -141,3 +141,35 @@ async def test_summary_line_is_written_on_a_timer_not_at_the_next_webhook(settin
             await asyncio.sleep(1.0)
             summaries = lines(logs, "webhooks_ingested")  # while the app still runs
     assert sum(line["events"] for line in summaries) == 3
+
+
+async def test_while_redis_is_frozen_new_events_are_still_stored_and_repeats_answered_at_once(pool, conn, frozen_redis):
+    # The enqueue of the first event waits ENQUEUE_WAIT_SECONDS for a Redis that does not answer;
+    # the flusher does not wait with it: the next event is committed, and a repeat of an event
+    # stored earlier is answered, before the first is acknowledged.
+    earlier = parse_event(signed(ping_event(), WEBHOOK_SECRET)[0])
+    first, second = (parse_event(signed(ping_event(), WEBHOOK_SECRET)[0]) for _ in range(2))
+    frozen = redis_pool(frozen_redis.url)
+    ingestor = Ingestor(pool, frozen, "stripeline:test-frozen")
+    await ingestor.start()
+    try:
+        await conn.execute(
+            "INSERT INTO stripe_events (id, type, created, payload) VALUES ($1, 'ping', now(), '{}')", earlier.id
+        )
+        waiting = asyncio.create_task(ingestor.submit(first))
+        await asyncio.sleep(0.05)
+        second_answer = asyncio.create_task(ingestor.submit(second))
+        assert await asyncio.wait_for(ingestor.submit(earlier), ingest.ENQUEUE_WAIT_SECONDS / 2) is True
+        for _ in range(20):
+            if await conn.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", second.id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the second event was not stored while the first waited for Redis")
+        assert not waiting.done()
+        assert await waiting is False and await second_answer is False
+    finally:
+        await ingestor.stop()
+        await frozen.aclose()
+    statuses = dict(await conn.fetch("SELECT id, status FROM stripe_events"))
+    assert statuses == {earlier.id: "pending", first.id: "pending", second.id: "pending"}
