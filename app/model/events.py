@@ -49,6 +49,9 @@ class EventRecord:
     payload: dict[str, Any]
     # The JSON text `payload` was parsed from, when we have it: stored as is, not re-encoded.
     raw: bytes | None = field(default=None, repr=False, compare=False)
+    # When we stored it, for a record the batch engine's claim read (the worker's metrics time
+    # events by it); None for one parsed, read from a file or read by another query.
+    received_at: datetime | None = field(default=None, compare=False)
 
     @property
     def object(self) -> dict[str, Any]:
@@ -226,4 +229,5 @@ def record_from_row(row: Mapping[str, Any]) -> EventRecord:
         object_id=row["object_id"],
         customer_id=row["customer_id"],
         payload=row["payload"],
+        received_at=row.get("received_at"),
     )

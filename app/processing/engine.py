@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import asyncpg
 
@@ -108,6 +109,16 @@ class Batch:
         )
 
 
+class Finished(NamedTuple):
+    """What a batch knew of an event it finished: enough for the worker's metrics to count and
+    time it without reading its row again."""
+
+    type: str
+    created: datetime | None = None  # None for a failure
+    received_at: datetime | None = None  # None when the claim did not read the row (records in hand)
+    processed_at: datetime | None = None  # as stored; None for a failure, or when not recorded (replay)
+
+
 @dataclass
 class Outcome:
     processed: list[str] = field(default_factory=list)
@@ -122,6 +133,8 @@ class Outcome:
     # Of the batch's unstored events: how many it stored, and those found stored already.
     stored: int = 0
     already: list[str] = field(default_factory=list)
+    # By event id, for every event in the lists above.
+    finished: dict[str, Finished] = field(default_factory=dict)
 
     @property
     def claimed(self) -> int:
@@ -137,10 +150,15 @@ class Outcome:
         self.joined += other.joined
         self.stored += other.stored
         self.already += other.already
+        self.finished |= other.finished
 
+
+# What a claim reads of each event: its record, and when it arrived (for the worker's metrics; a
+# column of the rows read anyway).
+CLAIMED_COLUMNS = f"{EVENT_COLUMNS}, received_at"
 
 LOCK_EVENTS = f"""
-SELECT {EVENT_COLUMNS} FROM stripe_events
+SELECT {CLAIMED_COLUMNS} FROM stripe_events
 WHERE id = ANY($1::text[]) AND status = 'pending'
 ORDER BY created, id
 FOR UPDATE SKIP LOCKED
@@ -160,11 +178,11 @@ FOR UPDATE SKIP LOCKED
 # of events costs little more than one over a handful. Their own jobs then find them done.
 LOCK_EVENTS_FILLING_UP = f"""
 WITH named AS (
-    SELECT {EVENT_COLUMNS} FROM stripe_events
+    SELECT {CLAIMED_COLUMNS} FROM stripe_events
     WHERE id = ANY($1::text[]) AND status = 'pending'
     FOR UPDATE SKIP LOCKED
 ), more AS (
-    SELECT {EVENT_COLUMNS} FROM stripe_events
+    SELECT {CLAIMED_COLUMNS} FROM stripe_events
     WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
       AND NOT (id = ANY($1::text[]))
     ORDER BY received_at
@@ -182,12 +200,16 @@ FROM (SELECT DISTINCT unnest($1::text[]) AS customer_id ORDER BY 1) AS sorted
 """
 
 # Live: the claimed (pending) events are done; so are those a batch stored itself, of which
-# only the ignored ones change (they were stored as processed).
+# only the ignored ones change (they were stored as processed). Answers the processed_at it
+# stored (now(): the transaction's start), in the same round trip.
 MARK_DONE = """
-UPDATE stripe_events AS e
-SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
-FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
-WHERE e.id = outcome.id
+WITH done AS (
+    UPDATE stripe_events AS e
+    SET status = outcome.status, processed_at = now(), last_error = NULL, next_attempt_at = NULL
+    FROM unnest($1::text[], $2::text[]) AS outcome(id, status)
+    WHERE e.id = outcome.id
+)
+SELECT now()
 """
 
 # Replay: only finished events change, and only when the outcome differs (a plain replay writes
@@ -207,7 +229,7 @@ SET attempts = attempts + 1,
     next_attempt_at = CASE WHEN attempts + 1 >= $3 THEN NULL
                            ELSE now() + make_interval(secs => $4 * power(2, attempts)) END
 WHERE id = $1 AND status = 'pending'
-RETURNING attempts, status
+RETURNING attempts, status, type
 """
 
 MARK_FAILED = """
@@ -317,10 +339,15 @@ class Engine:
             )
             ignored = set(await apply_events(conn, records, ctx))
             statuses = ["ignored" if r.id in ignored else "processed" for r in records]
+            # The worker's metrics time events by the processed_at stored rather than the worker's
+            # clock: PostgreSQL's clock set their received_at too, and another host's may be off by
+            # more than the smallest bucket. None when MARK_DONE does not run (replay; an import's
+            # events the batch stored processed itself).
+            processed_at = None
             if policy.live:
                 done = [(r.id, s) for r, s in zip(records, statuses) if r.id not in stored or s != "processed"]
                 if done:
-                    await conn.execute(MARK_DONE, [d[0] for d in done], [d[1] for d in done])
+                    processed_at = await conn.fetchval(MARK_DONE, [d[0] for d in done], [d[1] for d in done])
             else:
                 changed = [(r.id, s) for r, s, was in zip(records, statuses, batch.statuses or statuses)
                            if was in ("processed", "ignored", "failed") and was != s]
@@ -331,6 +358,7 @@ class Engine:
         outcome = Outcome(joined=joined, stored=len(stored), already=sorted(batch.unstored - stored))
         for record, status in zip(records, statuses):
             (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
+            outcome.finished[record.id] = Finished(record.type, record.created, record.received_at, processed_at)
             log.debug("event_processed", event_id=record.id, event_type=record.type, status=status)
         return outcome
 
@@ -391,9 +419,12 @@ class Engine:
                     outcome.failed.append(event_id)
                 else:
                     outcome.retry.append((event_id, self.settings.retry_base_seconds * 2 ** (row["attempts"] - 1)))
+                outcome.finished[event_id] = Finished(row["type"])
             else:
                 await conn.execute(MARK_FAILED, event_id, described)
                 outcome.failed.append(event_id)
+                if batch.records:  # a replay's, always: it reads its events before applying them
+                    outcome.finished[event_id] = Finished(batch.records[0].type)
             if batch.on_commit is not None and batch.records:
                 await batch.on_commit(conn, batch.records)
         return outcome

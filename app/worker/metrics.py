@@ -4,15 +4,17 @@ A worker dyno has no port Prometheus could scrape on Heroku or as a Render backg
 so each worker process writes its metrics to `worker_metrics` every PUSH_SECONDS and the web
 process renders them with a `worker` label (app/http/metrics.py). Hooked into app/worker/jobs.py by
 `instrument` (which times every job and starts the pusher) and `observe_outcome` (one line in
-the `process_events` job). The events a batch finished are looked up by the pusher, off the
-job's path: their types, Stripe `created`, `received_at` and `processed_at` give the counts
-and latencies. The pusher also folds the per-minute activity deltas (sql/0012) and prunes
-what is older than the history keeps.
+the `process_events` job). Each batch's events are counted and timed as soon as it finishes,
+from what the batch knew of them (`Outcome.finished`: type, Stripe `created`, `received_at`
+as its claim read it, `processed_at` as MARK_DONE stored it): their rows are never read again,
+and nothing waits for the pusher, which only writes the snapshot. It also folds the per-minute
+activity deltas (sql/0012) and prunes what is older than the history keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import os
@@ -27,22 +29,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 from stripeline.logging import log
 from stripeline.outages import STORE_DOWN
+from stripeline.processing.engine import Outcome
 
 PUSH_SECONDS = 10
 CTX_KEY = "worker_metrics"
 # The per-minute activity is folded and pruned on every this many pushes (about a minute).
 MAINTAIN_EVERY = 6
-# Ids of finished events waiting for the pusher; beyond this (PostgreSQL down a long while)
-# the oldest are dropped: metrics are a view, never a reason to grow without bound.
-MAX_WAITING_IDS = 100_000
 
 # Stripe `created` is whole seconds and webhooks take a moment to arrive: wider buckets there.
 RECEIVED_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 CREATED_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500)
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-FINISHED_EVENTS = "SELECT id, type, created, received_at, processed_at FROM stripe_events WHERE id = ANY($1::text[])"
 
 PUSH = """
 INSERT INTO worker_metrics (worker, started_at, pushed_at, metrics) VALUES ($1, $2, now(), $3)
@@ -116,36 +114,32 @@ class WorkerMetrics:
             registry=registry,
         )
         ProcessCollector(namespace="stripeline_worker", registry=registry)
-        self.waiting: list[tuple[str, str]] = []  # (event id, outcome) for the pusher to look up
         self.started_at = datetime.now(timezone.utc)
         self.name = worker_name()
 
-    def observe_outcome(self, outcome: Any) -> None:
+    def observe_outcome(self, outcome: Outcome) -> None:
+        """Count and time the events a batch finished."""
         finished = [
             *((event_id, "processed") for event_id in outcome.processed),
             *((event_id, "ignored") for event_id in outcome.ignored),
             *((event_id, "failed") for event_id in outcome.failed),
             *((event_id, "retrying") for event_id, _ in outcome.retry),
         ]
-        if finished:
-            self.batch_events.observe(len(finished))
-        self.waiting += finished
-        del self.waiting[:-MAX_WAITING_IDS]
-
-    async def account(self, conn: asyncpg.Connection) -> None:
-        """Count the finished events waiting to be looked up, with their latencies."""
-        waiting, self.waiting = self.waiting, []
-        if not waiting:
+        if not finished:
             return
-        rows = {row["id"]: row for row in await conn.fetch(FINISHED_EVENTS, [event_id for event_id, _ in waiting])}
-        for event_id, outcome in waiting:
-            row = rows.get(event_id)
-            if row is None:  # deleted meanwhile (a customer purged in `delete` mode)
+        self.batch_events.observe(len(finished))
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        for event_id, status in finished:
+            event = outcome.finished.get(event_id)
+            if event is None:  # every event has one; but were one missing, a metric must not fail the job
                 continue
-            self.events.labels(row["type"], outcome).inc()
-            if outcome in ("processed", "ignored") and row["processed_at"] is not None:
-                self.received_to_processed.observe(max((row["processed_at"] - row["received_at"]).total_seconds(), 0))
-                self.created_to_processed.observe(max((row["processed_at"] - row["created"]).total_seconds(), 0))
+            counts[event.type, status] += 1
+            if event.processed_at is not None:
+                if event.received_at is not None:
+                    self.received_to_processed.observe(max((event.processed_at - event.received_at).total_seconds(), 0))
+                self.created_to_processed.observe(max((event.processed_at - event.created).total_seconds(), 0))
+        for (event_type, status), count in counts.items():  # one labelled increment per type, not per event
+            self.events.labels(event_type, status).inc(count)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [
@@ -160,10 +154,7 @@ class WorkerMetrics:
 
     async def push(self, pool: asyncpg.Pool, maintain: bool = False) -> None:
         async with pool.acquire() as conn:
-            try:
-                await self.account(conn)
-            finally:
-                await conn.execute(PUSH, self.name, self.started_at, self.snapshot())
+            await conn.execute(PUSH, self.name, self.started_at, self.snapshot())
             if maintain:
                 await conn.execute(FOLD_MINUTES)
                 await conn.execute(PRUNE_MINUTES)
@@ -185,8 +176,8 @@ async def _push_forever(metrics: WorkerMetrics, pool: asyncpg.Pool) -> None:
             failing = True
 
 
-def observe_outcome(ctx: dict[str, Any], outcome: Any) -> None:
-    """The hook in the process_events job: note what the batch finished."""
+def observe_outcome(ctx: dict[str, Any], outcome: Outcome) -> None:
+    """The hook in the process_events job: count and time what the batch finished."""
     metrics = ctx.get(CTX_KEY)
     if metrics is not None:
         metrics.observe_outcome(outcome)

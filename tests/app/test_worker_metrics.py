@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from stripeline.worker import metrics as worker_metrics
 from tests import registries
 from tests.app.test_health import samples
@@ -22,7 +24,7 @@ def worker_samples(text: str) -> dict[str, float]:
     return found
 
 
-async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics(client, pool, settings):
+async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics(client, pool, conn, settings):
     async def on_test_handled(conn, record, ctx):
         pass
 
@@ -42,6 +44,13 @@ async def test_processing_counts_and_latencies_of_the_worker_show_in_web_metrics
     assert found["stripeline_worker_received_to_processed_seconds_count"] == 4
     assert found["stripeline_worker_created_to_processed_seconds_count"] == 4
     assert 0 < found["stripeline_worker_received_to_processed_seconds_sum"] < 60
+    # Timed as the batch finished, by the processed_at it stored (not the worker's clock).
+    stored = await conn.fetchrow(
+        "SELECT sum(extract(epoch FROM processed_at - received_at)) AS received,"
+        " sum(extract(epoch FROM processed_at - created)) AS created FROM stripe_events"
+    )
+    assert found["stripeline_worker_received_to_processed_seconds_sum"] == pytest.approx(float(stored["received"]))
+    assert found["stripeline_worker_created_to_processed_seconds_sum"] == pytest.approx(float(stored["created"]))
     assert found['stripeline_worker_job_duration_seconds_count{job="process_events"}'] >= 1
     assert found["stripeline_worker_batch_events_sum"] == 4
     assert found["stripeline_worker_process_resident_memory_bytes"] > 0
