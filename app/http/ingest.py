@@ -36,7 +36,7 @@ MAX_BATCH = 256
 # size, so fewer, larger INSERTs are cheaper. With the enqueue out of the flusher's loop (the
 # enqueuer answers for Redis meanwhile), one flusher stored 5.5-5.8 events per INSERT at 16
 # connections and the whole pipeline used 0.411-0.419 ms of CPU per event, 3,527-3,538 events/s
-# end to end; two flushers 3.9-4.0 per INSERT, 0.448-0.467 ms, 3,179-3,328/s; before the
+# end to end; two flushers 3.9-4.0 per INSERT, 0.448-0.484 ms, 3,179-3,328/s; before the
 # enqueuer (two flushers, each waiting for Redis) 5.0-5.1, 0.448-0.457 ms, 3,172-3,279/s
 # (bench/pipeline.py, alternated, 2026-11-30 17:07-17:12 UTC).
 FLUSHERS = 1
@@ -197,7 +197,7 @@ class Ingestor:
         tally.events += len(batch)
         tally.new += len(stored.new_ids)
         self._summarise()
-        if stored.waiting:
+        if stored.new_ids:  # enqueued even when no one waits any more (a client that went away)
             self._stored.put_nowait(stored)
 
     async def _run_enqueuer(self) -> None:

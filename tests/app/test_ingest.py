@@ -12,6 +12,7 @@ from stripeline.http import ingest
 from stripeline.http.ingest import Ingestor
 from stripeline.http.web import create_app
 from stripeline.model.events import InvalidEvent, parse_event
+from stripeline.store import queue
 from stripeline.store.db import create_pool
 from stripeline.store.queue import redis_pool
 from tests.conftest import WEBHOOK_SECRET
@@ -173,3 +174,22 @@ async def test_while_redis_is_frozen_new_events_are_still_stored_and_repeats_ans
         await frozen.aclose()
     statuses = dict(await conn.fetch("SELECT id, status FROM stripe_events"))
     assert statuses == {earlier.id: "pending", first.id: "pending", second.id: "pending"}
+
+
+async def test_an_event_whose_sender_went_away_before_it_was_stored_is_still_enqueued(pool, redis, settings, conn):
+    record = parse_event(signed(ping_event(), WEBHOOK_SECRET)[0])
+    ingestor = Ingestor(pool, redis, settings.queue_name)
+    await ingestor.start()
+    try:
+        gone = asyncio.create_task(ingestor.submit(record))
+        await asyncio.sleep(0)  # handed to the Ingestor, not yet stored
+        gone.cancel()  # as uvicorn does to a request whose client disconnected
+        for _ in range(100):
+            if await redis.zcard(settings.queue_name):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await ingestor.stop()
+    assert await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", record.id) == "pending"
+    (job_id,) = await redis.zrange(settings.queue_name, 0, -1)
+    assert job_id.decode() == queue.job_id_for([record.id])
