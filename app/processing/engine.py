@@ -116,7 +116,7 @@ class Finished(NamedTuple):
     type: str
     created: datetime | None = None  # None for a failure
     received_at: datetime | None = None  # None when the claim did not read the row (records in hand)
-    processed_at: datetime | None = None  # as stored; None for a failure, or when not recorded (replay)
+    processed_at: datetime | None = None  # as stored; None for a failure, or when MARK_DONE did not run
 
 
 @dataclass
@@ -133,7 +133,7 @@ class Outcome:
     # Of the batch's unstored events: how many it stored, and those found stored already.
     stored: int = 0
     already: list[str] = field(default_factory=list)
-    # By event id, for every event in the lists above.
+    # By event id, for every event in the lists above, in a live run (the worker's metrics).
     finished: dict[str, Finished] = field(default_factory=dict)
 
     @property
@@ -358,8 +358,9 @@ class Engine:
         outcome = Outcome(joined=joined, stored=len(stored), already=sorted(batch.unstored - stored))
         for record, status in zip(records, statuses):
             (outcome.ignored if status == "ignored" else outcome.processed).append(record.id)
-            outcome.finished[record.id] = Finished(record.type, record.created, record.received_at, processed_at)
             log.debug("event_processed", event_id=record.id, event_type=record.type, status=status)
+        if policy.live:  # for the worker's metrics; a replay or rebuild has no use for them
+            outcome.finished = {r.id: Finished(r.type, r.created, r.received_at, processed_at) for r in records}
         return outcome
 
     async def _claim(self, conn: asyncpg.Connection, batch: Batch,
@@ -423,8 +424,6 @@ class Engine:
             else:
                 await conn.execute(MARK_FAILED, event_id, described)
                 outcome.failed.append(event_id)
-                if batch.records:  # a replay's, always: it reads its events before applying them
-                    outcome.finished[event_id] = Finished(batch.records[0].type)
             if batch.on_commit is not None and batch.records:
                 await batch.on_commit(conn, batch.records)
         return outcome
